@@ -1,0 +1,54 @@
+# openimager: `make demo` runs the whole job offline on the bundled sample; `make test` runs the tests.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+export QUILT_DISABLE_USAGE_METRICS := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: help venv demo test lint lock sample clean
+
+help:
+	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
+	@echo "make test    run the test suite"
+	@echo "make lint    ruff"
+	@echo "make lock    regenerate requirements.lock from pyproject.toml"
+	@echo "make sample  regenerate the synthetic sample in data/sample"
+
+$(VENV)/.installed: requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 \
+		| { grep -v "^WARNING: Location" || true; }
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/python -m flows demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+lock: venv
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line \
+		-o requirements.lock
+
+sample: venv
+	$(BIN)/python data/sample/generate.py
+
+clean:
+	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

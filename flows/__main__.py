@@ -1,0 +1,71 @@
+"""Command line: python -m flows {demo,retrain,classes,install} ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from flows.openimages.ontology import UnknownClassError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
+    demo.add_argument("--workspace", type=Path, default=Path("workspace/demo"))
+    demo.add_argument("--epochs", type=int, default=8)
+    run = sub.add_parser("retrain", help="refresh, crop, train and publish (OPENIMAGER_* apply)")
+    run.add_argument("--classes", nargs="+")
+    run.add_argument("--workspace")
+    run.add_argument("--metadata-url")
+    run.add_argument("--image-endpoint-url")
+    run.add_argument("--max-images-per-class", type=int)
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--registry")
+    run.add_argument("--package-name")
+    classes = sub.add_parser("classes", help="search the boxable classes")
+    classes.add_argument("query", nargs="?", default="")
+    classes.add_argument("--workspace")
+    install = sub.add_parser("install", help="install a published package version")
+    install.add_argument("name")
+    install.add_argument("--registry", required=True)
+    install.add_argument("--top-hash", required=True)
+    install.add_argument("--dest", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        if args.command == "demo":
+            from flows.demo import report, run_demo
+
+            print(report(run_demo(args.workspace.resolve(), epochs=args.epochs)))
+        elif args.command == "retrain":
+            from flows.retrain import retrain
+
+            options = {k: v for k, v in vars(args).items() if k != "command"}
+            print(json.dumps(retrain(**options), indent=2, default=str))
+        elif args.command == "classes":
+            from flows.params import settings_from
+            from flows.stages import ontology
+
+            onto = ontology(settings_from(workspace=args.workspace))
+            for mid, name in sorted(onto.names.items(), key=lambda item: item[1]):
+                if args.query.casefold() in name.casefold():
+                    print(f"{mid}\t{name}")
+        elif args.command == "install":
+            from flows.bundle import install as install_package
+
+            install_package(args.name, args.registry, args.top_hash, args.dest)
+            print(args.dest)
+    except UnknownClassError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

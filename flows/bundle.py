@@ -1,0 +1,106 @@
+"""Publishing data, model, code and environment as one quilt3 package, and installing it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import quilt3
+
+from flows.lineage import PROJECT_ROOT, export_source, git_dirty, sha256_file
+
+log = logging.getLogger(__name__)
+
+ENV_FILES = ("requirements.lock", "pyproject.toml", "Dockerfile", "bentofile.yaml")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A pushed package version."""
+
+    name: str
+    registry: str
+    top_hash: str
+
+
+def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
+                 root: Path = PROJECT_ROOT) -> Path:
+    """Lay out data/, model/, code/, env/ and README.md under staging; return staging."""
+    shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
+    (staging / "model").mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "metrics.json"):
+        shutil.copy2(model_dir / name, staging / "model" / name)
+    export_source(staging / "code", root)
+    env = staging / "env"
+    env.mkdir(parents=True, exist_ok=True)
+    for name in ENV_FILES:
+        if (root / name).exists():
+            shutil.copy2(root / name, env / name)
+    (env / "python-version.txt").write_text(platform.python_version() + "\n")
+    (staging / "README.md").write_text(readme(meta))
+    return staging
+
+
+def readme(meta: dict) -> str:
+    """The package README: what is inside, how well it scored, how to rebuild it."""
+    classes = " ".join(f"'{c}'" for c in meta["classes"])
+    counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
+                       for c, n in meta["crops_per_class"].items())
+    return f"""# {meta['package']}
+
+An image classifier for Open Images classes {', '.join(meta['classes'])}, published with the
+data it was trained on, the code at commit `{meta['git_commit']}` and its pinned environment.
+
+| class | MID | crops |
+|---|---|---|
+{counts}
+
+Held-out test accuracy: **{meta['metrics']['accuracy']}** (macro F1 {meta['metrics']['macro_f1']},
+{meta['metrics']['test_examples']} crops from photos never seen in training).
+Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
+
+## Contents
+- `data/`: crops per class, `crops.parquet` (source image, box, split, author, licence),
+  `selection.parquet` (the selected boxes)
+- `model/`: `model.keras` (takes raw RGB pixels), `metrics.json`
+- `code/`: the project source at that commit; `env/`: the lock file, Dockerfile, Python version
+
+## Reproduce
+```
+quilt3 install {meta['package']} --registry {meta['registry']} --top-hash <hash> --dest bundle
+cd bundle/code && make test
+python -m flows retrain --classes {classes}
+```
+
+## Attribution
+Annotations: Open Images Dataset, Google (CC BY 4.0; Kuznetsova et al., IJCV 2020). Each crop's
+photo author and licence are listed in `data/crops.parquet` (Author, License, OriginalLandingURL):
+CC BY 2.0 requires crediting them when you redistribute.
+"""
+
+
+def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry: str,
+            message: str, allow_dirty: bool = True) -> Published:
+    """Push the bundle to an S3 registry and return its top hash."""
+    if git_dirty() and not allow_dirty:
+        raise RuntimeError("uncommitted changes: code/ would not match the running code")
+    if git_dirty():
+        log.warning("uncommitted changes are not in code/: it holds the last commit only")
+    with tempfile.TemporaryDirectory(prefix="openimager-bundle-") as tmp:
+        staging = stage_bundle(dataset_dir, model_dir, meta, Path(tmp))
+        lock = staging / "env" / "requirements.lock"
+        meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None}
+        package = quilt3.Package().set_dir("/", staging).set_meta(json.loads(json.dumps(meta)))
+        pushed = package.push(name, registry=registry, message=message, force=True)
+    return Published(name, registry, pushed.top_hash)
+
+
+def install(name: str, registry: str, top_hash: str, dest: Path) -> Path:
+    """Install one package version into dest."""
+    quilt3.Package.install(name, registry=registry, top_hash=top_hash, dest=str(dest))
+    return dest

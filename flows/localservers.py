@@ -1,0 +1,192 @@
+"""Servers on 127.0.0.1 for the demo and tests: S3 (moto), a static HTTP mirror, bentoml serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import requests
+
+# Credentials for the local endpoint only; moto accepts any.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "openimager-local", "AWS_SECRET_ACCESS_KEY": "local",
+                     "AWS_DEFAULT_REGION": "us-east-1"}
+TELEMETRY_OFF = {"QUILT_DISABLE_USAGE_METRICS": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
+
+
+def free_port() -> int:
+    """Ask the kernel for a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until url answers any HTTP status, or raise with the reason."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@dataclass
+class LocalS3:
+    """A moto S3 server in a child process; use as a context manager."""
+
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalS3:
+        """Start the server and wait until it answers."""
+        env = {**os.environ, **TELEMETRY_OFF}
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        wait_http(f"{self.endpoint_url}/moto-api/", process=self.process)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self):
+        """A boto3 S3 client for this endpoint."""
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+    def create_bucket(self, name: str, versioned: bool = True) -> None:
+        """Create a bucket (versioned, as quilt3 registries want) if it does not exist."""
+        s3 = self.client()
+        if name not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=name)
+        if versioned:
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+    def upload_tree(self, bucket: str, root: Path, prefix: str = "") -> int:
+        """Upload every file under root to bucket/prefix, keeping relative paths; return count."""
+        s3 = self.client()
+        count = 0
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
+            count += 1
+        return count
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class StaticHTTP:
+    """Serves a folder over HTTP on a free loopback port, like a metadata mirror."""
+
+    root: Path
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> StaticHTTP:
+        handler = partial(_QuietHandler, directory=str(self.root))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class BentoServer:
+    """`bentoml serve` of the classification service in a child process."""
+
+    model_tag: str
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BentoServer:
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, **TELEMETRY_OFF, "OPENIMAGER_MODEL_TAG": self.model_tag}
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_ready(f"{self.url}/readyz", 180, self.process)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process and self.process.poll() is None:
+            # bentoml serve runs workers in child processes: stop the whole group.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def wait_ready(url: str, timeout: float, process: subprocess.Popen) -> None:
+    """Wait until url answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} was ready")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready within {timeout:.0f}s")

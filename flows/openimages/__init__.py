@@ -1,0 +1,1 @@
+"""Open Images data code: ontology, metadata, download and crop (no orchestration here)."""

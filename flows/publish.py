@@ -1,0 +1,28 @@
+"""Prefect flow: publish the dataset, model, code and environment as a quilt3 package."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.params import settings_from
+from flows.settings import Settings
+
+
+@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def publish_task(settings: Settings, trained: dict, built: dict) -> dict:
+    """Push the bundle (network-bound, so retried)."""
+    return asdict(stages.publish_bundle(settings, trained, built))
+
+
+@flow(name="publish", log_prints=True)
+def publish(trained: dict, built: dict, registry: str | None = None,
+            package_name: str | None = None, workspace: str | None = None) -> dict:
+    """Publish the last trained model with its data."""
+    settings = settings_from(registry=registry, package_name=package_name, workspace=workspace)
+    published = publish_task(settings, trained, built)
+    print(f"published {published['name']}@{published['top_hash']} to {published['registry']}")
+    return published

@@ -1,0 +1,35 @@
+"""Prefect flow: refresh the Open Images metadata and the images of a class selection."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.params import settings_from
+from flows.settings import Settings
+
+
+@task(retries=3, retry_delay_seconds=[5, 30, 120], cache_policy=NO_CACHE)
+def check_classes(settings: Settings) -> list[str]:
+    """Fetch the ontology and resolve the requested names before any heavy work."""
+    return stages.validate_classes(settings)
+
+
+@task(retries=2, retry_delay_seconds=[30, 120], cache_policy=NO_CACHE)
+def refresh_task(settings: Settings) -> dict:
+    """Metadata, selection and image download (all network-bound)."""
+    return stages.refresh(settings)
+
+
+@flow(name="refresh", log_prints=True)
+def refresh(classes: list[str] | None = None, workspace: str | None = None,
+            max_images_per_class: int | None = None) -> dict:
+    """Select the boxes of the requested classes and download their images."""
+    settings = settings_from(classes=classes, workspace=workspace,
+                             max_images_per_class=max_images_per_class)
+    check_classes(settings)
+    summary = refresh_task(settings)
+    print(f"selected {summary['boxes']} boxes on {summary['images']} images; "
+          f"downloads {summary['downloads']}")
+    return summary

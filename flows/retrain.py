@@ -1,0 +1,39 @@
+"""Prefect flow: the whole job, refresh to publish, for scheduled retraining."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.params import settings_from
+from flows.publish import publish_task
+from flows.refresh import check_classes, refresh_task
+from flows.train import build_task, train_task
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    classes: list[str] | None = None,
+    workspace: str | None = None,
+    metadata_url: str | None = None,
+    image_endpoint_url: str | None = None,
+    max_images_per_class: int | None = None,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    registry: str | None = None,
+    package_name: str | None = None,
+) -> dict:
+    """Refresh, crop, train, register and publish; return every stage's summary."""
+    settings = settings_from(
+        classes=classes, workspace=workspace, metadata_url=metadata_url,
+        image_endpoint_url=image_endpoint_url, max_images_per_class=max_images_per_class,
+        epochs=epochs, image_size=image_size, registry=registry, package_name=package_name,
+    )
+    check_classes(settings)
+    refreshed = refresh_task(settings)
+    built = build_task(settings)
+    trained = train_task(settings)
+    published = publish_task(settings, trained, built)
+    print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
+          f"{built['crops']} crops; test accuracy {trained['metrics']['accuracy']}; "
+          f"published {published['name']}@{published['top_hash'][:12]}")
+    return {"refresh": refreshed, "dataset": built, "train": trained, "publish": published}

@@ -1,0 +1,66 @@
+"""One typed settings object for every stage, read from OPENIMAGER_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OFFICIAL_METADATA_URL = "https://storage.googleapis.com/openimages"
+CVDF_BUCKET = "open-images-dataset"
+
+
+class Settings(BaseSettings):
+    """Configuration of a pipeline run; flow parameters and CLI flags override it."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENIMAGER_", extra="ignore")
+
+    workspace: Path = Path("workspace")
+    metadata_url: str = OFFICIAL_METADATA_URL
+    openimages_version: Literal["v6"] = "v6"
+
+    classes: list[str] = Field(default_factory=lambda: ["Hamburger", "Sandwich"])
+    include_subclasses: bool = True
+    exclude_depictions: bool = True
+    exclude_group_of: bool = True
+    max_images_per_class: int | None = None
+
+    image_source: Literal["cvdf", "flickr", "thumbnail"] = "cvdf"
+    image_bucket: str = CVDF_BUCKET
+    # Explicit, so an AWS_ENDPOINT_URL meant for the registry never redirects image downloads.
+    image_endpoint_url: str = "https://s3.amazonaws.com"
+    download_workers: int = 16
+
+    crop_size: int = 256
+    min_box_pixels: int = 8
+    split_seed: int = 0
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    image_size: int = 150
+    epochs: int = 10
+    batch_size: int = 32
+    patience: int = 3
+    seed: int = 1337
+
+    model_name: str = "openimager-classifier"
+    registry: str = "s3://openimager-registry"
+    package_name: str = "openimager/classifier"
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.workspace / "metadata"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.workspace / "images"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.workspace / "dataset"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workspace / "model"

@@ -1,0 +1,139 @@
+"""Each pipeline stage as a plain function of the settings; the Prefect flows only wire these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from flows.atomic import write_parquet
+from flows.bundle import Published, publish
+from flows.lineage import git_commit
+from flows.openimages.crop import CropOptions
+from flows.openimages.dataset import CROPS_TABLE, build_dataset, dataset_id
+from flows.openimages.download import download_images
+from flows.openimages.metadata import fetch_metadata
+from flows.openimages.ontology import Ontology, load_ontology
+from flows.openimages.select import Filters, images_of, select_boxes
+from flows.settings import OFFICIAL_METADATA_URL, Settings
+
+log = logging.getLogger(__name__)
+
+
+def metadata_paths(settings: Settings) -> dict[tuple[str, str], Path]:
+    """Fetch the metadata files not yet on disk; published checksums apply to the official site."""
+    official = settings.metadata_url.rstrip("/") == OFFICIAL_METADATA_URL
+    return fetch_metadata(settings.metadata_url, settings.metadata_dir, verify=official)
+
+
+def ontology(settings: Settings) -> Ontology:
+    """Load the class descriptions and hierarchy."""
+    paths = metadata_paths(settings)
+    return load_ontology(paths[("classes", "all")], paths[("hierarchy", "all")])
+
+
+def validate_classes(settings: Settings) -> list[str]:
+    """Resolve the requested class names to MIDs, failing fast with suggestions."""
+    onto = ontology(settings)
+    return [onto.resolve(name) for name in settings.classes]
+
+
+def refresh(settings: Settings) -> dict:
+    """Fetch metadata, select the boxes of the requested classes and download their images."""
+    paths = metadata_paths(settings)
+    onto = ontology(settings)
+    filters = Filters(settings.include_subclasses, settings.exclude_depictions,
+                      settings.exclude_group_of, settings.max_images_per_class)
+    boxes = select_boxes({s: p for (k, s), p in paths.items() if k == "boxes"},
+                         {s: p for (k, s), p in paths.items() if k == "images"},
+                         onto, settings.classes, filters)
+    if boxes.empty:
+        raise ValueError(f"no boxes found for classes {settings.classes}")
+    write_parquet(settings.workspace / "selection.parquet", boxes)
+    manifest = download_images(images_of(boxes), settings.image_dir, settings.image_source,
+                               settings.image_bucket, settings.image_endpoint_url,
+                               settings.download_workers)
+    write_parquet(settings.workspace / "downloads.parquet", manifest)
+    return {
+        "classes": {c: {"mid": onto.resolve(c), "boxes": int((boxes.Class == c).sum())}
+                    for c in sorted(boxes.Class.unique())},
+        "boxes": len(boxes),
+        "images": int(boxes.ImageID.nunique()),
+        "downloads": manifest.Status.value_counts().to_dict(),
+    }
+
+
+def build(settings: Settings) -> dict:
+    """Crop the selected boxes and split them by source image."""
+    boxes = pd.read_parquet(settings.workspace / "selection.parquet")
+    manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
+    options = CropOptions(settings.crop_size, settings.min_box_pixels)
+    table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
+                                   settings.split_seed, settings.validation_fraction,
+                                   settings.test_fraction)
+    return {
+        "dataset_id": dataset_id(table),
+        "crops": len(table),
+        "images": int(table.ImageID.nunique()),
+        "crops_per_class": table.Class.value_counts().sort_index().to_dict(),
+        "crops_per_split": table.Split.value_counts().sort_index().to_dict(),
+        "skipped": skipped.Status.value_counts().to_dict(),
+    }
+
+
+def train(settings: Settings) -> dict:
+    """Train on the crops, score on the test split, and register the model with BentoML."""
+    from flows.registry import register_model  # BentoML and TensorFlow load only when training
+    from model.train import TrainConfig
+    from model.train import train as fit
+
+    table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
+    config = TrainConfig(image_size=settings.image_size, epochs=settings.epochs,
+                         batch_size=settings.batch_size, patience=settings.patience,
+                         seed=settings.seed)
+    result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
+    mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
+    commit = git_commit()
+    metadata = {
+        "class_names": result.class_names,
+        "class_mids": [mids[c] for c in result.class_names],
+        "image_size": settings.image_size,
+        "architecture": config.architecture,
+        "dataset_id": dataset_id(table),
+        "openimages_version": settings.openimages_version,
+        "git_commit": commit,
+        "metrics": {k: result.metrics[k] for k in ("accuracy", "macro_f1", "test_examples")},
+        "train_seconds": round(result.seconds, 2),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": asdict(config),
+    }
+    labels = {"dataset": metadata["dataset_id"], "commit": commit[:12],
+              "architecture": config.architecture}
+    tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
+    return {"model_tag": tag, **metadata}
+
+
+def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
+    """Push data, model, code and environment as one quilt3 package."""
+    meta = {
+        "package": settings.package_name,
+        "registry": settings.registry,
+        "classes": trained["class_names"],
+        "class_mids": dict(zip(trained["class_names"], trained["class_mids"], strict=True)),
+        "crops_per_class": built["crops_per_class"],
+        "crops_per_split": built["crops_per_split"],
+        "dataset_id": built["dataset_id"],
+        "openimages_version": settings.openimages_version,
+        "metrics": trained["metrics"],
+        "git_commit": trained["git_commit"],
+        "model_tag": trained["model_tag"],
+        "filters": {"include_subclasses": settings.include_subclasses,
+                    "exclude_depictions": settings.exclude_depictions,
+                    "exclude_group_of": settings.exclude_group_of},
+    }
+    message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
+    return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
+                   settings.registry, message)

@@ -1,0 +1,38 @@
+"""Prefect flows: build the dataset from the images, and train and register a model."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.params import settings_from
+from flows.settings import Settings
+
+
+@task(cache_policy=NO_CACHE)
+def build_task(settings: Settings) -> dict:
+    """Crop and split."""
+    return stages.build(settings)
+
+
+@task(cache_policy=NO_CACHE)
+def train_task(settings: Settings) -> dict:
+    """Fit, evaluate on the test split, register with BentoML."""
+    return stages.train(settings)
+
+
+@flow(name="build-dataset", log_prints=True)
+def build_dataset(workspace: str | None = None) -> dict:
+    """Crop the selected boxes of the last refresh into a split dataset."""
+    summary = build_task(settings_from(workspace=workspace))
+    print(f"{summary['crops']} crops: {summary['crops_per_class']}")
+    return summary
+
+
+@flow(name="train", log_prints=True)
+def train(workspace: str | None = None, epochs: int | None = None) -> dict:
+    """Train on the last built dataset and register the model."""
+    trained = train_task(settings_from(workspace=workspace, epochs=epochs))
+    print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}")
+    return trained

@@ -1,0 +1,1 @@
+"""Keras models for openimager: architectures, input pipeline, training and evaluation."""

@@ -1,0 +1,1 @@
+"""The openimager HTTP classification service."""

@@ -1,0 +1,97 @@
+"""The Keras side: input pipeline, model behaviour, a tiny real training run and its metrics."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from model.evaluate import classification_metrics
+from model.predict import probabilities, top_k
+
+keras = pytest.importorskip("keras")
+
+
+def make_crops(root, classes=("Circle", "Square"), per_class=24, seed=0) -> pd.DataFrame:
+    """Tiny labelled crops of two easy shapes, split by a fixed pattern."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cls in classes:
+        for i in range(per_class):
+            image = Image.new("RGB", (40, 40), tuple(int(v) for v in rng.integers(0, 80, 3)))
+            pixels = np.asarray(image).copy()
+            yy, xx = np.mgrid[:40, :40]
+            mask = ((xx - 20) ** 2 + (yy - 20) ** 2 < 150) if cls == "Circle" else (
+                (abs(xx - 20) < 11) & (abs(yy - 20) < 11))
+            pixels[mask] = (230, 200, 40) if cls == "Circle" else (40, 200, 230)
+            rel = f"{cls}/{i}.jpg"
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / rel)
+            split = "test" if i % 6 == 0 else "validation" if i % 6 == 1 else "train"
+            rows.append({"CropPath": rel, "Class": cls, "Split": split, "ImageID": f"{cls}{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_dataset_batches_are_shaped_and_labelled(tmp_path):
+    from model.data import make_dataset
+
+    table = make_crops(tmp_path)
+    data = make_dataset(table, tmp_path, ["Circle", "Square"], 32, 8, training=False)
+    images, labels = next(iter(data))
+    assert images.shape == (8, 32, 32, 3) and labels.shape == (8, 1)
+    assert float(images.numpy().max()) > 1.0  # raw pixels: the model rescales them itself
+    expected = [float(c == "Square") for c in table.Class[:8]]
+    assert labels.numpy()[:, 0].tolist() == expected
+
+
+def test_augmentation_is_off_at_inference():
+    from model.architectures import seed_cnn
+
+    model = seed_cnn(32, 3)
+    x = np.random.default_rng(0).integers(0, 255, (2, 50, 40, 3)).astype("float32")
+    first, second = model(x, training=False), model(x, training=False)
+    np.testing.assert_allclose(first, second)
+    assert model.output_shape == (None, 3)
+    assert seed_cnn(32, 2).output_shape == (None, 1)
+
+
+def test_tiny_training_run_saves_model_and_held_out_metrics(tmp_path):
+    from model.train import TrainConfig, train
+
+    table = make_crops(tmp_path / "crops")
+    result = train(table, tmp_path / "crops", tmp_path / "model",
+                   TrainConfig(image_size=32, epochs=2, batch_size=8, patience=1))
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["split"] == "test"
+    assert metrics["test_examples"] == int((table.Split == "test").sum())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert result.class_names == ["Circle", "Square"]
+    reloaded = keras.saving.load_model(result.model_path, compile=False)
+    pixels = np.asarray(Image.open(tmp_path / "crops" / table.CropPath[0]))[None]
+    assert reloaded.predict(pixels, verbose=0).shape == (1, 1)
+
+
+def test_training_refuses_an_empty_test_split(tmp_path):
+    from model.train import TrainConfig, train
+
+    table = make_crops(tmp_path)
+    table.loc[table.Split == "test", "Split"] = "train"
+    with pytest.raises(ValueError, match="test split is empty"):
+        train(table, tmp_path, tmp_path / "m", TrainConfig(image_size=32, epochs=1))
+
+
+def test_probabilities_and_top_k():
+    probs = probabilities(np.array([[0.8], [0.1]]), 2)
+    np.testing.assert_allclose(probs, [[0.2, 0.8], [0.9, 0.1]])
+    assert top_k(probs[0], ["a", "b"], 1) == [{"label": "b", "probability": 0.8}]
+
+
+def test_metrics_are_computed_per_class():
+    truth = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    metrics = classification_metrics(truth, probs, ["a", "b"])
+    assert metrics["accuracy"] == 0.75
+    assert metrics["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert metrics["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667,
+                                         "support": 2}
