@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -26,17 +27,23 @@ def pick_test_crop(workspace: Path) -> tuple[Path, str]:
 
 
 def run_demo(workspace: Path, classes: list[str] | None = None, epochs: int = 8,
-             image_size: int = 96) -> dict:
-    """Refresh, crop, train, publish and serve on the sample; return what happened."""
+             image_size: int = 96, s3: LocalS3 | None = None) -> dict:
+    """Refresh, crop, train, publish and serve on the sample; return what happened.
+
+    Starts its own S3 endpoint unless given one that already holds the sample images.
+    """
     from flows.retrain import retrain  # Prefect loads only when the demo runs
 
     os.environ.update(TELEMETRY_OFF)
     os.environ.update(LOCAL_CREDENTIALS)
     logs = workspace / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with LocalS3(log_path=logs / "s3.log") as s3, StaticHTTP(SAMPLE / "openimages") as mirror:
-        s3.create_bucket(CVDF_BUCKET, versioned=False)
-        s3.upload_tree(CVDF_BUCKET, SAMPLE / "images")
+    with ExitStack() as stack:
+        if s3 is None:
+            s3 = stack.enter_context(LocalS3(log_path=logs / "s3.log"))
+            s3.create_bucket(CVDF_BUCKET, versioned=False, public=True)
+            s3.upload_tree(CVDF_BUCKET, SAMPLE / "images", public=True)
+        mirror = stack.enter_context(StaticHTTP(SAMPLE / "openimages"))
         s3.create_bucket(DEMO_REGISTRY_BUCKET)
         # quilt3 reaches its registry through the standard AWS configuration.
         os.environ["AWS_ENDPOINT_URL"] = s3.endpoint_url

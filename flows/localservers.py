@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,20 +85,31 @@ class LocalS3:
                             aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
-    def create_bucket(self, name: str, versioned: bool = True) -> None:
-        """Create a bucket (versioned, as quilt3 registries want) if it does not exist."""
+    def create_bucket(self, name: str, versioned: bool = True, public: bool = False) -> None:
+        """Create a bucket if it does not exist: versioned as quilt3 registries want, or
+        anonymously readable like the public CVDF image bucket."""
         s3 = self.client()
         if name not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
             s3.create_bucket(Bucket=name)
         if versioned:
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        if public:
+            statement = {"Effect": "Allow", "Principal": "*",
+                         "Action": ["s3:GetObject", "s3:ListBucket"],
+                         "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"]}
+            policy = {"Version": "2012-10-17", "Statement": [statement]}
+            s3.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
 
-    def upload_tree(self, bucket: str, root: Path, prefix: str = "") -> int:
-        """Upload every file under root to bucket/prefix, keeping relative paths; return count."""
+    def upload_tree(self, bucket: str, root: Path, public: bool = False) -> int:
+        """Upload every file under root to bucket, keeping relative paths; return the count.
+
+        Public objects carry a public-read ACL too: moto answers anonymous HEADs only then.
+        """
         s3 = self.client()
+        extra = {"ACL": "public-read"} if public else None
         count = 0
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
+            s3.upload_file(str(path), bucket, path.relative_to(root).as_posix(), ExtraArgs=extra)
             count += 1
         return count
 
@@ -184,9 +196,9 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before {url} was ready")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused or slow while workers start
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready within {timeout:.0f}s")

@@ -26,4 +26,5 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             image = ImageOps.exif_transpose(image).convert("RGB")
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise BadImage(f"not a readable image: {error}") from error
+        # The message names no server path: clients see it.
+        raise BadImage(f"not a readable image ({type(error).__name__})") from error

@@ -32,8 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def local_s3() -> Iterator[LocalS3]:
     """A moto S3 server with the sample images in a CVDF-like bucket and an empty registry."""
     with LocalS3() as s3:
-        s3.create_bucket(CVDF_BUCKET, versioned=False)
-        s3.upload_tree(CVDF_BUCKET, SAMPLE / "images")
+        s3.create_bucket(CVDF_BUCKET, versioned=False, public=True)
+        s3.upload_tree(CVDF_BUCKET, SAMPLE / "images", public=True)
         s3.create_bucket(REGISTRY_BUCKET)
         yield s3
 

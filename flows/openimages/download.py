@@ -53,8 +53,11 @@ def s3_client(endpoint_url: str | None) -> object:
 
 def _verify_image(path: Path) -> None:
     """Raise if the file is not a complete, decodable image."""
-    with Image.open(path) as image:
-        image.load()
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 - Pillow raises several kinds for bad bytes
+        raise ValueError(f"not a decodable image ({type(error).__name__}: {error})") from error
 
 
 def _fetch_one(row: Any, store: Path, source: str, bucket: str, client: object,
@@ -77,7 +80,7 @@ def _fetch_one(row: Any, store: Path, source: str, bucket: str, client: object,
         result.Bytes = dest.stat().st_size
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
-        result.Status = "missing" if code in {"404", "NoSuchKey", "403"} else "failed"
+        result.Status = "missing" if code in {"404", "NoSuchKey"} else "failed"
         result.Error = f"s3 {code}: {error}"
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else 0

@@ -1,0 +1,53 @@
+"""Selecting boxes on the sample and downloading each image once from a CVDF-like bucket."""
+
+import pandas as pd
+import pytest
+
+from flows.openimages.download import MANIFEST, download_images
+from flows.openimages.metadata import fetch_metadata
+from flows.openimages.ontology import load_ontology
+from flows.openimages.select import Filters, images_of, select_boxes
+
+
+@pytest.fixture(scope="module")
+def selection(mirror, tmp_path_factory):
+    paths = fetch_metadata(mirror.url, tmp_path_factory.mktemp("meta"), verify=False)
+    onto = load_ontology(paths[("classes", "all")], paths[("hierarchy", "all")])
+    return select_boxes({s: p for (k, s), p in paths.items() if k == "boxes"},
+                        {s: p for (k, s), p in paths.items() if k == "images"},
+                        onto, ["hamburger", "Sandwich", "Car"], Filters())
+
+
+def test_selection_labels_each_box_once_with_image_info(selection):
+    assert set(selection.Class) == {"Hamburger", "Sandwich", "Car"}
+    assert selection.BoxID.is_unique
+    assert not (selection.IsDepiction == 1).any() and not (selection.IsGroupOf == 1).any()
+    assert selection.Author.notna().all() and "Rotation" in selection
+    # Submarine sandwiches count as Sandwich; hamburgers stay Hamburger.
+    assert set(selection[selection.LabelName == "/m/06pcq"].Class) <= {"Sandwich"}
+    assert set(selection[selection.LabelName == "/m/0cdn1"].Class) == {"Hamburger"}
+
+
+def test_each_image_downloads_once_and_reruns_skip(selection, local_s3, tmp_path):
+    images = images_of(selection)
+    assert selection.ImageID.nunique() == len(images) < len(selection)
+    manifest = download_images(images, tmp_path, endpoint_url=local_s3.endpoint_url, workers=8)
+    assert manifest.ImageID.is_unique and len(manifest) == len(images)
+    ok = manifest[manifest.Status == "ok"]
+    assert len(ok) >= len(images) - 2
+    missing = manifest[manifest.Status == "missing"]
+    assert missing.Error.str.contains("404").all()
+    assert not list(tmp_path.rglob("*.part"))
+    again = download_images(images, tmp_path, endpoint_url=local_s3.endpoint_url)
+    assert set(again[again.Status == "ok"].Source) == {"store"}
+    assert pd.read_parquet(tmp_path / MANIFEST).ImageID.is_unique
+
+
+def test_a_corrupt_object_is_recorded_and_never_lands(local_s3, tmp_path):
+    local_s3.client().put_object(Bucket="open-images-dataset", Key="train/00000000deadbeef.jpg",
+                                 Body=b"\xff\xd8\xff\xe0 not really a jpeg", ACL="public-read")
+    images = pd.DataFrame([{"ImageID": "00000000deadbeef", "Subset": "train"}])
+    manifest = download_images(images, tmp_path, endpoint_url=local_s3.endpoint_url)
+    assert manifest.Status.tolist() == ["failed"]
+    assert "not a decodable image" in manifest.Error[0]
+    assert not (tmp_path / "train" / "00000000deadbeef.jpg").exists()
