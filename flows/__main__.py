@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     install.add_argument("--top-hash", required=True)
     install.add_argument("--dest", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flows").setLevel(logging.INFO)
 
     try:
         if args.command == "demo":

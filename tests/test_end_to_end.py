@@ -23,6 +23,7 @@ def test_every_stage_ran_on_the_sample(demo):
     assert set(result["refresh"]["classes"]) == {"Hamburger", "Sandwich", "Car"}
     assert result["refresh"]["downloads"].get("missing", 0) >= 1
     assert result["dataset"]["crops"] > 100
+    assert result["dataset"]["skipped"] == {}
     table = pd.read_parquet(workspace / "dataset" / "crops.parquet")
     # No photo contributes crops to two splits.
     assert table.groupby("ImageID").Split.nunique().max() == 1

@@ -34,7 +34,7 @@ def upright(image: Image.Image, rotation: float | None) -> Image.Image:
     Rotation is the counterclockwise angle published with the image; where it is missing the
     file's own EXIF orientation is the best evidence left.
     """
-    if rotation is None or (isinstance(rotation, float) and math.isnan(rotation)):
+    if rotation is None or math.isnan(float(rotation)):
         return ImageOps.exif_transpose(image)
     if int(rotation) % 360:
         return image.rotate(rotation, expand=True)
@@ -61,7 +61,7 @@ def crop_image(image_path: Path, rotation: float | None, boxes: pd.DataFrame, ou
     try:
         with Image.open(image_path) as raw:
             image = upright(raw, rotation).convert("RGB")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a bad image is recorded, the run goes on
         return [{"BoxID": b.BoxID, "Status": "unreadable", "Error": str(error)}
                 for b in boxes.itertuples()]
     for box in boxes.itertuples():
