@@ -11,7 +11,8 @@ import pandas as pd
 import requests
 
 from flows.lineage import PROJECT_ROOT
-from flows.localservers import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3, StaticHTTP
+from flows.localservers import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3
+from flows.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"

@@ -1,4 +1,4 @@
-"""Servers on 127.0.0.1 for the demo and tests: S3 (moto), a static HTTP mirror, bentoml serve."""
+"""Servers on 127.0.0.1 for the demo and tests: S3 (moto) and bentoml serve."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -118,35 +115,6 @@ class LocalS3:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@dataclass
-class StaticHTTP:
-    """Serves a folder over HTTP on a free loopback port, like a metadata mirror."""
-
-    root: Path
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> StaticHTTP:
-        handler = partial(_QuietHandler, directory=str(self.root))
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
 
 
 @dataclass

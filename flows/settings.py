@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFICIAL_METADATA_URL = "https://storage.googleapis.com/openimages"
+FlagRule = Literal["any", "exclude", "only"]
 CVDF_BUCKET = "open-images-dataset"
 
 
@@ -19,13 +20,26 @@ class Settings(BaseSettings):
 
     workspace: Path = Path("workspace")
     metadata_url: str = OFFICIAL_METADATA_URL
-    openimages_version: Literal["v6"] = "v6"
+    openimages_version: Literal["v4", "v5", "v6", "v7"] = "v6"
+    splits: list[Literal["train", "validation", "test"]] = Field(
+        default_factory=lambda: ["train", "validation", "test"])
+    check_upstream: bool = True  # ask upstream (ETag, Last-Modified, size) before reusing files
+    metadata_cache: bool = True  # select from the columnar cache instead of streaming the CSVs
 
     classes: list[str] = Field(default_factory=lambda: ["Hamburger", "Sandwich"])
+    exclude_classes: list[str] = Field(default_factory=list)
     include_subclasses: bool = True
-    exclude_depictions: bool = True
-    exclude_group_of: bool = True
+    relabel_subclasses: bool = True
+    depiction: FlagRule = "exclude"
+    group_of: FlagRule = "exclude"
+    occluded: FlagRule = "any"
+    truncated: FlagRule = "any"
+    inside: FlagRule = "any"
+    box_source: Literal["any", "xclick", "activemil"] = "any"
+    min_box_fraction: float = 0.0
     max_images_per_class: int | None = None
+    balance_classes: bool = False
+    selection_seed: int = 0
 
     image_source: Literal["cvdf", "flickr", "thumbnail"] = "cvdf"
     image_bucket: str = CVDF_BUCKET

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 
@@ -15,51 +14,67 @@ from flows.lineage import git_commit
 from flows.openimages.crop import CropOptions
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, dataset_id
 from flows.openimages.download import download_images
-from flows.openimages.metadata import fetch_metadata
-from flows.openimages.ontology import Ontology, load_ontology
-from flows.openimages.select import Filters, images_of, select_boxes
-from flows.settings import OFFICIAL_METADATA_URL, Settings
+from flows.openimages.metadata import Metadata
+from flows.openimages.ontology import Ontology
+from flows.openimages.releases import KINDS
+from flows.openimages.select import Filters, images_of, select_boxes, summary
+from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def metadata_paths(settings: Settings) -> dict[tuple[str, str], Path]:
-    """Fetch the metadata files not yet on disk; published checksums apply to the official site."""
-    official = settings.metadata_url.rstrip("/") == OFFICIAL_METADATA_URL
-    return fetch_metadata(settings.metadata_url, settings.metadata_dir, verify=official)
+def metadata(settings: Settings, kinds: tuple[str, ...] = KINDS) -> Metadata:
+    """The release's metadata on disk: fetched if missing or changed upstream, then cached."""
+    store = Metadata(settings.metadata_url, settings.metadata_dir, settings.openimages_version,
+                     tuple(settings.splits), settings.check_upstream, settings.metadata_cache)
+    return store.refresh(kinds)
+
+
+def filters(settings: Settings) -> Filters:
+    """The selection filters of the settings."""
+    return Filters(
+        include_subclasses=settings.include_subclasses, relabel=settings.relabel_subclasses,
+        exclude_classes=tuple(settings.exclude_classes), depiction=settings.depiction,
+        group_of=settings.group_of, occluded=settings.occluded, truncated=settings.truncated,
+        inside=settings.inside, source=settings.box_source,
+        min_box_fraction=settings.min_box_fraction,
+        max_images_per_class=settings.max_images_per_class, balance=settings.balance_classes,
+        seed=settings.selection_seed,
+    )
 
 
 def ontology(settings: Settings) -> Ontology:
-    """Load the class descriptions and hierarchy."""
-    paths = metadata_paths(settings)
-    return load_ontology(paths[("classes", "all")], paths[("hierarchy", "all")])
+    """The class names and hierarchy (fetches only those two small files)."""
+    return metadata(settings, kinds=("classes", "hierarchy")).ontology()
 
 
 def validate_classes(settings: Settings) -> list[str]:
-    """Resolve the requested class names to MIDs, failing fast with suggestions."""
+    """Resolve requested and excluded class names to MIDs, failing fast with suggestions."""
     onto = ontology(settings)
+    for name in settings.exclude_classes:
+        onto.resolve(name)
     return [onto.resolve(name) for name in settings.classes]
 
 
-def refresh(settings: Settings) -> dict:
-    """Fetch metadata, select the boxes of the requested classes and download their images."""
-    paths = metadata_paths(settings)
-    onto = ontology(settings)
-    filters = Filters(settings.include_subclasses, settings.exclude_depictions,
-                      settings.exclude_group_of, settings.max_images_per_class)
-    boxes = select_boxes({s: p for (k, s), p in paths.items() if k == "boxes"},
-                         {s: p for (k, s), p in paths.items() if k == "images"},
-                         onto, settings.classes, filters)
-    if boxes.empty:
-        raise ValueError(f"no boxes found for classes {settings.classes}")
+def select(settings: Settings) -> pd.DataFrame:
+    """Select the boxes of the requested classes and write the selection to the workspace."""
+    store = metadata(settings)
+    boxes = select_boxes(store, store.ontology(), settings.classes, filters(settings))
     write_parquet(settings.workspace / "selection.parquet", boxes)
+    return boxes
+
+
+def refresh(settings: Settings) -> dict:
+    """Select the boxes of the requested classes and download their images."""
+    boxes = select(settings)
     manifest = download_images(images_of(boxes), settings.image_dir, settings.image_source,
                                settings.image_bucket, settings.image_endpoint_url,
                                settings.download_workers)
     write_parquet(settings.workspace / "downloads.parquet", manifest)
+    counts = summary(boxes).set_index("Class")
     return {
-        "classes": {c: {"mid": onto.resolve(c), "boxes": int((boxes.Class == c).sum())}
-                    for c in sorted(boxes.Class.unique())},
+        "classes": {c: {"mid": row.ClassMID, "boxes": int(row.boxes), "images": int(row.images)}
+                    for c, row in counts.iterrows()},
         "boxes": len(boxes),
         "images": int(boxes.ImageID.nunique()),
         "downloads": manifest.Status.value_counts().to_dict(),
@@ -130,9 +145,7 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "metrics": trained["metrics"],
         "git_commit": trained["git_commit"],
         "model_tag": trained["model_tag"],
-        "filters": {"include_subclasses": settings.include_subclasses,
-                    "exclude_depictions": settings.exclude_depictions,
-                    "exclude_group_of": settings.exclude_group_of},
+        "filters": asdict(filters(settings)),
     }
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
     return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,

@@ -1,39 +1,52 @@
-"""Fetching metadata over HTTP with verification, and streaming box selection."""
+"""A release's metadata through the local mirror: file sets, cache and CSV paths agree."""
 
-import hashlib
-
+import pandas as pd
 import pytest
 
-from flows.openimages.metadata import V6_FILES, ChecksumError, fetch, fetch_metadata, read_boxes
-
-HAMBURGER, CAR = "/m/0cdn1", "/m/0k4j"
-
-
-def test_fetch_verifies_size_and_md5(mirror, tmp_path):
-    url = f"{mirror.url}/v5/class-descriptions-boxable.csv"
-    body = (mirror.root / "v5" / "class-descriptions-boxable.csv").read_bytes()
-    dest = fetch(url, tmp_path / "ok.csv", len(body), hashlib.md5(body).hexdigest())
-    assert dest.read_bytes() == body
-    with pytest.raises(ChecksumError, match=r"expected MD5 0+, got"):
-        fetch(url, tmp_path / "bad.csv", len(body), "0" * 32)
-    with pytest.raises(ChecksumError, match="expected 1 bytes"):
-        fetch(url, tmp_path / "short.csv", 1)
-    # A failed download leaves neither the file nor a partial one behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.csv"]
+from flows.openimages.metadata import Metadata
+from flows.openimages.releases import release_files
+from flows.openimages.select import Filters, select_boxes
 
 
-def test_fetch_metadata_gets_every_file_once(mirror, tmp_path):
-    paths = fetch_metadata(mirror.url, tmp_path, verify=False)
-    assert set(paths) == {(f.kind, f.split) for f in V6_FILES}
-    stamp = paths[("boxes", "train")].stat().st_mtime_ns
-    fetch_metadata(mirror.url, tmp_path, verify=False)
-    assert paths[("boxes", "train")].stat().st_mtime_ns == stamp
+def test_release_file_sets():
+    v6 = {(f.kind, f.split): f.path for f in release_files("v6")}
+    assert v6[("boxes", "train")] == "v6/oidv6-train-annotations-bbox.csv"
+    assert v6[("boxes", "test")] == "v5/test-annotations-bbox.csv"
+    assert {f.kind for f in release_files("2018_04")} == {"boxes", "images", "classes",
+                                                          "hierarchy"}
+    assert [f.split for f in release_files("v7", ("test",)) if f.kind == "boxes"] == ["test"]
+    with pytest.raises(ValueError, match="unknown Open Images version 'v9'; known: v4"):
+        release_files("v9")
+    with pytest.raises(ValueError, match="unknown split"):
+        release_files("v6", ("training",))
 
 
-def test_read_boxes_keeps_only_requested_labels_in_both_layouts(mirror):
-    train = read_boxes(mirror.root / "v6" / "oidv6-train-annotations-bbox.csv", [HAMBURGER])
-    assert train.num_rows > 0
-    assert set(train.column("LabelName").to_pylist()) == {HAMBURGER}
-    test = read_boxes(mirror.root / "v5" / "test-annotations-bbox.csv", [HAMBURGER, CAR])
-    assert set(test.column("LabelName").to_pylist()) == {HAMBURGER, CAR}
-    assert test.column_names == train.column_names
+@pytest.fixture(scope="module")
+def stores(mirror, tmp_path_factory):
+    root = tmp_path_factory.mktemp("meta")
+    cached = Metadata(mirror.url, root).refresh()
+    streamed = Metadata(mirror.url, root, use_cache=False).refresh()
+    return cached, streamed
+
+
+def test_cache_and_csv_give_the_same_selection(stores):
+    cached, streamed = stores
+    onto = cached.ontology()
+    a = select_boxes(cached, onto, ["Hamburger", "Sandwich"], Filters())
+    b = select_boxes(streamed, onto, ["Hamburger", "Sandwich"], Filters())
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.Subset) == {"train", "validation", "test"}
+    assert a.OriginalURL.notna().all()
+
+
+def test_label_counts_come_from_the_cache(stores):
+    cached, _ = stores
+    counts = cached.label_counts()
+    assert counts["/m/0cdn1"] > 50 and "/m/01g317" in counts
+
+
+def test_a_second_refresh_only_asks_upstream(mirror, stores):
+    cached, _ = stores
+    mirror.faults.requests.clear()
+    cached.refresh()
+    assert {method for method, _, _ in mirror.faults.requests} == {"HEAD"}

@@ -4,18 +4,14 @@ import pandas as pd
 import pytest
 
 from flows.openimages.download import MANIFEST, download_images
-from flows.openimages.metadata import fetch_metadata
-from flows.openimages.ontology import load_ontology
+from flows.openimages.metadata import Metadata
 from flows.openimages.select import Filters, images_of, select_boxes
 
 
 @pytest.fixture(scope="module")
 def selection(mirror, tmp_path_factory):
-    paths = fetch_metadata(mirror.url, tmp_path_factory.mktemp("meta"), verify=False)
-    onto = load_ontology(paths[("classes", "all")], paths[("hierarchy", "all")])
-    return select_boxes({s: p for (k, s), p in paths.items() if k == "boxes"},
-                        {s: p for (k, s), p in paths.items() if k == "images"},
-                        onto, ["hamburger", "Sandwich", "Car"], Filters())
+    store = Metadata(mirror.url, tmp_path_factory.mktemp("meta")).refresh()
+    return select_boxes(store, store.ontology(), ["hamburger", "Sandwich", "Car"], Filters())
 
 
 def test_selection_labels_each_box_once_with_image_info(selection):

@@ -84,19 +84,25 @@ def load_ontology(class_descriptions: Path, hierarchy: Path) -> Ontology:
 
 
 def label_map(
-    ontology: Ontology, requested: list[str], include_subclasses: bool = True
+    ontology: Ontology, requested: list[str], include_subclasses: bool = True,
+    excluded: list[str] | tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Map each box MID to the most specific requested class MID it belongs to.
 
-    A box under two requested classes that do not nest (e.g. Tomato under both Fruit and
-    Vegetable) is ambiguous and left out, so no box is ever labelled twice.
+    Excluded classes and everything below them are left out (Sandwich without Hamburger). A
+    box under two requested classes that do not nest (e.g. Tomato under both Fruit and
+    Vegetable) is ambiguous and left out too, so no box is ever labelled twice.
     """
+    dropped = set(excluded).union(*(ontology.descendants(mid) for mid in excluded))
+    clash = sorted(ontology.name(mid) for mid in set(requested) & dropped)
+    if clash:
+        raise ValueError(f"{', '.join(clash)} both requested and excluded")
     expansions = {
         mid: {mid} | (ontology.descendants(mid) if include_subclasses else set())
         for mid in requested
     }
     mapping: dict[str, str] = {}
-    for label in set().union(*expansions.values()):
+    for label in set().union(*expansions.values()) - dropped:
         owners = {mid for mid, members in expansions.items() if label in members}
         # The most specific owners are those with no other owner beneath them.
         specific = [mid for mid in owners if not ontology.descendants(mid) & owners]

@@ -1,0 +1,122 @@
+"""Streaming the Open Images CSVs with pyarrow: typed columns, bounded memory, clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+
+BOX_COLUMNS = ["ImageID", "Source", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsOccluded",
+               "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]
+FLAGS = [c for c in BOX_COLUMNS if c.startswith("Is")]
+BOX_TYPES = {"ImageID": pa.string(), "Source": pa.string(), "LabelName": pa.string(),
+             **{c: pa.float32() for c in ("XMin", "XMax", "YMin", "YMax")},
+             **{c: pa.int8() for c in FLAGS}}
+IMAGE_COLUMNS = ["ImageID", "Subset", "OriginalURL", "OriginalLandingURL", "License",
+                 "AuthorProfileURL", "Author", "Title", "OriginalSize", "OriginalMD5",
+                 "Thumbnail300KURL", "Rotation"]
+IMAGE_TYPES = {**{c: pa.string() for c in IMAGE_COLUMNS}, "OriginalSize": pa.int64(),
+               "Rotation": pa.float32()}
+BLOCK = 16 << 20
+
+
+class MetadataError(ValueError):
+    """A metadata file is malformed; the message names the file, the line and the problem."""
+
+
+def _line_of(path: Path, text: str) -> int | None:
+    """The 1-based line number of the first line equal to text (only on the error path)."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.rstrip(b"\r\n").decode("utf-8", "replace") == text:
+                return number
+    return None
+
+
+def stream(path: Path, columns: list[str], types: dict[str, pa.DataType]
+           ) -> Iterator[pa.RecordBatch]:
+    """Yield typed record batches of the given columns; a malformed row raises MetadataError."""
+    bad: list[pv.InvalidRow] = []
+
+    def reject(row: pv.InvalidRow) -> str:
+        bad.append(row)
+        return "error"
+
+    try:
+        reader = pv.open_csv(
+            path,
+            read_options=pv.ReadOptions(block_size=BLOCK),
+            parse_options=pv.ParseOptions(invalid_row_handler=reject),
+            convert_options=pv.ConvertOptions(include_columns=columns, column_types=types),
+        )
+        yield from reader
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
+        if bad:
+            row = bad[0]
+            line = _line_of(path, row.text)
+            raise MetadataError(
+                f"{path}: line {line or '?'}: expected {row.expected_columns} columns, got "
+                f"{row.actual_columns} (truncated or corrupt file?): {row.text[:120]!r}"
+            ) from error
+        raise MetadataError(f"{path}: {error}") from error
+
+
+def valid_boxes(batch: pa.RecordBatch) -> pa.Array:
+    """Mask of boxes with coordinates inside 0..1 and min < max; the rest are skipped."""
+    x0, x1, y0, y1 = (batch[c] for c in ("XMin", "XMax", "YMin", "YMax"))
+    inside = pc.and_(pc.and_(pc.greater_equal(x0, 0), pc.less_equal(x1, 1)),
+                     pc.and_(pc.greater_equal(y0, 0), pc.less_equal(y1, 1)))
+    ordered = pc.and_(pc.less(x0, x1), pc.less(y0, y1))
+    return pc.fill_null(pc.and_(inside, ordered), False)
+
+
+def read_boxes(path: Path, mids: list[str]) -> tuple[pa.Table, int]:
+    """Stream a box CSV keeping rows of the given labels; return (table, invalid boxes skipped)."""
+    wanted = pa.array(mids, pa.string())
+    kept, skipped = [], 0
+    for batch in stream(path, BOX_COLUMNS, BOX_TYPES):
+        batch = batch.filter(pc.is_in(batch["LabelName"], value_set=wanted))
+        ok = valid_boxes(batch)
+        skipped += batch.num_rows - pc.sum(ok).as_py() if batch.num_rows else 0
+        kept.append(batch.filter(ok))
+    return pa.Table.from_batches(kept, schema=_schema(BOX_COLUMNS, BOX_TYPES)), skipped
+
+
+def read_images(path: Path, image_ids: pa.Array) -> pa.Table:
+    """Stream an image-info CSV keeping the rows of the given ImageIDs."""
+    kept = [b.filter(pc.is_in(b["ImageID"], value_set=image_ids))
+            for b in stream(path, IMAGE_COLUMNS, IMAGE_TYPES)]
+    return pa.Table.from_batches(kept, schema=_schema(IMAGE_COLUMNS, IMAGE_TYPES))
+
+
+def _schema(columns: list[str], types: dict[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([(c, types[c]) for c in columns])
+
+
+# Byte -> nibble value; 255 marks a byte that is not a hex digit.
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdefABCDEF", np.uint8)] = [*range(16), *range(10, 16)]
+
+
+def image_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """ImageIDs (16 hex digits) as uint64 keys, vectorised; other ids raise MetadataError."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    ids = ids.cast(pa.string())
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset:ids.offset + len(ids) + 1]
+    if ids.null_count or not (np.diff(offsets) == 16).all():
+        raise MetadataError("ImageIDs must be 16 hexadecimal digits")
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    nibbles = _HEX[data].reshape(-1, 16)
+    if (nibbles == 255).any():
+        raise MetadataError("ImageIDs must be 16 hexadecimal digits")
+    keys = np.zeros(len(ids), dtype=np.uint64)
+    for column in range(16):
+        keys = (keys << np.uint64(4)) | nibbles[:, column].astype(np.uint64)
+    return keys

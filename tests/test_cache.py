@@ -1,0 +1,84 @@
+"""The columnar cache: same rows as the CSVs, laid out so few classes read little, kept fresh."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.openimages import cache
+from flows.openimages.csvread import MetadataError, image_keys, read_boxes, read_images
+from flows.openimages.fetch import Stamp
+from tests.csvfiles import box_row, write_boxes, write_images
+
+LABELS = [f"/m/{c}{n}" for c in "abcdefgh" for n in range(5)]
+
+
+def stamp_of(path):
+    return Stamp(url="file://x", size=path.stat().st_size, md5=str(path.stat().st_mtime_ns))
+
+
+@pytest.fixture
+def box_csv(tmp_path):
+    rows = [box_row(f"{i:016x}", LABELS[(i * 7) % len(LABELS)], flags=(i % 3 - 1, 0, 0, 0, 0))
+            for i in range(4000)]
+    rows.append(box_row("00000000000000aa", "/m/a0", box=(0.5, 0.4, 0.1, 0.2)))  # XMin > XMax
+    rows.append(box_row("00000000000000ab", "/m/a0", box=(0.1, 1.4, 0.1, 0.2)))  # outside 0..1
+    return write_boxes(tmp_path / "boxes.csv", rows)
+
+
+def test_box_cache_holds_the_csv_rows_sorted_by_label(box_csv, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "ROW_GROUP", 100)
+    dest = tmp_path / "boxes.parquet"
+    info = cache.build_box_cache(box_csv, stamp_of(box_csv), dest)
+    assert info["rows"] == 4000 and info["skipped_invalid_boxes"] == 2
+    assert sum(info["label_counts"].values()) == 4000
+    labels = pq.read_table(dest, columns=["LabelName"]).column(0).to_pylist()
+    assert labels == sorted(labels)
+    wanted = ["/m/c3", "/m/h1"]
+    from_cache = cache.boxes_from_cache(dest, wanted).sort_by([("ImageID", "ascending")])
+    streamed, skipped = read_boxes(box_csv, wanted)
+    assert skipped == 0
+    assert from_cache.equals(streamed.sort_by([("ImageID", "ascending")]))
+    assert from_cache.schema.field("IsOccluded").type == pa.int8()
+    # Selecting two labels of forty reads a handful of the forty row groups.
+    meta = pq.ParquetFile(dest).metadata
+    column = meta.schema.names.index("LabelName")
+    hit = [g for g in range(meta.num_row_groups)
+           if any(meta.row_group(g).column(column).statistics.min <= w
+                  <= meta.row_group(g).column(column).statistics.max for w in wanted)]
+    assert meta.num_row_groups == 40 and len(hit) <= 4
+
+
+def test_image_cache_looks_up_scattered_ids(tmp_path):
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(3000)]
+    csv = write_images(tmp_path / "images.csv", ids)
+    dest = tmp_path / "images.arrow"
+    assert cache.build_image_cache(csv, stamp_of(csv), dest)["rows"] == 3000
+    wanted = pa.array([ids[5], ids[2999], ids[17], "ffffffffffffffff"])
+    found = cache.images_from_cache(dest, wanted).sort_by("ImageID")
+    assert found.equals(read_images(csv, wanted).sort_by("ImageID"))
+    assert found.num_rows == 3
+
+
+def test_a_changed_source_makes_the_cache_stale(box_csv, tmp_path):
+    dest = tmp_path / "boxes.parquet"
+    first = stamp_of(box_csv)
+    cache.build_box_cache(box_csv, first, dest)
+    assert cache.is_fresh(dest, first)
+    assert not cache.is_fresh(dest, Stamp("file://x", first.size + 1, first.md5))
+    assert not cache.is_fresh(dest, Stamp("file://x", first.size, "other"))
+
+
+def test_a_short_row_is_an_error_naming_file_and_line(tmp_path):
+    rows = [box_row(f"{i:016x}", "/m/a0") for i in range(10)]
+    rows[6] = rows[6].rsplit(",", 3)[0]  # truncated mid-row
+    csv = write_boxes(tmp_path / "broken.csv", rows)
+    with pytest.raises(MetadataError, match=r"broken.csv: line 8: expected 21 columns, got 18"):
+        cache.build_box_cache(csv, stamp_of(csv), tmp_path / "b.parquet")
+    assert not (tmp_path / "b.parquet").exists()
+
+
+def test_image_ids_must_be_hex():
+    assert image_keys(pa.array(["000000000000000f", "ffffffffffffffff"])).tolist() == [
+        15, 2**64 - 1]
+    with pytest.raises(MetadataError, match="16 hexadecimal"):
+        image_keys(pa.array(["not-an-image-id!"]))

@@ -1,0 +1,129 @@
+"""Class selection on generated boxes: every filter, limits by image, ontology options."""
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from flows.openimages.csvread import BOX_COLUMNS, BOX_TYPES
+from flows.openimages.ontology import load_ontology
+from flows.openimages.select import EmptySelection, Filters, select_boxes, summary
+from tests.test_ontology import META
+
+HAMBURGER, SANDWICH, SUBMARINE, CAR = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/0k4j"
+
+
+class FakeSource:
+    """Boxes and image info held in memory, in the cache's schema."""
+
+    def __init__(self, rows: list[dict]):
+        frame = pd.DataFrame(rows)
+        for column, default in [("Source", "xclick"), ("XMin", 0.1), ("XMax", 0.6), ("YMin", 0.1),
+                                ("YMax", 0.6), ("IsOccluded", 0), ("IsTruncated", 0),
+                                ("IsGroupOf", 0), ("IsDepiction", 0), ("IsInside", 0)]:
+            frame[column] = frame[column].fillna(default) if column in frame else default
+        self.table = pa.Table.from_pandas(frame[BOX_COLUMNS], preserve_index=False).cast(
+            pa.schema([(c, BOX_TYPES[c]) for c in BOX_COLUMNS]))
+
+    def boxes(self, mids):
+        mask = pa.compute.is_in(self.table["LabelName"], value_set=pa.array(mids))
+        return {"train": self.table.filter(mask)}
+
+    def images(self, ids):
+        return pa.table({"ImageID": ids, "OriginalURL": ids, "OriginalLandingURL": ids,
+                         "Thumbnail300KURL": ids, "Rotation": [0.0] * len(ids),
+                         "OriginalMD5": ids, "OriginalSize": [1] * len(ids), "License": ids,
+                         "Author": ids, "AuthorProfileURL": ids})
+
+
+@pytest.fixture(scope="module")
+def onto():
+    return load_ontology(META / "v5" / "class-descriptions-boxable.csv",
+                         META / "2018_04" / "bbox_labels_600_hierarchy.json")
+
+
+def img(n: int) -> str:
+    return f"{n:016x}"
+
+
+def test_each_flag_rule_treats_unknown_as_not_flagged(onto):
+    rows = [{"ImageID": img(i), "LabelName": CAR, "IsOccluded": flag}
+            for i, flag in enumerate([1, 0, -1])]
+    source = FakeSource(rows)
+    def kept(**rules):
+        return sorted(select_boxes(source, onto, ["Car"], Filters(**rules)).IsOccluded)
+    assert kept(occluded="any") == [-1, 0, 1]
+    assert kept(occluded="exclude") == [-1, 0]
+    assert kept(occluded="only") == [1]
+
+
+@pytest.mark.parametrize("option,column", [("depiction", "IsDepiction"), ("group_of", "IsGroupOf"),
+                                           ("truncated", "IsTruncated"), ("inside", "IsInside")])
+def test_every_flag_has_a_rule(onto, option, column):
+    source = FakeSource([{"ImageID": img(i), "LabelName": CAR, column: i} for i in (0, 1)])
+    assert select_boxes(source, onto, ["Car"], Filters(**{option: "only"}))[column].tolist() == [1]
+    assert select_boxes(source, onto, ["Car"], Filters(**{option: "exclude"}))[column].tolist() == [
+        0]
+
+
+def test_depictions_and_groups_are_excluded_by_default(onto):
+    source = FakeSource([{"ImageID": img(0), "LabelName": CAR, "IsDepiction": 1},
+                         {"ImageID": img(1), "LabelName": CAR, "IsGroupOf": 1},
+                         {"ImageID": img(2), "LabelName": CAR}])
+    assert select_boxes(source, onto, ["Car"], Filters()).ImageID.tolist() == [img(2)]
+
+
+def test_source_and_minimum_box_size(onto):
+    source = FakeSource([{"ImageID": img(0), "LabelName": CAR, "Source": "activemil"},
+                         {"ImageID": img(1), "LabelName": CAR, "XMax": 0.12},
+                         {"ImageID": img(2), "LabelName": CAR}])
+    assert select_boxes(source, onto, ["Car"], Filters(source="xclick")).ImageID.tolist() == [
+        img(1), img(2)]
+    assert select_boxes(source, onto, ["Car"], Filters(min_box_fraction=0.05)).ImageID.tolist() == [
+        img(0), img(2)]
+
+
+def test_nesting_exclusion_and_relabelling(onto):
+    source = FakeSource([{"ImageID": img(i), "LabelName": label}
+                         for i, label in enumerate([HAMBURGER, SANDWICH, SUBMARINE])])
+    both = select_boxes(source, onto, ["Hamburger", "Sandwich"], Filters())
+    assert dict(zip(both.LabelName, both.Class, strict=True)) == {
+        HAMBURGER: "Hamburger", SANDWICH: "Sandwich", SUBMARINE: "Sandwich"}
+    without = select_boxes(source, onto, ["Sandwich"], Filters(exclude_classes=("Hamburger",)))
+    assert set(without.LabelName) == {SANDWICH, SUBMARINE}
+    food = select_boxes(source, onto, ["Food"], Filters())
+    assert set(food.Class) == {"Food"}
+    own = select_boxes(source, onto, ["Food"], Filters(relabel=False))
+    assert set(own.Class) == {"Hamburger", "Sandwich", "Submarine sandwich"}
+    with pytest.raises(ValueError, match="both requested and excluded"):
+        select_boxes(source, onto, ["Hamburger"], Filters(exclude_classes=("Sandwich",)))
+
+
+def test_limits_keep_whole_images_and_are_seeded(onto):
+    rows = [{"ImageID": img(i), "LabelName": CAR, "XMin": x} for i in range(40)
+            for x in (0.1, 0.2)]
+    rows += [{"ImageID": img(100 + i), "LabelName": HAMBURGER} for i in range(10)]
+    source = FakeSource(rows)
+    picked = select_boxes(source, onto, ["Car", "Hamburger"], Filters(max_images_per_class=5))
+    counts = summary(picked).set_index("Class")
+    assert counts.loc["Car", "images"] == 5 and counts.loc["Car", "boxes"] == 10
+    again = select_boxes(source, onto, ["Car", "Hamburger"], Filters(max_images_per_class=5))
+    other = select_boxes(source, onto, ["Car", "Hamburger"],
+                         Filters(max_images_per_class=5, seed=1))
+    assert picked.ImageID.tolist() == again.ImageID.tolist()
+    assert picked.ImageID.tolist() != other.ImageID.tolist()
+    balanced = summary(select_boxes(source, onto, ["Car", "Hamburger"], Filters(balance=True)))
+    assert balanced.images.tolist() == [10, 10]
+
+
+def test_an_image_with_two_classes_counts_for_both(onto):
+    rows = [{"ImageID": img(i), "LabelName": label} for i in range(6) for label in (CAR, HAMBURGER)]
+    picked = select_boxes(FakeSource(rows), onto, ["Car", "Hamburger"],
+                          Filters(max_images_per_class=3))
+    assert summary(picked).images.tolist() == [3, 3]
+    assert picked.ImageID.nunique() == 3
+
+
+def test_an_empty_selection_says_why(onto):
+    source = FakeSource([{"ImageID": img(0), "LabelName": CAR, "IsDepiction": 1}])
+    with pytest.raises(EmptySelection, match="no boxes of \\['Car'\\]"):
+        select_boxes(source, onto, ["Car"], Filters())
