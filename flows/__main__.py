@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from flows.openimages.ontology import UnknownClassError
+from flows.openimages.select import EmptySelection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=8)
     run = sub.add_parser("retrain", help="refresh, crop, train and publish (OPENIMAGER_* apply)")
     run.add_argument("--classes", nargs="+")
+    run.add_argument("--exclude-classes", nargs="+")
+    run.add_argument("--openimages-version", choices=["v4", "v5", "v6", "v7"])
     run.add_argument("--workspace")
     run.add_argument("--metadata-url")
     run.add_argument("--image-endpoint-url")
@@ -27,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--epochs", type=int)
     run.add_argument("--registry")
     run.add_argument("--package-name")
-    classes = sub.add_parser("classes", help="search the boxable classes")
+    classes = sub.add_parser("classes", help="search the boxable classes and their hierarchy")
     classes.add_argument("query", nargs="?", default="")
+    classes.add_argument("--tree", action="store_true", help="print the subtree of each match")
     classes.add_argument("--workspace")
+    classes.add_argument("--metadata-url")
+    classes.add_argument("--openimages-version")
     install = sub.add_parser("install", help="install a published package version")
     install.add_argument("name")
     install.add_argument("--registry", required=True)
@@ -50,22 +56,36 @@ def main(argv: list[str] | None = None) -> int:
             options = {k: v for k, v in vars(args).items() if k != "command"}
             print(json.dumps(retrain(**options), indent=2, default=str))
         elif args.command == "classes":
-            from flows.params import settings_from
-            from flows.stages import ontology
-
-            onto = ontology(settings_from(workspace=args.workspace))
-            for mid, name in sorted(onto.names.items(), key=lambda item: item[1]):
-                if args.query.casefold() in name.casefold():
-                    print(f"{mid}\t{name}")
+            print(classes_report(args))
         elif args.command == "install":
             from flows.bundle import install as install_package
 
             install_package(args.name, args.registry, args.top_hash, args.dest)
             print(args.dest)
-    except UnknownClassError as error:
+    except (UnknownClassError, EmptySelection) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def classes_report(args: argparse.Namespace) -> str:
+    """The classes matching a query, with MIDs, parents, children and box counts."""
+    from flows.openimages.ontology import describe, search, tree
+    from flows.params import settings_from
+    from flows.stages import metadata
+
+    settings = settings_from(workspace=args.workspace, metadata_url=args.metadata_url,
+                             openimages_version=args.openimages_version)
+    store = metadata(settings, kinds=("classes", "hierarchy"))
+    onto, counts = store.ontology(), store.label_counts()
+    matches = search(onto, args.query)
+    if not matches:
+        onto.resolve(args.query)  # raises, naming the closest classes
+    lines = [line for mid in matches
+             for line in (tree(onto, mid, counts) if args.tree else [describe(onto, mid, counts)])]
+    if not counts:
+        lines.append("(box counts appear once a refresh has built the metadata cache)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def report(result: dict) -> str:
     published, served = result["publish"], result["serve"]
     lines = ["", "== openimager demo (synthetic sample data) =="]
     for name, info in refreshed["classes"].items():
-        lines.append(f"class {name} ({info['mid']}): {built['crops_per_class'].get(name, 0)} crops")
+        lines.append(f"class {name} ({info['mid']}): {info['images']} images, "
+                     f"{info['boxes']} boxes, {built['crops_per_class'].get(name, 0)} crops")
     lines += [
         f"images: {refreshed['images']} selected, downloads {refreshed['downloads']}",
         f"crops: {built['crops']} ({built['crops_per_split']}), skipped {built['skipped']}",

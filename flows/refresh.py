@@ -23,11 +23,14 @@ def refresh_task(settings: Settings) -> dict:
 
 
 @flow(name="refresh", log_prints=True)
-def refresh(classes: list[str] | None = None, workspace: str | None = None,
-            max_images_per_class: int | None = None) -> dict:
+def refresh(classes: list[str] | None = None, exclude_classes: list[str] | None = None,
+            openimages_version: str | None = None, workspace: str | None = None,
+            max_images_per_class: int | None = None, balance_classes: bool | None = None) -> dict:
     """Select the boxes of the requested classes and download their images."""
-    settings = settings_from(classes=classes, workspace=workspace,
-                             max_images_per_class=max_images_per_class)
+    settings = settings_from(classes=classes, exclude_classes=exclude_classes,
+                             openimages_version=openimages_version, workspace=workspace,
+                             max_images_per_class=max_images_per_class,
+                             balance_classes=balance_classes)
     check_classes(settings)
     summary = refresh_task(settings)
     print(f"selected {summary['boxes']} boxes on {summary['images']} images; "

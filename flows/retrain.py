@@ -13,6 +13,8 @@ from flows.train import build_task, train_task
 @flow(name="retrain", log_prints=True)
 def retrain(
     classes: list[str] | None = None,
+    exclude_classes: list[str] | None = None,
+    openimages_version: str | None = None,
     workspace: str | None = None,
     metadata_url: str | None = None,
     image_endpoint_url: str | None = None,
@@ -24,7 +26,8 @@ def retrain(
 ) -> dict:
     """Refresh, crop, train, register and publish; return every stage's summary."""
     settings = settings_from(
-        classes=classes, workspace=workspace, metadata_url=metadata_url,
+        classes=classes, exclude_classes=exclude_classes,
+        openimages_version=openimages_version, workspace=workspace, metadata_url=metadata_url,
         image_endpoint_url=image_endpoint_url, max_images_per_class=max_images_per_class,
         epochs=epochs, image_size=image_size, registry=registry, package_name=package_name,
     )

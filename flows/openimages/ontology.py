@@ -109,3 +109,32 @@ def label_map(
         if len(specific) == 1:
             mapping[label] = specific[0]
     return mapping
+
+
+def search(ontology: Ontology, query: str) -> list[str]:
+    """MIDs whose name contains query (case-insensitive), exact matches first, or the MID itself."""
+    wanted = query.strip().casefold()
+    if wanted in ontology.names:
+        return [wanted]
+    hits = [mid for mid, name in ontology.names.items() if wanted in name.casefold()]
+    return sorted(hits, key=lambda mid: (ontology.name(mid).casefold() != wanted,
+                                         ontology.name(mid).casefold()))
+
+
+def describe(ontology: Ontology, mid: str, counts: dict[str, int]) -> str:
+    """One line: MID, name, box count, parents and children."""
+    def names(mids: tuple[str, ...] | list[str]) -> str:
+        return ", ".join(sorted(ontology.name(m) for m in mids if m != ROOT_MID)) or "-"
+
+    boxes = counts.get(mid)
+    return (f"{mid}\t{ontology.name(mid)}\tboxes={boxes if boxes is not None else '?'}\t"
+            f"parents: {names(ontology.parents.get(mid, ()))}\t"
+            f"children: {names(ontology.children.get(mid, ()))}")
+
+
+def tree(ontology: Ontology, mid: str, counts: dict[str, int], depth: int = 0) -> list[str]:
+    """The subtree under mid, one indented line per class with its box count."""
+    boxes = counts.get(mid)
+    line = f"{'  ' * depth}{ontology.name(mid)} ({mid}){f' {boxes} boxes' if boxes else ''}"
+    kids = sorted(ontology.children.get(mid, ()), key=ontology.name)
+    return [line] + [row for kid in kids for row in tree(ontology, kid, counts, depth + 1)]
