@@ -1,4 +1,4 @@
-"""Command line: python -m flows {demo,retrain,classes,install} ..."""
+"""Command line: python -m flows {demo,retrain,classes,install,reproduce,train-dataset} ..."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
+from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from flows.openimages.ontology import UnknownClassError
 from flows.openimages.select import EmptySelection
+from flows.registries import RegistryError
+from flows.secrets import SecretFound
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     classes.add_argument("--workspace")
     classes.add_argument("--metadata-url")
     classes.add_argument("--openimages-version")
-    install = sub.add_parser("install", help="install a published package version")
-    install.add_argument("name")
-    install.add_argument("--registry", required=True)
-    install.add_argument("--top-hash", required=True)
-    install.add_argument("--dest", type=Path, required=True)
+    add_bundle_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flows").setLevel(logging.INFO)
@@ -57,12 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(retrain(**options), indent=2, default=str))
         elif args.command == "classes":
             print(classes_report(args))
-        elif args.command == "install":
-            from flows.bundle import install as install_package
-
-            install_package(args.name, args.registry, args.top_hash, args.dest)
-            print(args.dest)
-    except (UnknownClassError, EmptySelection) as error:
+        elif args.command in BUNDLE_COMMANDS:
+            return run_bundle_command(args)
+    except (UnknownClassError, EmptySelection, RegistryError, SecretFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

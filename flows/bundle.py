@@ -10,9 +10,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import quilt3
+from botocore.exceptions import BotoCoreError, ClientError
+from quilt3.util import QuiltException
 
-from flows.lineage import PROJECT_ROOT, export_source, git_dirty, sha256_file
+from flows.lineage import PROJECT_ROOT, export_source, git_dirty, sha256_file, sha256_text
+from flows.secrets import refuse_secrets
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +25,12 @@ ENV_FILES = ("requirements.lock", "pyproject.toml", "Dockerfile", "bentofile.yam
 
 @dataclass(frozen=True)
 class Published:
-    """A pushed package version."""
+    """A package version in a registry; pushed is false when an identical one was there."""
 
     name: str
     registry: str
     top_hash: str
+    pushed: bool = True
 
 
 def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
@@ -42,7 +47,7 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
         if (root / name).exists():
             shutil.copy2(root / name, env / name)
     (env / "python-version.txt").write_text(platform.python_version() + "\n")
-    (staging / "README.md").write_text(readme(meta))
+    (staging / "README.md").write_text(readme(meta) + attribution(dataset_dir))
     return staging
 
 
@@ -84,23 +89,67 @@ CC BY 2.0 requires crediting them when you redistribute.
 """
 
 
+class PublishError(RuntimeError):
+    """A push did not complete; nothing in the registry points at what it left behind."""
+
+
+def fingerprint(meta: dict) -> str:
+    """What makes a bundle different: its data, model, code and environment."""
+    keys = ("dataset_id", "model_sha256", "git_commit", "lock_sha256", "package")
+    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
+
+
+def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
+    """The top hash and metadata of the newest version of a package, or None."""
+    try:
+        package = quilt3.Package.browse(name, registry=registry)
+    except (QuiltException, ClientError, FileNotFoundError):
+        return None
+    return package.top_hash, package.meta
+
+
+def attribution(dataset_dir: Path) -> str:
+    """The photo authors and licences of the crops, as CC BY 2.0 asks."""
+    table = dataset_dir / "crops.parquet"
+    if not table.exists():
+        return ""
+    credits = pd.read_parquet(table, columns=["Author", "License", "OriginalLandingURL"])
+    credits = credits.drop_duplicates().sort_values(["Author", "OriginalLandingURL"])
+    rows = [f"| {r.Author} | {r.License} | {r.OriginalLandingURL} |"
+            for r in credits.itertuples()]
+    return "\n".join(["\n## Photo credits\n", "| author | licence | photo |", "|---|---|---|",
+                      *rows, ""])
+
+
 def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry: str,
             message: str, allow_dirty: bool = True) -> Published:
-    """Push the bundle to an S3 registry and return its top hash."""
+    """Push the bundle to an S3 registry and return its top hash; unchanged bundles are kept."""
     if git_dirty() and not allow_dirty:
         raise RuntimeError("uncommitted changes: code/ would not match the running code")
     if git_dirty():
         log.warning("uncommitted changes are not in code/: it holds the last commit only")
     with tempfile.TemporaryDirectory(prefix="openimager-bundle-") as tmp:
         staging = stage_bundle(dataset_dir, model_dir, meta, Path(tmp))
+        refuse_secrets(staging)
         lock = staging / "env" / "requirements.lock"
-        meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None}
+        meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,
+                "model_sha256": sha256_file(staging / "model" / "model.keras")}
+        meta["fingerprint"] = fingerprint(meta)
+        latest = latest_meta(name, registry)
+        if latest and latest[1].get("fingerprint") == meta["fingerprint"]:
+            log.info("%s is unchanged since %s: nothing pushed", name, latest[0][:12])
+            return Published(name, registry, latest[0], pushed=False)
         package = quilt3.Package().set_dir("/", staging).set_meta(json.loads(json.dumps(meta)))
-        pushed = package.push(name, registry=registry, message=message, force=True)
+        try:
+            pushed = package.push(name, registry=registry, message=message, force=True)
+        except (BotoCoreError, ClientError, QuiltException, OSError) as error:
+            raise PublishError(f"pushing {name} to {registry} failed ({error}); no version "
+                               "was recorded, run the publish again") from error
     return Published(name, registry, pushed.top_hash)
 
 
-def install(name: str, registry: str, top_hash: str, dest: Path) -> Path:
-    """Install one package version into dest."""
-    quilt3.Package.install(name, registry=registry, top_hash=top_hash, dest=str(dest))
-    return dest
+def install(name: str, registry: str, top_hash: str | None, dest: Path) -> str:
+    """Install one package version (the newest without a top hash) into dest; return its hash."""
+    package = quilt3.Package.browse(name, registry=registry, top_hash=top_hash)
+    quilt3.Package.install(name, registry=registry, top_hash=package.top_hash, dest=str(dest))
+    return package.top_hash

@@ -17,7 +17,6 @@ from flows.settings import CVDF_BUCKET
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 DEMO_CLASSES = ["Hamburger", "Sandwich", "Car"]
-DEMO_REGISTRY_BUCKET = "openimager-registry"
 
 
 def pick_test_crop(workspace: Path) -> tuple[Path, str]:
@@ -45,14 +44,13 @@ def run_demo(workspace: Path, classes: list[str] | None = None, epochs: int = 8,
             s3.create_bucket(CVDF_BUCKET, versioned=False, public=True)
             s3.upload_tree(CVDF_BUCKET, SAMPLE / "images", public=True)
         mirror = stack.enter_context(StaticHTTP(SAMPLE / "openimages"))
-        s3.create_bucket(DEMO_REGISTRY_BUCKET)
-        # quilt3 reaches its registry through the standard AWS configuration.
-        os.environ["AWS_ENDPOINT_URL"] = s3.endpoint_url
         result = retrain(
             classes=classes or DEMO_CLASSES, workspace=str(workspace),
             metadata_url=mirror.url, image_endpoint_url=s3.endpoint_url, epochs=epochs,
-            image_size=image_size, registry=f"s3://{DEMO_REGISTRY_BUCKET}",
+            image_size=image_size, registry="embedded",
+            architecture="seed-cnn",  # offline: no ImageNet weights to download
         )
+        result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
         crop, truth = pick_test_crop(workspace)
         with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log") as server:
             with crop.open("rb") as handle:
@@ -78,8 +76,10 @@ def report(result: dict) -> str:
         f"held-out test accuracy: {trained['metrics']['accuracy']} "
         f"(macro F1 {trained['metrics']['macro_f1']}, {trained['metrics']['test_examples']} "
         f"crops); model {trained['model_tag']}",
+        f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
+        f"({trained['promotion_reason']})",
         f"published: {published['name']} top hash {published['top_hash']} "
-        f"in {published['registry']}",
+        f"in {published['registry']} ({published.get('where', 'S3')})",
         f"POST {served['url']} with a held-out {served['true_class']} crop:",
         json.dumps(served["answer"], indent=2),
     ]

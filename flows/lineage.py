@@ -66,3 +66,8 @@ def export_source(dest: Path, root: Path = PROJECT_ROOT) -> str:
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """Hex SHA-256 of a string."""
+    return hashlib.sha256(text.encode()).hexdigest()

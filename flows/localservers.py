@@ -29,6 +29,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (a server killed mid-write) so the log replays."""
+    if not path.exists():
+        path.touch()
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
     """Wait until url answers any HTTP status, or raise with the reason."""
     deadline = time.monotonic() + timeout
@@ -45,10 +55,16 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
 
 @dataclass
 class LocalS3:
-    """A moto S3 server in a child process; use as a context manager."""
+    """A moto S3 server in a child process; use as a context manager.
+
+    With a state_file, every request is recorded there and replayed at the next start, so
+    what was stored survives a restart (the log holds every uploaded byte: a local registry,
+    not a large one).
+    """
 
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    state_file: Path | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -56,14 +72,22 @@ class LocalS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LocalS3:
-        """Start the server and wait until it answers."""
+        """Start the server, wait until it answers, and restore its recorded state."""
         env = {**os.environ, **TELEMETRY_OFF}
+        if self.state_file:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            _drop_torn_tail(self.state_file)
+            env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.state_file))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "flows.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         wait_http(f"{self.endpoint_url}/moto-api/", process=self.process)
+        if self.state_file and self.state_file.stat().st_size:
+            replay = requests.post(f"{self.endpoint_url}/moto-api/recorder/replay-recording",
+                                   timeout=600)
+            replay.raise_for_status()
         return self
 
     def stop(self) -> None:
@@ -121,10 +145,11 @@ class LocalS3:
 class BentoServer:
     """`bentoml serve` of the classification service in a child process."""
 
-    model_tag: str
+    model_tag: str | None
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more OPENIMAGER_* settings
 
     @property
     def url(self) -> str:
@@ -132,7 +157,9 @@ class BentoServer:
 
     def __enter__(self) -> BentoServer:
         root = Path(__file__).resolve().parent.parent
-        env = {**os.environ, **TELEMETRY_OFF, "OPENIMAGER_MODEL_TAG": self.model_tag}
+        env = {**os.environ, **TELEMETRY_OFF, **self.env}
+        if self.model_tag:  # else the promoted model, or the newest
+            env["OPENIMAGER_MODEL_TAG"] = self.model_tag
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier",

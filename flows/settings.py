@@ -53,14 +53,28 @@ class Settings(BaseSettings):
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
 
+    # Training (model/train.py TrainConfig). The default is ImageNet transfer learning, whose
+    # weights download from the same host as the metadata; the offline demo uses seed-cnn.
+    architecture: Literal["transfer", "seed-cnn"] = "transfer"
+    backbone: Literal["MobileNetV3Small", "EfficientNetB0"] = "MobileNetV3Small"
+    weights: str | None = "imagenet"  # "imagenet", a local .weights.h5 of the backbone, "none"
     image_size: int = 150
     epochs: int = 10
     batch_size: int = 32
     patience: int = 3
+    learning_rate: float = 1e-3
+    fine_tune_layers: int = 0  # top backbone layers trained after the head; 0: none
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5
+    class_weights: bool = False
     seed: int = 1337
+    # The gate: promote a new model only if this test metric is at least the promoted one's.
+    promotion_metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
+    force_promote: bool = False
 
     model_name: str = "openimager-classifier"
-    registry: str = "s3://openimager-registry"
+    # "embedded": a local S3 registry kept in registry_dir; or any s3:// bucket.
+    registry: str = "embedded"
     package_name: str = "openimager/classifier"
 
     @property
@@ -74,6 +88,10 @@ class Settings(BaseSettings):
     @property
     def dataset_dir(self) -> Path:
         return self.workspace / "dataset"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.workspace / "registry"
 
     @property
     def model_dir(self) -> Path:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 
 import pandas as pd
 
 from flows.atomic import write_parquet
 from flows.bundle import Published, publish
+from flows.registries import opened
 from flows.lineage import git_commit
 from flows.openimages.crop import CropOptions
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, dataset_id
@@ -100,16 +101,19 @@ def build(settings: Settings) -> dict:
 
 
 def train(settings: Settings) -> dict:
-    """Train on the crops, score on the test split, and register the model with BentoML."""
-    from flows.registry import register_model  # BentoML and TensorFlow load only when training
+    """Train on the crops, score on the test split, register the model with BentoML, and
+    promote it if it scores at least the promoted model on the same test split."""
+    from flows.registry import gate, register_model  # BentoML and TensorFlow load only now
+    from model.evaluate import evaluate_model
     from model.train import TrainConfig
     from model.train import train as fit
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
-    config = TrainConfig(image_size=settings.image_size, epochs=settings.epochs,
-                         batch_size=settings.batch_size, patience=settings.patience,
-                         seed=settings.seed)
-    result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
+    crops = settings.dataset_dir / "crops"
+    # Every training knob is a setting of the same name (OPENIMAGER_EPOCHS, _WEIGHTS, ...).
+    config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
+                            if f.name in Settings.model_fields})
+    result = fit(table, crops, settings.model_dir, config)
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
     commit = git_commit()
     metadata = {
@@ -117,10 +121,13 @@ def train(settings: Settings) -> dict:
         "class_mids": [mids[c] for c in result.class_names],
         "image_size": settings.image_size,
         "architecture": config.architecture,
+        "backbone": config.backbone if config.architecture == "transfer" else None,
+        "weights": result.metrics["weights"],
         "dataset_id": dataset_id(table),
         "openimages_version": settings.openimages_version,
         "git_commit": commit,
-        "metrics": {k: result.metrics[k] for k in ("accuracy", "macro_f1", "test_examples")},
+        "metrics": {k: result.metrics[k]
+                    for k in ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class")},
         "train_seconds": round(result.seconds, 2),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config),
@@ -128,7 +135,19 @@ def train(settings: Settings) -> dict:
     labels = {"dataset": metadata["dataset_id"], "commit": commit[:12],
               "architecture": config.architecture}
     tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
-    return {"model_tag": tag, **metadata}
+
+    test = table[table.Split == "test"]
+    metric = settings.promotion_metric
+
+    def score(model: object, theirs: dict) -> float | None:
+        """The promoted model's metric on this run's test split, fed at its own input size."""
+        return evaluate_model(model, list(theirs["class_names"]), test, crops,
+                              int(theirs["image_size"]), settings.batch_size)[metric]
+
+    decision = gate(tag, result.class_names, metric, result.metrics[metric], score,
+                    settings.force_promote, dataset_id=metadata["dataset_id"])
+    return {"model_tag": tag, **metadata, "promoted": decision.promote,
+            "promotion_reason": decision.reason, "promotion": decision.as_dict()}
 
 
 def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
@@ -146,7 +165,10 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "git_commit": trained["git_commit"],
         "model_tag": trained["model_tag"],
         "filters": asdict(filters(settings)),
+        "train_config": trained.get("config"),
     }
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
-    return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
-                   settings.registry, message)
+    with opened(settings.registry, settings.registry_dir) as registry:
+        meta["registry"] = settings.registry
+        return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
+                       registry, message)

@@ -24,6 +24,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(LOCAL_CREDENTIALS)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="openimager-test-bentoml-")
+    # quilt3 caches manifests by top hash under the user data folder: keep tests apart.
+    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="openimager-test-data-")
     for name in list(os.environ):
         if name.startswith("OPENIMAGER_") or name.startswith("AWS_ENDPOINT_URL"):
             del os.environ[name]
@@ -51,3 +53,27 @@ def mirror() -> Iterator[StaticHTTP]:
     """The sample metadata served over HTTP, like storage.googleapis.com/openimages."""
     with StaticHTTP(SAMPLE / "openimages") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def sample_workspace(tmp_path_factory: pytest.TempPathFactory, local_s3: LocalS3,
+                     mirror: StaticHTTP) -> Path:
+    """A workspace with the sample's crops built once (refresh + build), for training tests."""
+    from flows import stages
+    from flows.settings import Settings
+
+    settings = Settings(workspace=tmp_path_factory.mktemp("sample-workspace"),
+                        metadata_url=mirror.url, image_endpoint_url=local_s3.endpoint_url,
+                        classes=["Hamburger", "Sandwich", "Car"])
+    stages.refresh(settings)
+    stages.build(settings)
+    return settings.workspace
+
+
+@pytest.fixture(scope="session")
+def classifier_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real `bentoml serve` of a tiny untrained model, shared by the service tests."""
+    from tests.servicekit import serve_tiny_model
+
+    with serve_tiny_model(tmp_path_factory.mktemp("served")) as served:
+        yield served

@@ -1,11 +1,18 @@
-"""Publishing a bundle to the local S3 registry and installing it back by top hash."""
+"""Publishing bundles to S3 registries and installing them back by top hash."""
 
 import json
+import os
+import threading
 
+import pandas as pd
+import pytest
 import quilt3
 
-from flows.bundle import install, publish
+from flows.bundle import PublishError, install, publish
 from flows.lineage import git_commit
+from flows.localservers import LocalS3
+from flows.registries import RegistryError, check_registry, opened
+from flows.secrets import SecretFound, find_secrets
 
 META = {
     "package": "test/bundle", "registry": "s3://test-registry", "classes": ["Car", "Hamburger"],
@@ -16,33 +23,132 @@ META = {
 }
 
 
-def make_run(tmp_path):
+def make_run(tmp_path, files: int = 3):
     data, model = tmp_path / "dataset", tmp_path / "model"
     (data / "crops" / "Car").mkdir(parents=True)
-    (data / "crops" / "Car" / "a_1.jpg").write_bytes(b"jpeg bytes")
-    (data / "crops.parquet").write_bytes(b"table")
+    for i in range(files):
+        (data / "crops" / "Car" / f"a_{i}.jpg").write_bytes(os.urandom(4096))
+    pd.DataFrame({"CropPath": ["Car/a_0.jpg"], "Author": ["Ann Example"],
+                  "License": ["https://creativecommons.org/licenses/by/2.0/"],
+                  "OriginalLandingURL": ["https://x.invalid/p/1"]}).to_parquet(
+        data / "crops.parquet")
     model.mkdir()
     (model / "model.keras").write_bytes(b"weights")
     (model / "metrics.json").write_text(json.dumps(META["metrics"]))
     return data, model
 
 
-def test_publish_then_install_round_trip(registry_env, tmp_path):
+def test_publish_then_install_each_version(registry_env, tmp_path):
     data, model = make_run(tmp_path)
     first = publish(data, model, META, "test/bundle", registry_env, "first")
     (model / "model.keras").write_bytes(b"better weights")
     second = publish(data, model, META, "test/bundle", registry_env, "second")
-    assert first.top_hash != second.top_hash
+    assert first.top_hash != second.top_hash and first.pushed and second.pushed
 
-    dest = install("test/bundle", registry_env, first.top_hash, tmp_path / "installed")
-    assert (dest / "model" / "model.keras").read_bytes() == b"weights"
-    assert (dest / "data" / "crops" / "Car" / "a_1.jpg").read_bytes() == b"jpeg bytes"
-    assert (dest / "code" / "COMMIT").read_text().strip() == git_commit()
-    assert (dest / "code" / "flows" / "bundle.py").exists()
-    assert (dest / "env" / "requirements.lock").exists()
-    assert (dest / "env" / "python-version.txt").read_text().startswith("3.11")
-    assert "Open Images Dataset, Google" in (dest / "README.md").read_text()
+    old = tmp_path / "old"
+    assert install("test/bundle", registry_env, first.top_hash, old) == first.top_hash
+    assert (old / "model" / "model.keras").read_bytes() == b"weights"  # not the latest
+    assert (old / "code" / "COMMIT").read_text().strip() == git_commit()
+    assert (old / "code" / "flows" / "bundle.py").exists()
+    assert (old / "env" / "requirements.lock").exists()
+    assert (old / "env" / "python-version.txt").read_text().startswith("3.11")
+    readme = (old / "README.md").read_text()
+    assert "Open Images Dataset, Google" in readme
+    assert "| Ann Example | https://creativecommons.org/licenses/by/2.0/ |" in readme
+    newest = tmp_path / "newest"
+    assert install("test/bundle", registry_env, None, newest) == second.top_hash
+    assert (newest / "model" / "model.keras").read_bytes() == b"better weights"
 
     pkg = quilt3.Package.browse("test/bundle", registry=registry_env, top_hash=second.top_hash)
-    assert pkg.meta["model_tag"] == META["model_tag"]
-    assert len(pkg.meta["lock_sha256"]) == 64
+    assert pkg.meta["model_tag"] == META["model_tag"] and len(pkg.meta["lock_sha256"]) == 64
+
+
+def test_an_unchanged_bundle_is_not_pushed_again(registry_env, tmp_path):
+    data, model = make_run(tmp_path)
+    first = publish(data, model, META, "test/same", registry_env, "one")
+    again = publish(data, model, META, "test/same", registry_env, "two")
+    assert not again.pushed and again.top_hash == first.top_hash
+    versions = quilt3.list_package_versions("test/same", registry=registry_env)
+    assert [hash_ for name, hash_ in versions if name != "latest"] == [first.top_hash]
+
+
+def test_secrets_are_never_published(registry_env, tmp_path):
+    data, model = make_run(tmp_path)
+    (data / ".env").write_text("TOKEN=x\n")
+    (data / "notes.txt").write_text("key AKIAABCDEFGHIJKLMNOP here\n")
+    (model / "deploy.pem").write_text("-----BEGIN RSA PRIVATE KEY-----\n")
+    with pytest.raises(SecretFound) as error:
+        publish(data, model, META, "test/secret", registry_env, "leak")
+    message = str(error.value)
+    assert "data/.env" in message and "data/notes.txt: contains an AWS access key id" in message
+    assert not list(quilt3.list_packages(registry=registry_env).__iter__()) or (
+        "test/secret" not in list(quilt3.list_packages(registry=registry_env)))
+    assert find_secrets(tmp_path / "model") == ["deploy.pem: a credentials file by its name"]
+
+
+def test_the_embedded_registry_survives_a_restart(tmp_path):
+    data, model = make_run(tmp_path)
+    state = tmp_path / "registry"
+    with opened("embedded", state) as registry:
+        first = publish(data, model, META, "test/kept", registry, "one")
+        (model / "model.keras").write_bytes(b"v2")
+        second = publish(data, model, META, "test/kept", registry, "two")
+    with opened("embedded", state) as registry:  # a new server process, replayed
+        install("test/kept", registry, first.top_hash, tmp_path / "a")
+        install("test/kept", registry, second.top_hash, tmp_path / "b")
+    assert (tmp_path / "a" / "model" / "model.keras").read_bytes() == b"weights"
+    assert (tmp_path / "b" / "model" / "model.keras").read_bytes() == b"v2"
+
+
+def test_an_endpoint_dying_mid_push_leaves_no_version_and_a_retry_completes(tmp_path,
+                                                                           monkeypatch):
+    data, model = make_run(tmp_path, files=60)
+    state = tmp_path / "state.jsonl"
+    s3 = LocalS3(state_file=state).start()
+    s3.create_bucket("dying")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    uploads = []
+
+    def kill_after_some_uploads(request, **_):
+        if request.method == "PUT" and "/crops/" in request.url:
+            uploads.append(request.url)
+            if len(uploads) == 5:
+                threading.Thread(target=s3.process.kill).start()
+
+    from botocore.session import Session
+    original = Session.create_client
+
+    def hooked(self, *args, **kwargs):
+        client = original(self, *args, **kwargs)
+        client.meta.events.register("before-send.s3", kill_after_some_uploads)
+        return client
+
+    monkeypatch.setattr(Session, "create_client", hooked)
+    with pytest.raises(PublishError, match="no version was recorded, run the publish again"):
+        publish(data, model, META, "test/dying", "s3://dying", "first try")
+    monkeypatch.setattr(Session, "create_client", original)
+    s3.process.wait()
+    restarted = LocalS3(state_file=state).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", restarted.endpoint_url)
+        assert not list(quilt3.list_package_versions("test/dying", registry="s3://dying"))
+        done = publish(data, model, META, "test/dying", "s3://dying", "retry")
+        install("test/dying", "s3://dying", done.top_hash, tmp_path / "got")
+        assert len(list((tmp_path / "got" / "data" / "crops" / "Car").iterdir())) == 60
+    finally:
+        restarted.stop()
+
+
+def test_registry_problems_are_one_clear_error(local_s3, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
+    with pytest.raises(RegistryError, match="bucket 'no-such-bucket' does not exist"):
+        check_registry("s3://no-such-bucket")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(RegistryError, match="no AWS credentials"):
+        check_registry("s3://test-registry")
+    with pytest.raises(RegistryError, match="not an s3:// URL"):
+        check_registry("/tmp/registry")

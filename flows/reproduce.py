@@ -1,0 +1,102 @@
+"""Rebuilding a published model from its bundle: same data, code, settings and seed."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from flows.bundle import install
+from flows.registries import opened
+
+
+@dataclass
+class Reproduction:
+    """What a reproduce run found."""
+
+    top_hash: str
+    dest: Path
+    environment: list[str] = field(default_factory=list)  # differences from the bundled lock
+    published: dict = field(default_factory=dict)
+    reproduced: dict = field(default_factory=dict)
+    tolerance: float = 0.02
+
+    @property
+    def accuracy_gap(self) -> float:
+        return abs(self.reproduced["accuracy"] - self.published["accuracy"])
+
+    @property
+    def ok(self) -> bool:
+        return self.accuracy_gap <= self.tolerance
+
+    def report(self) -> str:
+        """A human summary: pass or fail, with the numbers and the environment differences."""
+        verdict = "REPRODUCED" if self.ok else "NOT REPRODUCED"
+        lines = [
+            f"{verdict}: test accuracy {self.reproduced['accuracy']:.4f} vs published "
+            f"{self.published['accuracy']:.4f} (gap {self.accuracy_gap:.4f}, tolerance "
+            f"{self.tolerance:.4f}); macro F1 {self.reproduced['macro_f1']:.4f} vs "
+            f"{self.published['macro_f1']:.4f}",
+            f"bundle {self.top_hash} in {self.dest}",
+        ]
+        if self.environment:
+            lines.append("environment differs from the bundled lock:")
+            lines += [f"  {line}" for line in self.environment]
+        else:
+            lines.append("environment matches the bundled lock")
+        return "\n".join(lines)
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def environment_differences(lock: Path, python_version: Path | None = None) -> list[str]:
+    """Each pinned package whose installed version differs, and the Python version."""
+    installed = {_normal(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    found = []
+    for line in lock.read_text().splitlines():
+        pin = line.split("#", 1)[0].strip()
+        if "==" not in pin:
+            continue
+        name, version = (part.strip() for part in pin.split("==", 1))
+        name = name.split("[", 1)[0]
+        have = installed.get(_normal(name))
+        if have != version:
+            found.append(f"{name}: bundled {version}, installed {have or 'none'}")
+    if python_version and python_version.exists():
+        wanted = python_version.read_text().strip()
+        if wanted != platform.python_version():
+            found.append(f"python: bundled {wanted}, running {platform.python_version()}")
+    return found
+
+
+def retrain_bundle(bundle: Path, out: Path) -> dict:
+    """Train again from the bundle's data with its own code and recorded settings."""
+    config = json.loads((bundle / "model" / "metrics.json").read_text())["config"]
+    subprocess.run(
+        [sys.executable, "-m", "flows", "train-dataset", "--dataset-dir", str(bundle / "data"),
+         "--out", str(out), "--config", json.dumps(config)],
+        cwd=bundle / "code", check=True,
+    )
+    return json.loads((out / "metrics.json").read_text())
+
+
+def reproduce(name: str, registry: str, top_hash: str | None, dest: Path, state_dir: Path,
+              tolerance: float = 0.02) -> Reproduction:
+    """Install a package version into dest (fresh), retrain from it and compare metrics."""
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty: reproduce installs into a fresh folder")
+    with opened(registry, state_dir) as url:
+        top_hash = install(name, url, top_hash, dest)
+    published = json.loads((dest / "model" / "metrics.json").read_text())
+    result = Reproduction(top_hash, dest, tolerance=tolerance, published=published)
+    result.environment = environment_differences(dest / "env" / "requirements.lock",
+                                                 dest / "env" / "python-version.txt")
+    result.reproduced = retrain_bundle(dest, dest / "reproduced")
+    return result
