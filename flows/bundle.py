@@ -53,7 +53,6 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
 
 def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
-    classes = " ".join(f"'{c}'" for c in meta["classes"])
     counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
                        for c, n in meta["crops_per_class"].items())
     return f"""# {meta['package']}
@@ -76,11 +75,12 @@ Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 - `code/`: the project source at that commit; `env/`: the lock file, Dockerfile, Python version
 
 ## Reproduce
+With this project checked out (`code/` here is that checkout at the commit above):
 ```
-quilt3 install {meta['package']} --registry {meta['registry']} --top-hash <hash> --dest bundle
-cd bundle/code && make test
-python -m flows retrain --classes {classes}
+python -m flows reproduce {meta['package']} --registry {meta['registry']} --top-hash <hash>
 ```
+installs this version afresh, checks the environment against `env/requirements.lock`,
+retrains from `data/` with the recorded settings and seed, and compares the test accuracy.
 
 ## Attribution
 Annotations: Open Images Dataset, Google (CC BY 4.0; Kuznetsova et al., IJCV 2020). Each crop's

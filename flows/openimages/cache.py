@@ -136,10 +136,20 @@ def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
 
 def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
     """The image-info rows of the given ImageIDs, touching only those rows on disk."""
-    table = _mapped(cache)
-    keys = table["Key"].to_numpy()
+    reader = pa.ipc.open_file(pa.memory_map(str(cache)))
+    batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    keys = np.concatenate([b["Key"].to_numpy() for b in batches]) if batches else np.zeros(0)
     wanted = np.unique(image_keys(image_ids))
     at = np.searchsorted(keys, wanted)
     at = at[at < len(keys)]
     hits = at[keys[at] == wanted[: len(at)]] if len(at) else at
-    return table.take(pa.array(hits, pa.int64())).drop_columns(["Key"])
+    # Take batch by batch: a take over the whole (chunked) table would concatenate, and so
+    # read, every string column in full.
+    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    parts = []
+    for i, batch in enumerate(batches):
+        local = hits[(hits >= starts[i]) & (hits < starts[i + 1])] - starts[i]
+        if len(local):
+            parts.append(batch.take(pa.array(local, pa.int64())))
+    schema = reader.schema
+    return pa.Table.from_batches(parts, schema=schema).drop_columns(["Key"])
