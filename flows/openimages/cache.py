@@ -135,21 +135,27 @@ def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
 
 
 def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
-    """The image-info rows of the given ImageIDs, touching only those rows on disk."""
-    reader = pa.ipc.open_file(pa.memory_map(str(cache)))
-    batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-    keys = np.concatenate([b["Key"].to_numpy() for b in batches]) if batches else np.zeros(0)
+    """The image-info rows of the given ImageIDs, read batch by batch from the mapped file.
+
+    Each batch gets its own memory map, closed before the next: the pages a lookup touches
+    leave the process when their map closes, so memory stays near one batch whatever the size
+    of the file.
+    """
     wanted = np.unique(image_keys(image_ids))
-    at = np.searchsorted(keys, wanted)
-    at = at[at < len(keys)]
-    hits = at[keys[at] == wanted[: len(at)]] if len(at) else at
-    # Take batch by batch: a take over the whole (chunked) table would concatenate, and so
-    # read, every string column in full.
-    starts = np.cumsum([0] + [b.num_rows for b in batches])
+    with pa.memory_map(str(cache)) as source:
+        reader = pa.ipc.open_file(source)
+        count, schema = reader.num_record_batches, reader.schema
     parts = []
-    for i, batch in enumerate(batches):
-        local = hits[(hits >= starts[i]) & (hits < starts[i + 1])] - starts[i]
-        if len(local):
-            parts.append(batch.take(pa.array(local, pa.int64())))
-    schema = reader.schema
+    for i in range(count):
+        with pa.memory_map(str(cache)) as source:
+            batch = pa.ipc.open_file(source).get_batch(i)
+            keys = batch["Key"].to_numpy()
+            lo, hi = np.searchsorted(wanted, [keys[0], keys[-1]], side="left")[0], np.searchsorted(
+                wanted, keys[-1], side="right")
+            sub = wanted[lo:hi]
+            at = np.searchsorted(keys, sub)
+            hits = at[keys[at] == sub]
+            if len(hits):
+                parts.append(batch.take(pa.array(hits, pa.int64())))
+            del batch, keys
     return pa.Table.from_batches(parts, schema=schema).drop_columns(["Key"])
