@@ -42,12 +42,30 @@ class Settings(BaseSettings):
     selection_seed: int = 0
 
     image_source: Literal["cvdf", "flickr", "thumbnail"] = "cvdf"
+    # Tried in order for an image image_source cannot deliver, e.g. ["flickr", "thumbnail"].
+    image_fallback_sources: list[Literal["cvdf", "flickr", "thumbnail"]] = Field(
+        default_factory=list)
     image_bucket: str = CVDF_BUCKET
     # Explicit, so an AWS_ENDPOINT_URL meant for the registry never redirects image downloads.
     image_endpoint_url: str = "https://s3.amazonaws.com"
-    download_workers: int = 16
+    # Image download (flows/openimages/downloader.py DownloadOptions).
+    download_workers: int = 64  # requests in flight per process
+    download_per_host: int = 64  # of which at most this many to one host
+    download_retries: int = 4  # more attempts after a timeout, reset, short body, 5xx or 429
+    download_timeout: float = 30.0  # longest silence on a connection, seconds
+    download_deadline: float = 300.0  # longest time for one response, however it trickles
+    download_chunk_images: int = 500  # images per chunk; one Prefect task each
+    download_verify: bool = False  # re-read and re-check every image already in the store
+    download_placeholder_md5s: list[str] = Field(default_factory=list)  # "photo unavailable"
+    download_task_runner: Literal["threads", "dask"] = "threads"
+    download_parallel_chunks: int = 2  # chunks at once on the thread runner
+    dask_address: str | None = None  # a running Dask scheduler; else a LocalCluster
+    dask_workers: int = 2  # LocalCluster worker processes
 
     crop_size: int = 256
+    crop_padding: float = 0.0
+    crop_quality: int = 90
+    max_crops_per_class: int | None = None
     min_box_pixels: int = 8
     split_seed: int = 0
     validation_fraction: float = 0.15

@@ -8,17 +8,18 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from flows.atomic import write_parquet
+from flows.atomic import write_json, write_parquet
 from flows.bundle import Published, publish
-from flows.registries import opened
 from flows.lineage import git_commit
+from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
-from flows.openimages.dataset import CROPS_TABLE, build_dataset, dataset_id
-from flows.openimages.download import download_images
+from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
+from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
 from flows.openimages.releases import KINDS
 from flows.openimages.select import Filters, images_of, select_boxes, summary
+from flows.registries import opened
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,36 @@ def select(settings: Settings) -> pd.DataFrame:
     return boxes
 
 
-def refresh(settings: Settings) -> dict:
-    """Select the boxes of the requested classes and download their images."""
-    boxes = select(settings)
-    manifest = download_images(images_of(boxes), settings.image_dir, settings.image_source,
-                               settings.image_bucket, settings.image_endpoint_url,
-                               settings.download_workers)
+def download_options(settings: Settings) -> DownloadOptions:
+    """The download options of the settings."""
+    return DownloadOptions(
+        sources=tuple(dict.fromkeys([settings.image_source, *settings.image_fallback_sources])),
+        bucket=settings.image_bucket, endpoint_url=settings.image_endpoint_url,
+        workers=settings.download_workers, per_host=settings.download_per_host,
+        retries=settings.download_retries, connect_timeout=settings.download_timeout,
+        read_timeout=settings.download_timeout, deadline=settings.download_deadline,
+        chunk_images=settings.download_chunk_images, verify=settings.download_verify,
+        placeholder_md5s=tuple(settings.download_placeholder_md5s),
+    )
+
+
+def download(settings: Settings, boxes: pd.DataFrame | None = None,
+             run_chunks: ChunkRunner | None = None) -> pd.DataFrame:
+    """Download the images of the selection (the workspace's unless given) into the shared
+    store; write and return their manifest rows."""
+    if boxes is None:
+        boxes = pd.read_parquet(settings.workspace / "selection.parquet")
+    manifest = download_images(images_of(boxes), settings.image_dir, download_options(settings),
+                               run_chunks)
     write_parquet(settings.workspace / "downloads.parquet", manifest)
+    return manifest
+
+
+def refresh(settings: Settings, run_chunks: ChunkRunner | None = None) -> dict:
+    """Select the boxes of the requested classes and download their images (chunks run by
+    run_chunks, or on a thread pool here)."""
+    boxes = select(settings)
+    manifest = download(settings, boxes, run_chunks)
     counts = summary(boxes).set_index("Class")
     return {
         "classes": {c: {"mid": row.ClassMID, "boxes": int(row.boxes), "images": int(row.images)}
@@ -86,10 +110,22 @@ def build(settings: Settings) -> dict:
     """Crop the selected boxes and split them by source image."""
     boxes = pd.read_parquet(settings.workspace / "selection.parquet")
     manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
-    options = CropOptions(settings.crop_size, settings.min_box_pixels)
+    options = CropOptions(settings.crop_size, settings.min_box_pixels, settings.crop_padding,
+                          settings.crop_quality)
     table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
                                    settings.split_seed, settings.validation_fraction,
-                                   settings.test_fraction)
+                                   settings.test_fraction,
+                                   max_crops_per_class=settings.max_crops_per_class)
+    weights = class_weights(table)
+    write_json(settings.dataset_dir / "class_weights.json", weights)
+    write_card(settings.dataset_dir, table, skipped, {
+        "openimages_version": settings.openimages_version, "seed": settings.split_seed,
+        "filters": asdict(filters(settings)), "class_weights": weights,
+        "expansion": boxes.groupby("Class").LabelName.agg(
+            lambda mids: ", ".join(sorted(set(mids)))).to_dict(),
+        # The bundled sample's photos live under the reserved .invalid domain.
+        "synthetic": bool(boxes.OriginalURL.fillna("").str.contains(r"\.invalid/").all()),
+    })
     return {
         "dataset_id": dataset_id(table),
         "crops": len(table),

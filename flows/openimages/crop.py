@@ -26,6 +26,7 @@ class CropOptions:
     min_pixels: int = 8  # a box narrower or shorter than this on the image is skipped
     padding: float = 0.0  # fraction of the box added on every side
     quality: int = 90
+    draft: bool = True  # let the JPEG decoder downscale when every crop shrinks a lot
 
 
 def upright(image: Image.Image, rotation: float | None) -> Image.Image:
@@ -54,21 +55,45 @@ def pixel_box(
     return left, top, right, bottom
 
 
+def draft_size(size: tuple[int, int], boxes: pd.DataFrame, rotation: float | None,
+               target: int) -> tuple[int, int] | None:
+    """The smallest decode size that keeps every box at least target pixels, or None.
+
+    JPEG decoders can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling), several times
+    faster than decoding in full and shrinking afterwards.
+    """
+    width, height = size
+    if rotation is not None and not math.isnan(float(rotation)) and int(rotation) % 180 == 90:
+        width, height = height, width  # boxes are relative to the upright image
+    # The smallest box binds: every crop must still come out at least target pixels.
+    longest = min(max((b.XMax - b.XMin) * width, (b.YMax - b.YMin) * height)
+                  for b in boxes.itertuples())
+    scale = target / longest if longest else 1.0
+    if scale > 0.5:
+        return None
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
+
+
 def crop_image(image_path: Path, rotation: float | None, boxes: pd.DataFrame, out_dir: Path,
                options: CropOptions) -> list[dict]:
     """Crop every box of one image; return a row per box with its outcome."""
     rows = []
     try:
         with Image.open(image_path) as raw:
+            full = raw.size
+            if options.draft and (size := draft_size(full, boxes, rotation, options.size)):
+                raw.draft(None, size)
             image = upright(raw, rotation).convert("RGB")
     except Exception as error:  # noqa: BLE001 - a bad image is recorded, the run goes on
         return [{"BoxID": b.BoxID, "Status": "unreadable", "Error": str(error)}
                 for b in boxes.itertuples()]
+    # Minimum sizes are judged at the stored resolution, whatever the decode scale.
+    scale = max(image.size) / max(full)  # the longest side does not change with rotation
     for box in boxes.itertuples():
         left, top, right, bottom = pixel_box(
             image.width, image.height, (box.XMin, box.XMax, box.YMin, box.YMax), options.padding
         )
-        if right - left < options.min_pixels or bottom - top < options.min_pixels:
+        if min(right - left, bottom - top) < options.min_pixels * scale:
             rows.append({"BoxID": box.BoxID, "Status": "too-small", "Error": ""})
             continue
         crop = image.crop((left, top, right, bottom))
@@ -88,34 +113,48 @@ def _crop_chunk(chunk: list[tuple[str, float | None, pd.DataFrame]], out_dir: Pa
             for row in crop_image(Path(path), rot, boxes, out_dir, options)]
 
 
-def assign_split(image_ids: pd.Series, seed: int, validation: float, test: float) -> pd.Series:
-    """Split by source image from a seeded hash, so an image never changes split as data grows."""
-    def split(image_id: str) -> str:
-        digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        return "test" if u < test else "validation" if u < test + validation else "train"
-
-    return image_ids.map(split)
+def crop_key(options: CropOptions, image_bytes: int) -> str:
+    """What a crop depends on besides its box: the options and the source file."""
+    return hashlib.sha1(f"{options}|{image_bytes}".encode()).hexdigest()[:12]
 
 
 def crop_boxes(boxes: pd.DataFrame, manifest: pd.DataFrame, out_dir: Path,
-               options: CropOptions, workers: int = 2, chunk_size: int = 64) -> pd.DataFrame:
-    """Crop all boxes whose image downloaded; return the crops table (one row per box)."""
-    ok = manifest[manifest.Status == "ok"].set_index("ImageID").Path
-    boxes = boxes[boxes.ImageID.isin(ok.index)]
-    work = [(ok[image_id], group.Rotation.iloc[0], group)
-            for image_id, group in boxes.groupby("ImageID", sort=True)]
+               options: CropOptions, workers: int = 2, chunk_size: int = 64,
+               previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Crop all boxes whose image downloaded; return the crops table (one row per box).
+
+    Rows of a previous table whose crop file exists and whose options and source image are
+    unchanged are kept as they are: a rerun crops only what is missing or changed.
+    """
+    ok = manifest[manifest.Status == "ok"].set_index("ImageID")
+    boxes = boxes[boxes.ImageID.isin(ok.index)].copy()
+    sizes = ok.Bytes if "Bytes" in ok else pd.Series(0, index=ok.index)
+    boxes["CropKey"] = [crop_key(options, int(sizes[i])) for i in boxes.ImageID]
+    kept = _reusable(boxes, previous, out_dir)
+    todo = boxes[~boxes.BoxID.isin(kept.BoxID)]
+    work = [(ok.Path[image_id], group.Rotation.iloc[0], group)
+            for image_id, group in todo.groupby("ImageID", sort=True)]
     chunks = [work[i:i + chunk_size] for i in range(0, len(work), chunk_size)]
-    outcomes: list[dict] = []
-    # spawn, not fork: the caller may already hold TensorFlow or Prefect threads.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, tqdm(
-        total=len(work), desc="crop", unit="img", disable=not work
-    ) as bar:
-        for chunk, rows in zip(chunks, pool.map(_crop_chunk, chunks,
-                                                [out_dir] * len(chunks),
-                                                [options] * len(chunks)), strict=True):
-            outcomes.extend(rows)
-            bar.update(len(chunk))
-    table = boxes.merge(pd.DataFrame(outcomes, columns=["BoxID", "Status", "Error", "CropPath",
-                                                        "Width", "Height"]), on="BoxID")
+    outcomes: list[dict] = kept.to_dict("records")
+    if chunks:
+        # spawn, not fork: the caller may already hold TensorFlow or Prefect threads.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, tqdm(
+            total=len(work), desc="crop", unit="img"
+        ) as bar:
+            for chunk, rows in zip(chunks, pool.map(_crop_chunk, chunks, [out_dir] * len(chunks),
+                                                    [options] * len(chunks)), strict=True):
+                outcomes.extend(rows)
+                bar.update(len(chunk))
+    columns = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
+    table = boxes.merge(pd.DataFrame(outcomes, columns=columns), on="BoxID")
     return table.reset_index(drop=True)
+
+
+def _reusable(boxes: pd.DataFrame, previous: pd.DataFrame | None, out_dir: Path) -> pd.DataFrame:
+    """Outcome rows of the previous table that still hold for these boxes."""
+    columns = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
+    if previous is None or "CropKey" not in previous or previous.empty:
+        return pd.DataFrame(columns=columns)
+    same = previous.merge(boxes[["BoxID", "CropKey"]], on=["BoxID", "CropKey"])
+    exists = same.CropPath.map(lambda p: isinstance(p, str) and (out_dir / p).exists()).astype(bool)
+    return same[exists][columns].reset_index(drop=True)

@@ -8,12 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from flows.atomic import write_parquet
-from flows.openimages.crop import CropOptions, assign_split, crop_boxes
+from flows.openimages.crop import CropOptions, crop_boxes
+from flows.openimages.split import assign_splits
 
 CROPS_TABLE = "crops.parquet"
 TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID", "Split",
                  "XMin", "XMax", "YMin", "YMax", "IsOccluded", "IsTruncated", "IsInside",
-                 "Rotation", "Width", "Height", "Author", "License", "OriginalLandingURL"]
+                 "Rotation", "Width", "Height", "Author", "License", "OriginalLandingURL",
+                 "CropKey"]
 
 
 def dataset_id(table: pd.DataFrame) -> str:
@@ -31,12 +33,48 @@ def build_dataset(
     validation: float = 0.15,
     test: float = 0.15,
     workers: int = 2,
+    max_crops_per_class: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Crop the selection into out_dir/crops; return (usable crops table, skipped boxes)."""
-    crops = crop_boxes(boxes, manifest, out_dir / "crops", options, workers=workers)
-    crops["Split"] = assign_split(crops.ImageID, seed, validation, test)
+    table_path = out_dir / CROPS_TABLE
+    previous = pd.read_parquet(table_path) if table_path.exists() else None
+    crops = crop_boxes(boxes, manifest, out_dir / "crops", options, workers=workers,
+                       previous=previous)
+    usable_boxes = crops[crops.Status == "ok"]
+    splits = assign_splits(usable_boxes, seed, validation, test)
+    crops["Split"] = crops.ImageID.map(splits)
     usable = crops[crops.Status == "ok"][TABLE_COLUMNS].reset_index(drop=True)
+    if max_crops_per_class:
+        usable = cap_per_class(usable, max_crops_per_class, seed)
     skipped = crops[crops.Status != "ok"][["ImageID", "BoxID", "Class", "Status", "Error"]]
-    write_parquet(out_dir / CROPS_TABLE, usable)
+    prune(out_dir / "crops", set(usable.CropPath))
+    write_parquet(table_path, usable)
     write_parquet(out_dir / "selection.parquet", boxes)
     return usable, skipped.reset_index(drop=True)
+
+
+def cap_per_class(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """Keep at most cap crops of each class, whole images first in a seeded order, per split
+    in proportion, so the splits keep their shares."""
+    order = table.ImageID.map(lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    ranked = table.assign(_order=order).sort_values(["Class", "_order", "BoxID"])
+    share = ranked.groupby("Class").CropPath.transform("size")
+    kept = ranked.groupby(["Class", "Split"], group_keys=False).apply(
+        lambda g: g.head(max(1, round(cap * len(g) / share.loc[g.index[0]]))))
+    return kept.drop(columns="_order").sort_values("CropPath").reset_index(drop=True)
+
+
+def class_weights(table: pd.DataFrame) -> dict[str, float]:
+    """Weights that make every class count equally in training (from the train split)."""
+    counts = table[table.Split == "train"].Class.value_counts()
+    return {c: round(counts.sum() / (len(counts) * n), 4) for c, n in counts.sort_index().items()}
+
+
+def prune(crops_dir: Path, keep: set[str]) -> int:
+    """Delete crop files that no row refers to any more; return how many."""
+    removed = 0
+    for path in crops_dir.rglob("*.jpg") if crops_dir.exists() else []:
+        if path.relative_to(crops_dir).as_posix() not in keep:
+            path.unlink()
+            removed += 1
+    return removed

@@ -1,0 +1,119 @@
+"""The dataset card: what is in a built dataset, where it came from, and what it looks like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from flows.atomic import atomic_path, write_text
+
+SYNTHETIC_NOTE = ("> The bundled sample is synthetic: generated scenes in the real Open Images "
+                  "layouts, for offline runs.\n")
+
+
+def balance_chart(table: pd.DataFrame, dest: Path) -> Path:
+    """A bar chart of crops per class, stacked by split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = table.pivot_table(index="Class", columns="Split", values="CropPath",
+                               aggfunc="count", fill_value=0)
+    counts = counts.reindex(columns=[s for s in ("train", "validation", "test") if s in counts])
+    figure, axes = plt.subplots(figsize=(max(4, 1.2 * len(counts)), 3.2))
+    counts.plot.bar(stacked=True, ax=axes, rot=0)
+    axes.set_ylabel("crops")
+    axes.set_title("Crops per class and split")
+    figure.tight_layout()
+    with atomic_path(dest) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return dest
+
+
+def sample_grid(table: pd.DataFrame, crops_dir: Path, dest: Path, per_class: int = 6,
+                cell: int = 96) -> Path:
+    """A grid of a few crops per class, one labelled row per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = sorted(table.Class.unique())
+    figure, axes = plt.subplots(len(classes), per_class, squeeze=False,
+                                figsize=(per_class * cell / 72, len(classes) * cell / 72))
+    for row, name in enumerate(classes):
+        paths = table[table.Class == name].sort_values("CropPath").CropPath.head(per_class)
+        for col in range(per_class):
+            axis = axes[row][col]
+            axis.axis("off")
+            if col < len(paths):
+                with Image.open(crops_dir / paths.iloc[col]) as image:
+                    axis.imshow(image.convert("RGB"))
+        axes[row][0].set_title(name, loc="left", fontsize=9)
+    figure.tight_layout()
+    with atomic_path(dest) as tmp:
+        figure.savefig(tmp, format="png", dpi=72)
+    plt.close(figure)
+    return dest
+
+
+def card_text(table: pd.DataFrame, skipped: pd.DataFrame, info: dict) -> str:
+    """The card's markdown."""
+    counts = table.pivot_table(index=["Class", "ClassMID"], columns="Split", values="CropPath",
+                               aggfunc="count", fill_value=0).reset_index()
+    splits = [s for s in ("train", "validation", "test") if s in counts]
+    photos = table.groupby("Class").ImageID.nunique()
+    expansion = info.get("expansion", {})
+    rows = "\n".join(
+        f"| {r.Class} | {r.ClassMID} | {expansion.get(r.Class, r.Class)} | "
+        + " | ".join(str(getattr(r, s)) for s in splits) + f" | {photos[r.Class]} |"
+        for r in counts.itertuples())
+    licences = table.drop_duplicates("ImageID").License.value_counts()
+    licence_rows = "\n".join(f"| {lic} | {n} |" for lic, n in licences.items())
+    filters = "\n".join(f"- `{k}`: {v}" for k, v in sorted(info.get("filters", {}).items()))
+    weights = ", ".join(f"{c} {w}" for c, w in info.get("class_weights", {}).items())
+    skips = ", ".join(f"{k} {v}" for k, v in skipped.Status.value_counts().items()) or "none"
+    return f"""# Dataset card: {', '.join(sorted(table.Class.unique()))}
+
+{SYNTHETIC_NOTE if info.get("synthetic") else ""}
+Open Images {info.get("openimages_version", "?")}; {len(table)} crops from
+{table.ImageID.nunique()} photos. Train, validation and test are split by source photo,
+stratified by class (seed {info.get("seed", 0)}): no photo gives crops to two splits.
+
+| class | MID | includes | {' | '.join(splits)} | photos |
+|---|---|---|{'---|' * len(splits)}---|
+{rows}
+
+Class weights for training (train split): {weights or "-"}.
+Boxes skipped while cropping: {skips}.
+
+![crops per class](class_balance.png)
+
+![sample crops](sample_grid.png)
+
+## Selection filters
+{filters or "- none"}
+
+## Photos, authors and licences
+{table.Author.nunique()} authors. Every crop's source photo, author, licence and landing page
+are in `crops.parquet`; CC BY 2.0 asks that they be credited when the crops are shared.
+
+| licence | photos |
+|---|---|
+{licence_rows}
+
+Annotations: Open Images Dataset, Google (CC BY 4.0; Kuznetsova et al., IJCV 2020).
+"""
+
+
+def write_card(dataset_dir: Path, table: pd.DataFrame, skipped: pd.DataFrame,
+               info: dict) -> Path:
+    """Write README.md, class_balance.png and sample_grid.png beside the dataset."""
+    balance_chart(table, dataset_dir / "class_balance.png")
+    sample_grid(table, dataset_dir / "crops", dataset_dir / "sample_grid.png")
+    write_text(dataset_dir / "README.md", card_text(table, skipped, info))
+    return dataset_dir / "README.md"
