@@ -1,9 +1,10 @@
 """Cropping speed per core: the seed's full decode and full-size save vs openimager's default.
 
-Generates about 1,000 JPEG scenes of 1024 px with 1-4 boxes each (sides 20-90% of the photo) (once, in --workdir), then in
-one process crops every box the seed's way (decode the whole image to a numpy array, slice,
-save the slice at full size) and openimager's way (`crop_image` with its defaults: DCT-scaled
-decoding when every crop shrinks a lot, 256 px crops), and prints crops per second for each.
+Generates about 1,000 JPEG scenes of 1024 px with 1-4 boxes each (sides 20-90% of the
+photo; once, in --workdir), then in one process crops every box the seed's way (decode the
+whole image to a numpy array, slice, save the slice at full size) and openimager's way
+(`crop_image` with its defaults: DCT-scaled decoding when every crop shrinks a lot, 256 px
+crops), and prints crops per second of CPU for each.
 
     python benchmarks/crop.py            # 1,000 images
     python benchmarks/crop.py --quick    # 30 images, for the test suite
