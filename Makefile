@@ -14,7 +14,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help venv demo test lint lock sample clean
+.PHONY: help venv demo test lint lock sample clean browser
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
@@ -22,6 +22,7 @@ help:
 	@echo "make lint    ruff"
 	@echo "make lock    regenerate requirements.lock from pyproject.toml"
 	@echo "make sample  regenerate the synthetic sample in data/sample"
+	@echo "make browser install Debian's chromium and chromium-driver (the page's browser test)"
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
@@ -49,6 +50,17 @@ lock: venv
 
 sample: venv
 	$(BIN)/python data/sample/generate.py
+
+# Idempotent: installs only what is missing. Needs root (or sudo) and Debian's package index.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver; \
+	fi
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

@@ -1,45 +1,178 @@
-"""BentoML service: POST /classify takes an image and returns labels with probabilities."""
+"""BentoML service: POST /classify and /classify_batch, GET /model and the page at /ui.
+
+`bentoml serve service.service:Classifier` starts two services: these HTTP workers, which
+check and decode uploads, and the model service (service.predictor), which batches the
+prepared images of concurrent requests into one model call.
+"""
 
 from __future__ import annotations
 
-import os
+import asyncio
 import time
 from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from service.config import Limits
+from service.guard import UPLOAD_STATE, UploadGuard
+from service.predictor import TUNING, Predictor, json_output
 
 with bentoml.importing():
-    import keras
+    import aiohttp
+    import anyio
+    import numpy as np
 
-    from model.predict import probabilities, top_k
-    from service.images import BadImage, load_rgb
+    from model.predict import top_k
+    from service.images import BadImage, prepare
 
-DEFAULT_MODEL = "openimager-classifier:latest"
+Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
+PAGE = Path(__file__).parent / "static" / "ui.html"
 
 
-@bentoml.service(traffic={"timeout": 60})
+async def model_info(request: Request) -> Response:
+    """The served model's lineage: tag, classes with MIDs, data, code, scores, publication."""
+    service = bentoml.get_current_service()
+    try:
+        return JSONResponse(await service.lineage())
+    except (bentoml.exceptions.BentoMLException, aiohttp.ClientError):  # model service down
+        return JSONResponse({"error": "the model service is not available", "code":
+                             "model_unavailable"}, status_code=503)
+
+
+async def page(request: Request) -> Response:
+    """The classification page: one static file, no build step."""
+    return FileResponse(PAGE, media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+
+async def to_page(request: Request) -> Response:
+    """/ui/ to /ui, where the page's relative URLs resolve to the API."""
+    return RedirectResponse("../ui", status_code=308)
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    """Errors of these routes (405 for a wrong method) as JSON, like the API's."""
+    status = getattr(error, "status_code", 500)
+    return JSONResponse({"error": getattr(error, "detail", "error"), "code": f"http_{status}"},
+                        status_code=status)
+
+
+# Mounted at "/" below; BentoML matches these routes only, so its own stay intact.
+web_app = Starlette(routes=[
+    Route("/model", model_info, methods=["GET"]),
+    Route("/ui", page, methods=["GET"]),
+    Route("/ui/", to_page, methods=["GET"]),
+], exception_handlers={HTTPException: http_error})
+
+
+@bentoml.asgi_app(web_app, path="/")
+@bentoml.service(name="openimager", workers=TUNING.workers, traffic={"timeout": 60})
 class Classifier:
-    """Serves the latest registered openimager model."""
+    """Classifies uploaded images with the served openimager model."""
+
+    predictor = bentoml.depends(Predictor)
 
     def __init__(self) -> None:
-        tag = os.environ.get("OPENIMAGER_MODEL_TAG", DEFAULT_MODEL)
-        self.stored = bentoml.models.get(tag)
-        self.model = keras.saving.load_model(self.stored.path_of("model.keras"), compile=False)
-        self.class_names: list[str] = list(self.stored.info.metadata["class_names"])
+        self.limits = Limits.from_env()
+        self._lineage: dict | None = None
+        self._decoders: anyio.CapacityLimiter | None = None
 
-    @bentoml.api
-    def classify(self, image: Path, top: int = 3) -> dict:
-        """Classify one image file; the most likely classes come first."""
-        start = time.perf_counter()
+    async def lineage(self) -> dict:
+        """The served model's lineage, asked of the model service once."""
+        if self._lineage is None:
+            self._lineage = await self.call_model("describe")
+        return self._lineage
+
+    async def call_model(self, api: str, *args: Any) -> Any:
+        """Call the model service; once more if a pooled connection had just been closed."""
+        call = getattr(self.predictor.to_async, api)
         try:
-            pixels = load_rgb(image)
+            return await call(*args)
+        except aiohttp.ClientConnectionError:
+            # The model service may close an idle keep-alive connection as we reuse it;
+            # both calls are idempotent.
+            return await call(*args)
+
+    async def prepared(self, paths: list[Path]) -> np.ndarray:
+        """Decode uploads in threads (a bounded number at once) into one uint8 batch."""
+        if self._decoders is None:
+            self._decoders = anyio.CapacityLimiter(TUNING.decode_threads)
+        size = (await self.lineage())["image_size"]
+
+        async def one(index: int, path: Path) -> np.ndarray:
+            try:
+                return await anyio.to_thread.run_sync(
+                    prepare, path, size, self.limits.max_pixels, limiter=self._decoders)
+            except BadImage as error:
+                error.index = index
+                raise
+
+        return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
+
+    async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
+                       start: float) -> tuple[list[list[dict]], dict[str, Any]]:
+        """Top labels per image, or ([], error body) with ctx's status set to the 4xx."""
+        try:
+            pixels = await self.prepared(paths)
         except BadImage as error:
-            raise InvalidArgument(str(error)) from error
-        outputs = self.model.predict(pixels[None], verbose=0)
-        probs = probabilities(outputs, len(self.class_names))[0]
-        return {
-            "labels": top_k(probs, self.class_names, max(1, min(top, len(self.class_names)))),
-            "model": str(self.stored.tag),
-            "seconds": round(time.perf_counter() - start, 4),
-        }
+            ctx.response.status_code = error.status
+            names = uploaded_names(ctx)
+            name = names[error.index] if error.index < len(names) else None
+            which = repr(name) if name else "the upload"
+            where = f"image {error.index + 1} ({which})" if len(paths) > 1 else which
+            return [], {"error": f"{where}: {error}", "code": error.code, "index": error.index,
+                        "filename": name}
+        probs = await self.call_model("predict", pixels)
+        info = await self.lineage()
+        names = [c["name"] for c in info["classes"]]
+        mids = {c["name"]: c["mid"] for c in info["classes"]}
+        k = min(top, len(names))
+        labels = [[{**entry, "mid": mids[entry["label"]]} for entry in top_k(p, names, k)]
+                  for p in probs]
+        return labels, {"model": info["tag"], "seconds": round(time.perf_counter() - start, 4)}
+
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        image: Annotated[Path, Field(description="a JPEG, PNG, WebP, BMP or GIF file")],
+        ctx: bentoml.Context,
+        top: Top = 3,
+    ) -> dict:
+        """Classify one image: the most likely labels first, the model tag and the time taken."""
+        start = time.perf_counter()
+        labels, extra = await self.labelled([image], top, ctx, start)
+        return {"labels": labels[0], **extra} if labels else extra
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(
+        self,
+        images: Annotated[list[Path], Field(description="several image files, one field each")],
+        ctx: bentoml.Context,
+        top: Top = 3,
+    ) -> dict:
+        """Classify several images in one request; results keep the upload order."""
+        start = time.perf_counter()
+        labels, extra = await self.labelled(images, top, ctx, start)
+        if not labels:
+            return extra
+        names = uploaded_names(ctx)
+        results = [{"filename": names[i] if i < len(names) else None, "labels": lab}
+                   for i, lab in enumerate(labels)]
+        return {"results": results, **extra}
+
+
+def uploaded_names(ctx: bentoml.Context) -> list[str]:
+    """The uploaded files' names, in order, as the upload guard read them."""
+    return list(getattr(ctx.request.state, UPLOAD_STATE, None) or [])
+
+
+# Checks every upload before BentoML parses it (see service.guard).
+Classifier.add_asgi_middleware(UploadGuard)
+json_output(Classifier)

@@ -1,0 +1,86 @@
+"""Serving limits and tuning, read from OPENIMAGER_* environment variables when a process starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def env_number(name: str, default: float, minimum: float = 1) -> float:
+    """A positive number from the environment, or default; a bad value stops startup."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """A whole number from the environment, or default."""
+    return int(env_number(name, default, minimum))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send; anything over is refused with a 4xx before decoding."""
+
+    max_upload_bytes: int = 10 * MIB  # one /classify request
+    max_batch_upload_bytes: int = 50 * MIB  # one /classify_batch request, all files together
+    max_pixels: int = 40_000_000  # width x height of one image: decompression bombs stop here
+    max_batch_images: int = 32
+    max_top: int = 100
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """Limits with OPENIMAGER_MAX_* overrides (sizes in MiB)."""
+        return cls(
+            max_upload_bytes=int(env_number("OPENIMAGER_MAX_UPLOAD_MB", 10, 0.001) * MIB),
+            max_batch_upload_bytes=int(
+                env_number("OPENIMAGER_MAX_BATCH_UPLOAD_MB", 50, 0.001) * MIB),
+            max_pixels=env_int("OPENIMAGER_MAX_PIXELS", 40_000_000),
+            max_batch_images=env_int("OPENIMAGER_MAX_BATCH_IMAGES", 32),
+        )
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Processes, threads and batching; defaults suit a small CPU machine."""
+
+    workers: int  # HTTP workers: parse, validate and decode uploads
+    model_workers: int  # processes holding the model; one keeps batches large
+    intra_op_threads: int  # TensorFlow threads per model worker for one op
+    inter_op_threads: int  # TensorFlow ops run side by side per model worker
+    decode_threads: int  # images decoded at once per HTTP worker
+    max_batch_size: int
+    max_latency_ms: int  # a request queued longer than this is shed (503)
+
+    @classmethod
+    def from_env(cls) -> Tuning:
+        """Tuning with OPENIMAGER_* overrides; model threads share the cores between workers."""
+        cores = cpu_count()
+        workers = env_int("OPENIMAGER_WORKERS", 1)
+        model_workers = env_int("OPENIMAGER_MODEL_WORKERS", 1)
+        # Each busy HTTP worker keeps a core; the model workers split the rest. Measured on 2
+        # cores with 2 HTTP workers, 1 TensorFlow thread beat 2 (which spin and contend).
+        return cls(
+            workers=workers,
+            model_workers=model_workers,
+            intra_op_threads=env_int("OPENIMAGER_TF_INTRA_THREADS",
+                                     max(1, (cores - workers) // model_workers)),
+            inter_op_threads=env_int("OPENIMAGER_TF_INTER_THREADS", 1),
+            decode_threads=env_int("OPENIMAGER_DECODE_THREADS", cores),
+            max_batch_size=env_int("OPENIMAGER_MAX_BATCH_SIZE", 32, minimum=2),
+            max_latency_ms=env_int("OPENIMAGER_MAX_LATENCY_MS", 5000),
+        )

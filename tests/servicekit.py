@@ -1,0 +1,98 @@
+"""Helpers for the service tests: a tiny registered model, test images, multipart bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ["Circle", "Square", "Triangle"]
+MIDS = ["/m/circle", "/m/square", "/m/triangle"]
+IMAGE_SIZE = 32
+
+
+def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,
+                        image_size: int = IMAGE_SIZE, name: str = "openimager-classifier") -> str:
+    """Save an untrained seed CNN with metrics and register it like training does."""
+    from flows.registry import register_model
+    from model.architectures import seed_cnn
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_cnn(image_size, len(classes)).save(workdir / "model.keras")
+    metrics = {"split": "test", "accuracy": 0.5, "macro_f1": 0.4, "test_examples": 6}
+    (workdir / "metrics.json").write_text(json.dumps(metrics))
+    metadata = {
+        "class_names": list(classes), "class_mids": MIDS[: len(classes)],
+        "image_size": image_size, "architecture": "seed_cnn", "dataset_id": "tiny-dataset",
+        "openimages_version": "v7", "git_commit": "0" * 40,
+        "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "test_examples")},
+        "train_seconds": 0.0, "trained_at": "2026-01-01T00:00:00+00:00", "config": {},
+    }
+    labels = {"dataset": "tiny-dataset", "commit": "0" * 12, "architecture": "seed_cnn"}
+    return register_model(workdir, name, metadata, labels)
+
+
+def picture(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A small picture with a coloured shape, different for each seed."""
+    rng = np.random.default_rng(seed)
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[:] = rng.integers(0, 120, 3)
+    y, x = np.mgrid[: size[1], : size[0]]
+    cx, cy, r = size[0] // 2, size[1] // 2, min(size) // 3
+    pixels[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.integers(120, 255, 3)
+    return Image.fromarray(pixels)
+
+
+def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    """Image bytes in a format."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "openimagerXbound"
+              ) -> tuple[bytes, str]:
+    """A hand-made multipart body from (field, filename or None, content); and its type."""
+    out = io.BytesIO()
+    for name, filename, content in parts:
+        out.write(f"--{boundary}\r\n".encode())
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out.write(f"Content-Disposition: {disposition}\r\n\r\n".encode())
+        out.write(content + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running classification server of the tiny model."""
+
+    url: str
+    tag: str
+    model_file: Path
+    log: Path
+
+
+@contextmanager
+def serve_tiny_model(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Register the tiny model and run `bentoml serve` on it until the block ends."""
+    import bentoml
+
+    from flows.localservers import BentoServer
+
+    tag = register_tiny_model(workdir / "model")
+    model_file = Path(bentoml.models.get(tag).path_of("model.keras"))
+    log = workdir / "bentoml.log"
+    try:
+        with BentoServer(tag, log_path=log, env=env or {}) as server:
+            yield Served(server.url, tag, model_file, log)
+    except (RuntimeError, TimeoutError) as error:
+        raise RuntimeError(f"{error}; server log:\n{log.read_text()[-3000:]}") from error
