@@ -18,7 +18,7 @@ def build_task(settings: Settings) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def train_task(settings: Settings) -> dict:
-    """Fit, evaluate on the test split, register with BentoML."""
+    """Fit, evaluate on the test split, register with BentoML, pass the promotion gate."""
     return stages.train(settings)
 
 
@@ -31,8 +31,20 @@ def build_dataset(workspace: str | None = None) -> dict:
 
 
 @flow(name="train", log_prints=True)
-def train(workspace: str | None = None, epochs: int | None = None) -> dict:
-    """Train on the last built dataset and register the model."""
-    trained = train_task(settings_from(workspace=workspace, epochs=epochs))
-    print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}")
+def train(workspace: str | None = None, epochs: int | None = None,
+          architecture: str | None = None, weights: str | None = None,
+          image_size: int | None = None, force_promote: bool | None = None) -> dict:
+    """Train on the last built dataset, register the model, promote it if it is no worse."""
+    trained = train_task(settings_from(workspace=workspace, epochs=epochs,
+                                       architecture=architecture, weights=weights,
+                                       image_size=image_size, force_promote=force_promote))
+    print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
+          f"macro F1 {trained['metrics']['macro_f1']}")
+    print(promotion_line(trained))
     return trained
+
+
+def promotion_line(trained: dict) -> str:
+    """One line saying whether the trained model was promoted, and why."""
+    verdict = "promoted" if trained["promoted"] else "NOT promoted"
+    return f"{trained['model_tag']} {verdict}: {trained['promotion_reason']}"

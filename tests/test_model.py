@@ -45,15 +45,61 @@ def test_dataset_batches_are_shaped_and_labelled(tmp_path):
     assert labels.numpy()[:, 0].tolist() == expected
 
 
+def test_training_batches_are_shuffled_by_the_seed_and_cached(tmp_path):
+    from model.data import make_dataset
+
+    table = make_crops(tmp_path)
+    classes = ["Circle", "Square"]
+
+    def order(seed):
+        data = make_dataset(table, tmp_path, classes, 32, 48, training=True, seed=seed,
+                            cache=True)
+        return [batch[1].numpy()[:, 0].tolist() for batch in data]
+
+    first = order(7)
+    assert first == order(7)  # same seed, same order
+    assert first[0] != [float(c == "Square") for c in table.Class]  # but not the table's
+    data = make_dataset(table, tmp_path, classes, 32, 48, training=True, seed=7, cache=True)
+    epochs = [sorted(batch[1].numpy()[:, 0].tolist()) for _ in range(2) for batch in data]
+    assert epochs[0] == epochs[1]  # the cached second epoch holds the same crops
+
+
 def test_augmentation_is_off_at_inference():
-    from model.architectures import seed_cnn
+    from model.architectures import seed_cnn, with_augmentation
 
     model = seed_cnn(32, 3)
+    trainer = with_augmentation(model, seed=0)
     x = np.random.default_rng(0).integers(0, 255, (2, 50, 40, 3)).astype("float32")
-    first, second = model(x, training=False), model(x, training=False)
+    first, second = trainer(x, training=False), model(x, training=False)
     np.testing.assert_allclose(first, second)
+    assert "augmentation" not in [layer.name for layer in model.layers]  # the served model
     assert model.output_shape == (None, 3)
     assert seed_cnn(32, 2).output_shape == (None, 1)
+    augment = trainer.get_layer("augmentation")
+    np.testing.assert_allclose(augment(x, training=False), x)
+    assert not np.allclose(augment(x, training=True), x)  # but on in training
+
+
+def test_fused_augmentation_flips_exactly():
+    from model.architectures import Augment
+
+    x = np.random.default_rng(1).integers(0, 255, (16, 9, 12, 3)).astype("float32")
+    flipped = np.asarray(Augment(rotation=0.0, zoom=0.0, contrast=0.0, seed=3)(x, training=True))
+    mirrored = [np.allclose(out, img[:, ::-1], atol=1e-3) for out, img in zip(flipped, x,
+                                                                               strict=True)]
+    kept = [np.allclose(out, img, atol=1e-3) for out, img in zip(flipped, x, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))
+    assert any(mirrored) and any(kept)
+    moved = np.asarray(Augment(seed=3)(x, training=True))
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 255
+
+
+def test_class_weights_balance_the_train_split():
+    from model.data import class_weights
+
+    table = pd.DataFrame({"Class": ["a"] * 6 + ["b"] * 2 + ["b"] * 5,
+                          "Split": ["train"] * 8 + ["test"] * 5})
+    assert class_weights(table, ["a", "b"]) == {0: round(8 / 12, 6), 1: 2.0}
 
 
 def test_tiny_training_run_saves_model_and_held_out_metrics(tmp_path):
@@ -61,9 +107,18 @@ def test_tiny_training_run_saves_model_and_held_out_metrics(tmp_path):
 
     table = make_crops(tmp_path / "crops")
     result = train(table, tmp_path / "crops", tmp_path / "model",
-                   TrainConfig(image_size=32, epochs=2, batch_size=8, patience=1))
+                   TrainConfig(architecture="seed-cnn", image_size=32, epochs=2, batch_size=8,
+                               patience=1, class_weights=True))
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["split"] == "test"
+    assert metrics["epochs_run"] == 2 and len(metrics["history"]["val_loss"]) == 2
+    assert metrics["history"]["learning_rate"][1] < metrics["history"]["learning_rate"][0]
+    assert metrics["class_weights"] == {"0": 1.0, "1": 1.0}
+    assert 0.0 <= metrics["roc_auc"] <= 1.0
+    for report in ("training_curves.png", "confusion_matrix.png"):
+        assert (tmp_path / "model" / report).read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "model" / "checkpoints").glob("*.keras"))
+    assert list((tmp_path / "model" / "logs").rglob("events.out.tfevents.*"))
     assert metrics["test_examples"] == int((table.Split == "test").sum())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert result.class_names == ["Circle", "Square"]
@@ -78,7 +133,8 @@ def test_training_refuses_an_empty_test_split(tmp_path):
     table = make_crops(tmp_path)
     table.loc[table.Split == "test", "Split"] = "train"
     with pytest.raises(ValueError, match="test split is empty"):
-        train(table, tmp_path, tmp_path / "m", TrainConfig(image_size=32, epochs=1))
+        train(table, tmp_path, tmp_path / "m",
+              TrainConfig(architecture="seed-cnn", image_size=32, epochs=1))
 
 
 def test_probabilities_and_top_k():
@@ -95,3 +151,14 @@ def test_metrics_are_computed_per_class():
     assert metrics["confusion_matrix"] == [[1, 1], [0, 2]]
     assert metrics["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667,
                                          "support": 2}
+
+
+def test_roc_auc_ranks_with_ties():
+    from model.evaluate import roc_auc
+
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert roc_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+    three = classification_metrics(np.array([0, 1, 2]), np.eye(3), ["a", "b", "c"])
+    assert three["roc_auc"] == 1.0 and three["roc_auc_kind"] == "one-vs-rest macro"

@@ -1,0 +1,71 @@
+"""The promotion gate: does a newly trained model replace the served one? Pure, no stores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# Test-split metrics (model/evaluate.py) a gate can compare; higher is better for all three.
+PROMOTION_METRICS = ("macro_f1", "accuracy", "roc_auc")
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The promoted model, scored on the candidate's test split when it could be."""
+
+    tag: str
+    class_names: tuple[str, ...]
+    score: float | None  # None when it was not evaluated (other classes, or missing)
+    missing: bool = False  # its record points at a model no longer in the store
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to promote, and why, in words an operator can act on."""
+
+    promote: bool
+    reason: str
+    metric: str
+    candidate_score: float | None
+    incumbent_tag: str | None = None
+    incumbent_score: float | None = None
+
+    def as_dict(self) -> dict:
+        """The decision as plain JSON-able values."""
+        return asdict(self)
+
+
+def decide(metric: str, candidate_score: float | None, class_names: list[str] | tuple[str, ...],
+           incumbent: Incumbent | None, force: bool = False) -> Decision:
+    """Promote when forced, when nothing is promoted, or when the candidate scores at least the
+    incumbent on the same test split; class sets that differ need force."""
+    if metric not in PROMOTION_METRICS:
+        raise ValueError(f"unknown promotion metric {metric!r}: one of {PROMOTION_METRICS}")
+    tag = incumbent.tag if incumbent else None
+    theirs = incumbent.score if incumbent else None
+
+    def decision(promote: bool, reason: str) -> Decision:
+        return Decision(promote, reason, metric, candidate_score, tag, theirs)
+
+    if force:
+        against = f" over {tag} ({metric} {theirs})" if incumbent else ""
+        return decision(True, f"forced promotion{against}")
+    if incumbent is None:
+        return decision(True, "first model of this name: nothing was promoted yet")
+    if incumbent.missing:
+        return decision(True, f"the promoted model {tag} is no longer in the model store")
+    if set(incumbent.class_names) != set(class_names):
+        # The served label set is a contract with the service's clients, and a class can also
+        # vanish by accident (its downloads failed): changing it takes an operator's decision.
+        return decision(False, (
+            f"not promoted: the classes changed ({sorted(incumbent.class_names)} served, "
+            f"{sorted(class_names)} trained), so no test metric compares the two models; "
+            "promote it with force_promote (OPENIMAGER_FORCE_PROMOTE=true) if the change is "
+            "meant"))
+    if candidate_score is None or theirs is None:
+        return decision(False, f"not promoted: {metric} is undefined on this test split "
+                               f"(new {candidate_score}, promoted {theirs})")
+    if candidate_score >= theirs:
+        return decision(True, f"{metric} {candidate_score} >= {theirs} of the promoted {tag} "
+                              "on the same test split")
+    return decision(False, f"not promoted: {metric} {candidate_score} < {theirs} of the "
+                           f"promoted {tag} on the same test split; kept in the store")

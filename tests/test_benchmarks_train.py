@@ -1,0 +1,29 @@
+"""benchmarks/train.py --quick runs every case end to end (no timing is asserted)."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("keras")
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_quick_benchmark_prints_every_case(sample_workspace, capsys):
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--sample-workspace", str(sample_workspace)]) == 0
+    out = capsys.readouterr().out
+    for case in ("(a) seed ImageDataGenerator", "(b) openimager tf.data, epoch 1",
+                 "(b) openimager tf.data, epoch 2", "(c) ceiling"):
+        line = next(line for line in out.splitlines() if line.startswith(case))
+        assert float(re.search(r"([\d.]+) img/s", line).group(1)) > 0
+    for kind in ("wall", "CPU"):
+        assert re.search(rf"epoch 1 +{kind}: b/a = [\d.]+ .* b/c = [\d.]+", out)
+    accuracy = re.search(r"held-out accuracy .*: \(a\) ([\d.]+) +\(b\) ([\d.]+)", out)
+    assert accuracy and all(0 <= float(v) <= 1 for v in accuracy.groups())

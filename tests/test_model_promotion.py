@@ -1,0 +1,52 @@
+"""The promotion gate as a pure function: no model store, no TensorFlow."""
+
+import pytest
+
+from model.promotion import Incumbent, decide
+
+CLASSES = ["Hamburger", "Sandwich"]
+
+
+def served(score, classes=CLASSES, missing=False):
+    return Incumbent("clf:old", tuple(classes), score, missing=missing)
+
+
+def test_a_worse_model_is_not_promoted_and_says_why():
+    decision = decide("macro_f1", 0.71, CLASSES, served(0.83))
+    assert not decision.promote
+    assert "0.71 < 0.83" in decision.reason and "clf:old" in decision.reason
+    assert (decision.incumbent_tag, decision.incumbent_score) == ("clf:old", 0.83)
+
+
+def test_a_better_or_equal_model_is_promoted():
+    assert decide("macro_f1", 0.9, CLASSES, served(0.83)).promote
+    assert decide("accuracy", 0.83, CLASSES, served(0.83)).promote  # a tie brings fresher data
+
+
+def test_first_run_and_force_promote():
+    first = decide("macro_f1", 0.2, CLASSES, None)
+    assert first.promote and "first model" in first.reason
+    forced = decide("macro_f1", 0.2, CLASSES, served(0.9), force=True)
+    assert forced.promote and "forced" in forced.reason and "0.9" in forced.reason
+
+
+def test_changed_classes_need_force():
+    other = served(None, ["Hamburger", "Sandwich", "Hot dog"])
+    decision = decide("macro_f1", 0.95, CLASSES, other)
+    assert not decision.promote
+    assert "classes changed" in decision.reason and "force_promote" in decision.reason
+    assert decide("macro_f1", 0.95, CLASSES, other, force=True).promote
+    # The same classes in another order are the same question.
+    assert decide("macro_f1", 0.95, list(reversed(CLASSES)), served(0.9)).promote
+
+
+def test_a_promoted_model_missing_from_the_store_is_replaced():
+    decision = decide("macro_f1", 0.5, CLASSES, served(None, (), missing=True))
+    assert decision.promote and "no longer in the model store" in decision.reason
+
+
+def test_undefined_metric_and_unknown_metric():
+    assert not decide("roc_auc", None, CLASSES, served(0.8)).promote
+    with pytest.raises(ValueError, match="unknown promotion metric"):
+        decide("loss", 0.5, CLASSES, None)
+    assert decide("macro_f1", 0.5, CLASSES, None).as_dict()["metric"] == "macro_f1"

@@ -1,0 +1,121 @@
+"""The BentoML model store: lineage, reloading, and the promotion gate through stages.train."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("keras")
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NAME = "gate-test-classifier"
+
+
+def workspace_with(sample_workspace, table, dest):
+    """A workspace sharing the sample's crops, with its own crops table."""
+    (dest / "dataset").mkdir(parents=True)
+    (dest / "dataset" / "crops").symlink_to(sample_workspace / "dataset" / "crops")
+    table.to_parquet(dest / "dataset" / "crops.parquet", index=False)
+    return dest
+
+
+def train_stage(workspace, epochs, force=False):
+    from flows import stages
+    from flows.settings import Settings
+
+    settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32,
+                        epochs=epochs, batch_size=32, patience=epochs, model_name=NAME,
+                        force_promote=force)
+    return stages.train(settings)
+
+
+@pytest.fixture(scope="module")
+def runs(sample_workspace, tmp_path_factory):
+    """Four trainings on the same test split: bad (first), good, bad again, bad forced."""
+    from flows.registry import promoted
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    shuffled = table.copy()
+    seen = shuffled.Split != "test"
+    rng = np.random.default_rng(1)
+    shuffled.loc[seen, "Class"] = rng.permutation(shuffled.loc[seen, "Class"].to_numpy())
+    good_ws = workspace_with(sample_workspace, table, tmp_path_factory.mktemp("good"))
+    bad_ws = workspace_with(sample_workspace, shuffled, tmp_path_factory.mktemp("bad"))
+    out = {}
+    for step, workspace, epochs, force in (("first", bad_ws, 1, False), ("good", good_ws, 5, False),
+                                           ("worse", bad_ws, 1, False),
+                                           ("forced", bad_ws, 1, True)):
+        out[step] = train_stage(workspace, epochs, force)
+        out[f"{step}_record"] = promoted(NAME)
+    return out
+
+
+def test_stored_metadata_carries_the_lineage(runs):
+    import bentoml
+
+    stored = bentoml.models.get(runs["good"]["model_tag"])
+    meta = stored.info.metadata
+    assert meta["class_names"] == ["Car", "Hamburger", "Sandwich"]
+    assert meta["class_mids"] == ["/m/0k4j", "/m/0cdn1", "/m/0l515"]
+    assert meta["image_size"] == 32 and meta["architecture"] == "seed-cnn"
+    assert len(meta["dataset_id"]) >= 8 and meta["openimages_version"] == "v6"
+    assert meta["git_commit"] and meta["train_seconds"] > 0 and meta["trained_at"]
+    assert meta["metrics"]["test_examples"] == runs["good"]["metrics"]["test_examples"]
+    assert {"accuracy", "macro_f1", "roc_auc", "per_class"} <= set(meta["metrics"])
+    assert stored.info.labels["dataset"] == meta["dataset_id"]
+    assert {"model.keras", "metrics.json", "confusion_matrix.png"} <= {
+        p.name for p in Path(stored.path).iterdir()}
+
+
+def test_first_run_is_promoted_then_the_gate_decides(runs):
+    first, good, worse, forced = (runs[k] for k in ("first", "good", "worse", "forced"))
+    assert first["promoted"] and "first model" in first["promotion_reason"]
+    assert runs["first_record"]["tag"] == first["model_tag"]
+
+    # Better than the promoted model on the same test split: promoted.
+    assert good["metrics"]["macro_f1"] > first["metrics"]["macro_f1"]
+    assert good["promoted"], good["promotion_reason"]
+    assert runs["good_record"]["tag"] == good["model_tag"]
+    # The promoted model was re-scored on the new run's test split, not copied from its record.
+    assert good["promotion"]["incumbent_score"] == first["metrics"]["macro_f1"]
+
+    # Worse: registered but not promoted, and the reason says so.
+    assert not worse["promoted"]
+    assert "not promoted" in worse["promotion_reason"]
+    assert worse["promotion"]["incumbent_score"] == good["metrics"]["macro_f1"]
+    assert runs["worse_record"]["tag"] == good["model_tag"]
+
+    assert forced["promoted"] and "forced" in forced["promotion_reason"]
+    assert runs["forced_record"]["tag"] == forced["model_tag"]
+    assert runs["forced_record"]["metric"] == "macro_f1"
+
+
+def test_another_class_set_is_not_scored(runs):
+    from flows.registry import incumbent
+
+    def never(*_):
+        raise AssertionError("a model with other classes must not be scored")
+
+    theirs = incumbent(NAME, ["Car", "Hamburger"], never)
+    assert theirs.score is None and set(theirs.class_names) == {"Car", "Hamburger", "Sandwich"}
+
+
+def test_reloaded_model_predicts_like_the_one_in_memory(sample_workspace, tmp_path):
+    from flows.registry import load_model, register_model
+    from model.train import TrainConfig, train
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    crops = sample_workspace / "dataset" / "crops"
+    result = train(table, crops, tmp_path, TrainConfig(architecture="seed-cnn", image_size=32,
+                                                       epochs=1, tensorboard=False))
+    tag = register_model(tmp_path, "reload-test", {"class_names": result.class_names,
+                                                    "image_size": 32}, {"test": "yes"})
+    reloaded, meta = load_model(tag)
+    assert meta["class_names"] == result.class_names
+    for path in table[table.Split == "test"].CropPath[:5]:
+        pixels = np.asarray(Image.open(crops / path).convert("RGB"))[None]  # raw, own size
+        np.testing.assert_allclose(reloaded.predict(pixels, verbose=0),
+                                   result.model.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
