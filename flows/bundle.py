@@ -38,8 +38,9 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     """Lay out data/, model/, code/, env/ and README.md under staging; return staging."""
     shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
     (staging / "model").mkdir(parents=True, exist_ok=True)
-    for name in ("model.keras", "metrics.json"):
-        shutil.copy2(model_dir / name, staging / "model" / name)
+    for path in [model_dir / "model.keras", model_dir / "metrics.json",
+                 *sorted(model_dir.glob("*.png"))]:
+        shutil.copy2(path, staging / "model" / path.name)
     export_source(staging / "code", root)
     env = staging / "env"
     env.mkdir(parents=True, exist_ok=True)

@@ -83,11 +83,15 @@ class LocalS3:
             [sys.executable, "-m", "flows.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
-        wait_http(f"{self.endpoint_url}/moto-api/", process=self.process)
-        if self.state_file and self.state_file.stat().st_size:
-            replay = requests.post(f"{self.endpoint_url}/moto-api/recorder/replay-recording",
-                                   timeout=600)
-            replay.raise_for_status()
+        try:
+            wait_http(f"{self.endpoint_url}/moto-api/", process=self.process)
+            if self.state_file and self.state_file.stat().st_size:
+                replay = requests.post(
+                    f"{self.endpoint_url}/moto-api/recorder/replay-recording", timeout=600)
+                replay.raise_for_status()
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def stop(self) -> None:

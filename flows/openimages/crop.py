@@ -155,6 +155,8 @@ def _reusable(boxes: pd.DataFrame, previous: pd.DataFrame | None, out_dir: Path)
     columns = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
     if previous is None or "CropKey" not in previous or previous.empty:
         return pd.DataFrame(columns=columns)
-    same = previous.merge(boxes[["BoxID", "CropKey"]], on=["BoxID", "CropKey"])
+    # The saved table holds usable crops only, without the outcome columns.
+    same = previous.merge(boxes[["BoxID", "CropKey"]], on=["BoxID", "CropKey"]).assign(
+        Status="ok", Error="")
     exists = same.CropPath.map(lambda p: isinstance(p, str) and (out_dir / p).exists()).astype(bool)
     return same[exists][columns].reset_index(drop=True)
