@@ -1,4 +1,4 @@
-"""Command line: python -m flows {demo,retrain,classes,install,reproduce,train-dataset} ..."""
+"""Command line: python -m flows {demo,retrain,download,classes,install,reproduce,...} ..."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
+from flows.cli_download import add_download_command, run_download_command
 from flows.openimages.ontology import UnknownClassError
 from flows.openimages.select import EmptySelection
 from flows.registries import RegistryError
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--epochs", type=int)
     run.add_argument("--registry")
     run.add_argument("--package-name")
+    run.add_argument("--architecture", choices=["seed-cnn", "transfer"])
+    run.add_argument("--force-promote", action="store_true", default=None,
+                     help="serve the new model even if it scores below the promoted one")
     classes = sub.add_parser("classes", help="search the boxable classes and their hierarchy")
     classes.add_argument("query", nargs="?", default="")
     classes.add_argument("--tree", action="store_true", help="print the subtree of each match")
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     classes.add_argument("--metadata-url")
     classes.add_argument("--openimages-version")
     add_bundle_commands(sub)
+    add_download_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flows").setLevel(logging.INFO)
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(classes_report(args))
         elif args.command in BUNDLE_COMMANDS:
             return run_bundle_command(args)
+        elif args.command == "download":
+            return run_download_command(args)
     except (UnknownClassError, EmptySelection, RegistryError, SecretFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
