@@ -6,6 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import stages
+from flows.download_flow import chunk_runner
 from flows.params import settings_from
 from flows.settings import Settings
 
@@ -18,8 +19,9 @@ def check_classes(settings: Settings) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=[30, 120], cache_policy=NO_CACHE)
 def refresh_task(settings: Settings) -> dict:
-    """Metadata, selection and image download (all network-bound)."""
-    return stages.refresh(settings)
+    """Metadata, selection and image download (all network-bound); the download fans out as
+    chunk tasks of a download-images subflow."""
+    return stages.refresh(settings, run_chunks=chunk_runner(settings))
 
 
 @flow(name="refresh", log_prints=True)

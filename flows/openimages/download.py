@@ -1,138 +1,112 @@
-"""Downloading each selected image once into a shared store, verified, with a manifest."""
+"""Downloading each selected image once into a shared store: bounded, retried, verified, resumable.
+
+`download_images` plans (compact the manifest, drop dead runs' temp files, skip what is
+verified), cuts the rest into chunks, runs them (here on one thread pool, or as Prefect tasks
+through `run_chunks`), and folds the chunks' journals into the manifest.
+
+Statuses: `ok` (in the store, verified), `gone` (every source tried says the image no longer
+exists: 404/410, NoSuchKey, Flickr's "photo unavailable"), `failed` (anything else: retries
+used up, 403, a body that is not a decodable image or not the published bytes; retried by the
+next run).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pandas as pd
-import requests
-from botocore import UNSIGNED
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from PIL import Image
-from tqdm import tqdm
 
-from flows.atomic import atomic_path, write_parquet
+from flows.openimages import manifest as mf
+from flows.openimages.downloader import Chunk, DownloadOptions
+from flows.openimages.downloader import run_chunks as run_here
+from flows.openimages.manifest import MANIFEST, image_path
+
+__all__ = ["MANIFEST", "Chunk", "ChunkRunner", "DownloadOptions", "download_images", "image_path",
+           "plan"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
+SOURCES = ("cvdf", "flickr", "thumbnail")
+ITEM_COLUMNS = ["ImageID", "Subset", "OriginalURL", "Thumbnail300KURL", "OriginalSize",
+                "OriginalMD5"]
 
 
-@dataclass
-class Result:
-    """What happened to one image."""
-
-    ImageID: str
-    Subset: str
-    Source: str
-    Status: str  # ok, missing (gone upstream) or failed
-    Path: str = ""
-    Bytes: int = 0
-    Error: str = ""
-    Seconds: float = 0.0
+ChunkRunner = Callable[[list[Chunk], DownloadOptions], list[dict]]
 
 
-def image_path(store: Path, subset: str, image_id: str) -> Path:
-    """Where an image lives in the store; the layout of the CVDF bucket."""
-    return store / subset / f"{image_id}.jpg"
+def plan(images: pd.DataFrame, store: Path, options: DownloadOptions) -> tuple[list[Chunk], int]:
+    """The chunks of work for a selection, and how many of its images are already settled."""
+    store.mkdir(parents=True, exist_ok=True)
+    mf.clean_temps(store)
+    whole = mf.compact(store)
+    known = {r["ImageID"]: r for r in whole[whole.ImageID.isin(images.ImageID)].to_dict("records")}
+    todo, settled = [], 0
+    columns = [c for c in ITEM_COLUMNS if c in images]
+    for item in images.drop_duplicates("ImageID")[columns].to_dict("records"):
+        dest = image_path(store, item["Subset"], item["ImageID"])
+        row = known.get(item["ImageID"], {})
+        size = dest.stat().st_size if dest.exists() else -1
+        if row.get("Status") == "ok" and size == row["Bytes"]:
+            if not options.verify:  # verified when it arrived: not read again
+                settled += 1
+                continue
+        elif row.get("Status") == "gone" and size < 0 and \
+                set(options.sources) <= set(row["Source"].split(",")):
+            settled += 1  # every source asked has said it is gone
+            continue
+        prior = row if row.get("Status") == "ok" else {}
+        todo.append({**item, "Check": size >= 0, "Prior": prior})
+    for subset in {item["Subset"] for item in todo}:
+        (store / subset).mkdir(exist_ok=True)
+    run = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"  # runs may overlap
+    step = max(1, options.chunk_images)
+    chunks = [Chunk(str(store), f"{run}-{n:04d}", todo[i:i + step])
+              for n, i in enumerate(range(0, len(todo), step))]
+    return chunks, settled
 
 
-def s3_client(endpoint_url: str | None) -> object:
-    """An anonymous S3 client, as the public CVDF bucket needs no credentials."""
-    config = Config(signature_version=UNSIGNED, retries={"max_attempts": 5, "mode": "standard"},
-                    max_pool_connections=64)
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1", config=config)
+def download_images(images: pd.DataFrame, store: Path, options: DownloadOptions | None = None,
+                    run_chunks: ChunkRunner | None = None, **overrides: object) -> pd.DataFrame:
+    """Bring every image of a selection into the store; return its manifest rows."""
+    options = replace(options or DownloadOptions(), **overrides)
+    unknown = set(options.sources) - set(SOURCES)
+    if unknown or not options.sources:
+        raise ValueError(f"image sources must be among {SOURCES}, got {options.sources}")
+    store, start = Path(store), time.monotonic()
+    chunks, settled = plan(images, store, options)
+    reports = (run_chunks or run_here)(chunks, options) if chunks else []
+    whole = mf.compact(store)
+    rows = whole[whole.ImageID.isin(images.ImageID)]
+    missing = images[~images.ImageID.isin(rows.ImageID)].drop_duplicates("ImageID")
+    if len(missing):  # a chunk that never reported: retried by the next run
+        crashed = "; ".join(str(r.get("error")) for r in reports if r.get("error"))
+        rows = pd.concat([rows, mf.normalise(missing[["ImageID", "Subset"]].assign(
+            Status="failed", Error=f"not downloaded: its chunk failed ({crashed or '?'})"))])
+    rows = rows.sort_values("ImageID").reset_index(drop=True)
+    rows["Path"] = [str(store / p) for p in rows.Path]
+    summarise(rows, settled, time.monotonic() - start, options.progress)
+    return rows
 
 
-def _verify_image(path: Path) -> None:
-    """Raise if the file is not a complete, decodable image."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as error:  # Pillow raises several kinds for bad bytes
-        raise ValueError(f"not a decodable image ({type(error).__name__}: {error})") from error
-
-
-def _fetch_one(row: Any, store: Path, source: str, bucket: str, client: object,
-               session: requests.Session) -> Result:
-    dest = image_path(store, row.Subset, row.ImageID)
-    result = Result(row.ImageID, row.Subset, source, "ok", str(dest))
-    start = time.monotonic()
-    try:
-        with atomic_path(dest) as tmp:
-            if source == "cvdf":
-                client.download_file(bucket, f"{row.Subset}/{row.ImageID}.jpg", str(tmp))
-            else:
-                url = row.OriginalURL if source == "flickr" else row.Thumbnail300KURL
-                with session.get(url, stream=True, timeout=60) as response:
-                    response.raise_for_status()
-                    with tmp.open("wb") as out:
-                        for chunk in response.iter_content(1 << 16):
-                            out.write(chunk)
-            _verify_image(tmp)
-        result.Bytes = dest.stat().st_size
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        result.Status = "missing" if code in {"404", "NoSuchKey"} else "failed"
-        result.Error = f"s3 {code}: {error}"
-    except requests.HTTPError as error:
-        status = error.response.status_code if error.response is not None else 0
-        result.Status = "missing" if status in {403, 404, 410} else "failed"
-        result.Error = f"http {status}: {error}"
-    except Exception as error:  # noqa: BLE001 - recorded in the manifest; the run goes on
-        result.Status = "failed"
-        result.Error = f"{type(error).__name__}: {error}"
-    result.Seconds = round(time.monotonic() - start, 3)
-    return result
-
-
-def download_images(
-    images: pd.DataFrame,
-    store: Path,
-    source: str = "cvdf",
-    bucket: str = "open-images-dataset",
-    endpoint_url: str | None = None,
-    workers: int = 16,
-) -> pd.DataFrame:
-    """Download every image not yet in the store; return the manifest of this selection."""
-    client = s3_client(endpoint_url)
-    session = requests.Session()
-    results: list[Result] = []
-    todo = []
-    for row in images.itertuples(index=False):
-        dest = image_path(store, row.Subset, row.ImageID)
-        if dest.exists():  # only complete, verified files are ever renamed into place
-            results.append(Result(row.ImageID, row.Subset, "store", "ok", str(dest),
-                                  dest.stat().st_size))
-        else:
-            todo.append(row)
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(todo), desc="download", unit="img", disable=not todo
-    ) as bar:
-        futures = [pool.submit(_fetch_one, row, store, source, bucket, client, session)
-                   for row in todo]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            bar.update()
-            if result.Status != "ok":
-                log.warning("%s %s: %s", result.ImageID, result.Status, result.Error)
-    manifest = pd.DataFrame([asdict(r) for r in results], columns=list(Result.__annotations__))
-    manifest = manifest.sort_values("ImageID").reset_index(drop=True)
-    _merge_manifest(store / MANIFEST, manifest)
-    return manifest
-
-
-def _merge_manifest(path: Path, latest: pd.DataFrame) -> None:
-    """Fold this run's rows into the store-wide manifest, newest status winning."""
-    if path.exists():
-        latest = pd.concat([pd.read_parquet(path), latest], ignore_index=True)
-    merged = latest.drop_duplicates("ImageID", keep="last").sort_values("ImageID")
-    write_parquet(path, merged)
+def summarise(rows: pd.DataFrame, settled: int, seconds: float, show: bool) -> str:
+    """One line of counts per status, logged (and printed when progress is shown)."""
+    counts = rows.Status.value_counts()
+    fetched = len(rows) - settled
+    line = (f"download: {len(rows)} images: {counts.get('ok', 0)} ok, {counts.get('gone', 0)} "
+            f"gone, {counts.get('failed', 0)} failed; {settled} already settled, {fetched} "
+            f"handled in {seconds:.1f} s ({fetched / max(seconds, 1e-9):.0f} img/s)")
+    reasons = rows[rows.Status != "ok"].Error.str.slice(0, 100).value_counts().head(3)
+    if len(reasons):
+        line += "; most common reasons: " + "; ".join(f"{n}x {r}" for r, n in reasons.items())
+    if show:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        log.info(line)
+    return line
