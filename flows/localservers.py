@@ -65,6 +65,7 @@ class LocalS3:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     state_file: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # e.g. moto's own settings
     process: subprocess.Popen | None = None
 
     @property
@@ -73,7 +74,7 @@ class LocalS3:
 
     def start(self) -> LocalS3:
         """Start the server, wait until it answers, and restore its recorded state."""
-        env = {**os.environ, **TELEMETRY_OFF}
+        env = {**os.environ, **TELEMETRY_OFF, **self.env}
         if self.state_file:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             _drop_torn_tail(self.state_file)

@@ -153,3 +153,13 @@ def test_registry_problems_are_one_clear_error(local_s3, monkeypatch, tmp_path):
         check_registry("s3://test-registry")
     with pytest.raises(RegistryError, match="not an s3:// URL"):
         check_registry("/tmp/registry")
+
+
+def test_wrong_credentials_are_one_clear_error(monkeypatch):
+    # moto checks signatures once its free actions are used up: none here.
+    with LocalS3(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as strict:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", strict.endpoint_url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-known-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        with pytest.raises(RegistryError, match=r"access to s3://some-bucket denied \("):
+            check_registry("s3://some-bucket")
