@@ -121,8 +121,8 @@ def build(settings: Settings) -> dict:
     write_card(settings.dataset_dir, table, skipped, {
         "openimages_version": settings.openimages_version, "seed": settings.split_seed,
         "filters": asdict(filters(settings)), "class_weights": weights,
-        "expansion": boxes.groupby("Class").LabelName.agg(
-            lambda mids: ", ".join(sorted(set(mids)))).to_dict(),
+        "expansion": boxes.groupby("Class").LabelDisplayName.agg(
+            lambda names: ", ".join(sorted(set(names)))).to_dict(),
         # The bundled sample's photos live under the reserved .invalid domain.
         "synthetic": bool(boxes.OriginalURL.fillna("").str.contains(r"\.invalid/").all()),
     })

@@ -131,3 +131,14 @@ def test_a_rerun_crops_only_what_is_missing_or_changed(tmp_path):
     changed = crop_boxes(selection, manifest, out, CropOptions(quality=70), workers=1,
                          previous=again.drop(columns=["Status", "Error"]))
     assert all((out / p).stat().st_mtime_ns != stamps.get(p) for p in changed.CropPath)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from flows.atomic import write_text
+
+    write_text(tmp_path / "card.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o666 & ~mask

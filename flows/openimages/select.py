@@ -125,6 +125,7 @@ def select_boxes(source: Source, ontology: Ontology, classes: list[str],
     boxes = pd.concat(frames, ignore_index=True)
     boxes["ClassMID"] = boxes.LabelName.map(mapping) if filters.relabel else boxes.LabelName
     boxes["Class"] = boxes.ClassMID.map(ontology.name)
+    boxes["LabelDisplayName"] = boxes.LabelName.map(ontology.name)
     if boxes.empty:
         raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
     boxes = limit_images(boxes, filters.max_images_per_class, filters.balance, filters.seed)
