@@ -34,9 +34,14 @@ class Published:
 
 
 def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
-                 root: Path = PROJECT_ROOT) -> Path:
-    """Lay out data/, model/, code/, env/ and README.md under staging; return staging."""
+                 root: Path = PROJECT_ROOT, image_dir: Path | None = None) -> Path:
+    """Lay out data/, model/, code/, env/ and README.md under staging; return staging.
+
+    With image_dir, the source photos of the crops go along under data/images/.
+    """
     shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
+    if image_dir is not None:
+        copy_source_images(dataset_dir, image_dir, staging / "data" / "images")
     (staging / "model").mkdir(parents=True, exist_ok=True)
     for path in [model_dir / "model.keras", model_dir / "metrics.json",
                  *sorted(model_dir.glob("*.png"))]:
@@ -122,15 +127,29 @@ def attribution(dataset_dir: Path) -> str:
                       *rows, ""])
 
 
+def copy_source_images(dataset_dir: Path, image_dir: Path, dest: Path) -> int:
+    """Copy the photos the crops come from, in the store's layout; return how many."""
+    wanted = set(pd.read_parquet(dataset_dir / "crops.parquet", columns=["ImageID"]).ImageID)
+    copied = 0
+    for path in sorted(image_dir.glob("*/*.jpg")):
+        if path.stem in wanted:
+            (dest / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / path.parent.name / path.name)
+            copied += 1
+    return copied
+
+
 def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry: str,
-            message: str, allow_dirty: bool = True) -> Published:
+            message: str, allow_dirty: bool = True, image_dir: Path | None = None
+            ) -> Published:
     """Push the bundle to an S3 registry and return its top hash; unchanged bundles are kept."""
     if git_dirty() and not allow_dirty:
-        raise RuntimeError("uncommitted changes: code/ would not match the running code")
+        raise RuntimeError("uncommitted changes: code/ would not match the running code; "
+                           "commit them, or set OPENIMAGER_PUBLISH_UNCOMMITTED=true")
     if git_dirty():
-        log.warning("uncommitted changes are not in code/: it holds the last commit only")
+        log.warning("UNCOMMITTED CHANGES: code/ holds the last commit, not the code that ran")
     with tempfile.TemporaryDirectory(prefix="openimager-bundle-") as tmp:
-        staging = stage_bundle(dataset_dir, model_dir, meta, Path(tmp))
+        staging = stage_bundle(dataset_dir, model_dir, meta, Path(tmp), image_dir=image_dir)
         refuse_secrets(staging)
         lock = staging / "env" / "requirements.lock"
         meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     model_name: str = "openimager-classifier"
     # "embedded": a local S3 registry kept in registry_dir; or any s3:// bucket.
     registry: str = "embedded"
+    publish_images: bool = False  # put the source photos of the crops in data/images/
+    publish_uncommitted: bool = True  # warn, not refuse, when the checkout has changes
     package_name: str = "openimager/classifier"
 
     @property

@@ -207,4 +207,5 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
     with opened(settings.registry, settings.registry_dir) as registry:
         meta["registry"] = settings.registry
         return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
-                       registry, message)
+                       registry, message, allow_dirty=settings.publish_uncommitted,
+                       image_dir=settings.image_dir if settings.publish_images else None)

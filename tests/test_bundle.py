@@ -163,3 +163,30 @@ def test_wrong_credentials_are_one_clear_error(monkeypatch):
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
         with pytest.raises(RegistryError, match=r"access to s3://some-bucket denied \("):
             check_registry("s3://some-bucket")
+
+
+def test_source_photos_go_along_only_when_asked(registry_env, tmp_path):
+    data, model = make_run(tmp_path)
+    store = tmp_path / "images" / "train"
+    store.mkdir(parents=True)
+    (store / "a_0.jpg").write_bytes(b"photo")  # no crop comes from this one
+    pd.DataFrame({"CropPath": ["Car/a_0.jpg"], "ImageID": ["0000000000000001"], "Author": "a",
+                  "License": "l", "OriginalLandingURL": "u"}).to_parquet(data / "crops.parquet")
+    (store / "0000000000000001.jpg").write_bytes(b"source photo")
+    without = publish(data, model, META, "test/photos", registry_env, "no photos")
+    with_photos = publish(data, model, {**META, "dataset_id": "with"}, "test/photos",
+                          registry_env, "photos", image_dir=tmp_path / "images")
+    install("test/photos", registry_env, without.top_hash, tmp_path / "a")
+    install("test/photos", registry_env, with_photos.top_hash, tmp_path / "b")
+    assert not (tmp_path / "a" / "data" / "images").exists()
+    assert [p.name for p in (tmp_path / "b" / "data" / "images" / "train").iterdir()] == [
+        "0000000000000001.jpg"]
+
+
+def test_uncommitted_changes_can_be_refused(registry_env, tmp_path, monkeypatch):
+    import flows.bundle
+
+    monkeypatch.setattr(flows.bundle, "git_dirty", lambda: True)
+    data, model = make_run(tmp_path)
+    with pytest.raises(RuntimeError, match="uncommitted changes"):
+        publish(data, model, META, "test/dirty", registry_env, "x", allow_dirty=False)
