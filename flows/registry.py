@@ -54,14 +54,6 @@ def load_model(tag: str) -> tuple[keras.Model, dict]:
     return model, dict(stored.info.metadata)
 
 
-def latest_tag(name: str) -> str | None:
-    """The newest stored version of a model, or None."""
-    try:
-        return str(bentoml.models.get(f"{name}:latest").tag)
-    except bentoml.exceptions.NotFound:
-        return None
-
-
 def promotion_file(name: str) -> Path:
     """Where the promoted version of a model is recorded, beside BentoML's own store."""
     return Path(BentoMLContainer.bentoml_home.get()) / "openimager" / "promoted" / f"{name}.json"

@@ -1,4 +1,4 @@
-"""Cropping boxes out of images, upright and in RGB, and splitting by source image."""
+"""Cropping boxes out of images, upright and in RGB."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from flows.atomic import atomic_path
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from flows.atomic import write_parquet
 from flows.openimages.crop import CropOptions, crop_boxes
-from flows.openimages.split import assign_splits
+from flows.openimages.split import assign_splits, seeded_rank
 
 CROPS_TABLE = "crops.parquet"
 TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID", "Split",
@@ -56,7 +56,7 @@ def build_dataset(
 def cap_per_class(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     """Keep at most cap crops of each class, whole images first in a seeded order, per split
     in proportion, so the splits keep their shares."""
-    order = table.ImageID.map(lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    order = table.ImageID.map(lambda i: seeded_rank(i, seed))
     ranked = table.assign(_order=order).sort_values(["Class", "_order", "BoxID"])
     share = ranked.groupby("Class").CropPath.transform("size")
     kept = ranked.groupby(["Class", "Split"], group_keys=False).apply(

@@ -6,10 +6,9 @@ import hashlib
 
 import pandas as pd
 
-SPLITS = ("train", "validation", "test")
 
-
-def _order(image_id: str, seed: int) -> int:
+def seeded_rank(image_id: str, seed: int) -> int:
+    """A reproducible pseudo-random rank of an image under a seed."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big")
 
 
@@ -24,7 +23,7 @@ def assign_splits(boxes: pd.DataFrame, seed: int, validation: float, test: float
     images_per_class = pairs.Class.value_counts()
     pairs = pairs.assign(rarity=pairs.Class.map(images_per_class))
     primary = pairs.sort_values(["rarity", "Class"]).drop_duplicates("ImageID")
-    primary = primary.assign(order=[_order(i, seed) for i in primary.ImageID])
+    primary = primary.assign(order=[seeded_rank(i, seed) for i in primary.ImageID])
     split = {}
     for _, group in primary.sort_values("order").groupby("Class", sort=True):
         n = len(group)
