@@ -50,7 +50,8 @@ def run_demo(workspace: Path, classes: list[str] | None = None, epochs: int = 8,
             image_size=image_size, registry="embedded",
             architecture="seed-cnn",  # offline: no ImageNet weights to download
         )
-        result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
+        if result["publish"]:
+            result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
         crop, truth = pick_test_crop(workspace)
         with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log") as server:
             with crop.open("rb") as handle:
@@ -79,7 +80,8 @@ def report(result: dict) -> str:
         f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
         f"({trained['promotion_reason']})",
         f"published: {published['name']} top hash {published['top_hash']} "
-        f"in {published['registry']} ({published.get('where', 'S3')})",
+        f"in {published['registry']} ({published.get('where', 'S3')})" if published
+        else "published: nothing (the model was not promoted)",
         f"POST {served['url']} with a held-out {served['true_class']} crop:",
         json.dumps(served["answer"], indent=2),
     ]

@@ -19,6 +19,7 @@ import requests
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "openimager-local", "AWS_SECRET_ACCESS_KEY": "local",
                      "AWS_DEFAULT_REGION": "us-east-1"}
 TELEMETRY_OFF = {"QUILT_DISABLE_USAGE_METRICS": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
                  "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 
 

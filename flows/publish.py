@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from flows import stages
+from flows.artifacts import record
 from flows.bundle import PublishError
 from flows.params import settings_from
 from flows.settings import Settings
@@ -39,4 +40,5 @@ def publish(trained: dict, built: dict, registry: str | None = None,
     settings = settings_from(registry=registry, package_name=package_name, workspace=workspace)
     published = publish_task(settings, trained, built)
     print(f"published {published['name']}@{published['top_hash']} to {published['registry']}")
+    record("publish", {"publish": published}, {})
     return published

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.keras", "metrics.json")
 REPORT_FILES = ("training_curves.png", "confusion_matrix.png")  # copied when present
+SUMMARY = "openimager.json"  # the whole training summary; BentoML metadata drops None values
 
 
 def register_model(model_dir: Path, name: str, metadata: dict, labels: dict[str, str]) -> str:
@@ -33,7 +34,33 @@ def register_model(model_dir: Path, name: str, metadata: dict, labels: dict[str,
         for file in REPORT_FILES:
             if (model_dir / file).exists():
                 shutil.copy2(model_dir / file, stored.path_of(file))
+        write_json(Path(stored.path_of(SUMMARY)), metadata)
     return str(stored.tag)
+
+
+def find_trained(name: str, label: str, value: str) -> tuple[str, dict] | None:
+    """The newest stored model of name whose label equals value, with its training summary."""
+    try:
+        models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:  # nothing of this name yet
+        return None
+    found = sorted((m for m in models if m.info.labels.get(label) == value
+                    and Path(m.path_of(SUMMARY)).exists()),
+                   key=lambda m: m.info.creation_time, reverse=True)
+    if not found:
+        return None
+    return str(found[0].tag), json.loads(Path(found[0].path_of(SUMMARY)).read_text())
+
+
+def restore_model(tag: str, model_dir: Path) -> None:
+    """Put a stored model's files back in model_dir, where publishing takes them from."""
+    stored = bentoml.models.get(tag)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for old in model_dir.glob("*.png"):
+        old.unlink()
+    for file in (*MODEL_FILES, *REPORT_FILES):
+        if Path(stored.path_of(file)).exists():
+            shutil.copy2(stored.path_of(file), model_dir / file)
 
 
 def _storable(value: object) -> object:
@@ -107,6 +134,10 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
          **details: object) -> Decision:
     """Decide whether tag replaces the promoted model of its name, and record it if so."""
     name = tag.split(":", 1)[0]
+    record = promoted(name)
+    if record is not None and record["tag"] == tag:  # a resumed run, or the same model again
+        return Decision(True, f"{tag} is already the promoted model", metric, candidate_score,
+                        tag, candidate_score)
     decision = decide(metric, candidate_score, class_names, incumbent(name, class_names, score),
                       force)
     if decision.promote:

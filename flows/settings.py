@@ -57,14 +57,18 @@ class Settings(BaseSettings):
     download_chunk_images: int = 500  # images per chunk; one Prefect task each
     download_verify: bool = False  # re-read and re-check every image already in the store
     download_placeholder_md5s: list[str] = Field(default_factory=list)  # "photo unavailable"
-    download_task_runner: Literal["threads", "dask"] = "threads"
     download_parallel_chunks: int = 2  # chunks at once on the thread runner
-    dask_address: str | None = None  # a running Dask scheduler; else a LocalCluster
+    # Where the Prefect flows run their chunk tasks (downloads and crops): threads in the
+    # flow's process, or Dask: the scheduler at dask_address, else a loopback LocalCluster.
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = None
     dask_workers: int = 2  # LocalCluster worker processes
 
     crop_size: int = 256
     crop_padding: float = 0.0
     crop_quality: int = 90
+    crop_chunk_images: int = 500  # images per crop chunk; one Prefect task each
+    crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
     min_box_pixels: int = 8
     split_seed: int = 0
@@ -89,6 +93,8 @@ class Settings(BaseSettings):
     # The gate: promote a new model only if this test metric is at least the promoted one's.
     promotion_metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
     force_promote: bool = False
+    # A model already trained on the same dataset, config and code is reused, not trained again.
+    reuse_trained: bool = True
 
     model_name: str = "openimager-classifier"
     # "embedded": a local S3 registry kept in registry_dir; or any s3:// bucket.

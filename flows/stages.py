@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ from flows.bundle import Published, publish
 from flows.lineage import git_commit
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
+from flows.openimages.cropjobs import CropRunner, process_pool
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.metadata import Metadata
@@ -106,8 +109,9 @@ def refresh(settings: Settings, run_chunks: ChunkRunner | None = None) -> dict:
     }
 
 
-def build(settings: Settings) -> dict:
-    """Crop the selected boxes and split them by source image."""
+def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
+    """Crop the selected boxes (chunks run by run_chunks, or on a local process pool) and
+    split them by source image."""
     boxes = pd.read_parquet(settings.workspace / "selection.parquet")
     manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
     options = CropOptions(settings.crop_size, settings.min_box_pixels, settings.crop_padding,
@@ -115,7 +119,9 @@ def build(settings: Settings) -> dict:
     table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
                                    settings.split_seed, settings.validation_fraction,
                                    settings.test_fraction,
-                                   max_crops_per_class=settings.max_crops_per_class)
+                                   max_crops_per_class=settings.max_crops_per_class,
+                                   run_chunks=run_chunks or process_pool(settings.crop_workers),
+                                   chunk_images=settings.crop_chunk_images)
     weights = class_weights(table)
     write_json(settings.dataset_dir / "class_weights.json", weights)
     write_card(settings.dataset_dir, table, skipped, {
@@ -132,45 +138,41 @@ def build(settings: Settings) -> dict:
         "images": int(table.ImageID.nunique()),
         "crops_per_class": table.Class.value_counts().sort_index().to_dict(),
         "crops_per_split": table.Split.value_counts().sort_index().to_dict(),
+        "crops_per_class_split": {c: g.Split.value_counts().sort_index().to_dict()
+                                  for c, g in table.groupby("Class")},
         "skipped": skipped.Status.value_counts().to_dict(),
     }
 
 
 def train(settings: Settings) -> dict:
     """Train on the crops, score on the test split, register the model with BentoML, and
-    promote it if it scores at least the promoted model on the same test split."""
-    from flows.registry import gate, register_model  # BentoML and TensorFlow load only now
+    promote it if it scores at least the promoted model on the same test split.
+
+    A model already trained on the same dataset with the same configuration and code is reused
+    (unless reuse_trained is off): a rerun after a failed publish does not train again.
+    """
+    from flows.registry import find_trained, gate, register_model, restore_model
     from model.evaluate import evaluate_model
     from model.train import TrainConfig
-    from model.train import train as fit
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
     crops = settings.dataset_dir / "crops"
     # Every training knob is a setting of the same name (OPENIMAGER_EPOCHS, _WEIGHTS, ...).
     config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
                             if f.name in Settings.model_fields})
-    result = fit(table, crops, settings.model_dir, config)
-    mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
     commit = git_commit()
-    metadata = {
-        "class_names": result.class_names,
-        "class_mids": [mids[c] for c in result.class_names],
-        "image_size": settings.image_size,
-        "architecture": config.architecture,
-        "backbone": config.backbone if config.architecture == "transfer" else None,
-        "weights": result.metrics["weights"],
-        "dataset_id": dataset_id(table),
-        "openimages_version": settings.openimages_version,
-        "git_commit": commit,
-        "metrics": {k: result.metrics[k]
-                    for k in ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class")},
-        "train_seconds": round(result.seconds, 2),
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": asdict(config),
-    }
-    labels = {"dataset": metadata["dataset_id"], "commit": commit[:12],
-              "architecture": config.architecture}
-    tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
+    key = hashlib.sha256(json.dumps([dataset_id(table), asdict(config), commit,
+                                     settings.openimages_version]).encode()).hexdigest()[:16]
+    found = find_trained(settings.model_name, "train", key) if settings.reuse_trained else None
+    if found:
+        tag, metadata = found
+        restore_model(tag, settings.model_dir)
+        log.info("%s was trained on this dataset with this config and code: reused", tag)
+    else:
+        metadata = _fit(settings, table, config, commit)
+        labels = {"dataset": metadata["dataset_id"], "commit": commit[:12],
+                  "architecture": config.architecture, "train": key}
+        tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
     test = table[table.Split == "test"]
     metric = settings.promotion_metric
@@ -180,10 +182,35 @@ def train(settings: Settings) -> dict:
         return evaluate_model(model, list(theirs["class_names"]), test, crops,
                               int(theirs["image_size"]), settings.batch_size)[metric]
 
-    decision = gate(tag, result.class_names, metric, result.metrics[metric], score,
+    decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric], score,
                     settings.force_promote, dataset_id=metadata["dataset_id"])
-    return {"model_tag": tag, **metadata, "promoted": decision.promote,
+    return {"model_tag": tag, **metadata, "reused": bool(found), "promoted": decision.promote,
             "promotion_reason": decision.reason, "promotion": decision.as_dict()}
+
+
+def _fit(settings: Settings, table: pd.DataFrame, config: object, commit: str) -> dict:
+    """Fit a model into the model folder; return its training summary."""
+    from model.train import train as fit
+
+    result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
+    mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
+    return {
+        "class_names": result.class_names,
+        "class_mids": [mids[c] for c in result.class_names],
+        "image_size": settings.image_size,
+        "architecture": config.architecture,
+        "backbone": config.backbone if config.architecture == "transfer" else None,
+        "weights": result.metrics["weights"],
+        "dataset_id": dataset_id(table),
+        "openimages_version": settings.openimages_version,
+        "git_commit": commit,
+        "metrics": {k: result.metrics[k] for k in
+                    ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
+                     "confusion_matrix")},
+        "train_seconds": round(result.seconds, 2),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": asdict(config),
+    }
 
 
 def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:

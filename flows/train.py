@@ -6,41 +6,50 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import stages
-from flows.params import settings_from
+from flows.artifacts import record
+from flows.crop_flow import chunk_runner
+from flows.params import Architecture, Runner, report_images, settings_from
 from flows.settings import Settings
 
 
 @task(cache_policy=NO_CACHE)
 def build_task(settings: Settings) -> dict:
-    """Crop and split."""
-    return stages.build(settings)
+    """Crop (chunks fanned out as tasks of a crop-images subflow; only what is missing or
+    changed) and split."""
+    return stages.build(settings, run_chunks=chunk_runner(settings))
 
 
 @task(cache_policy=NO_CACHE)
 def train_task(settings: Settings) -> dict:
-    """Fit, evaluate on the test split, register with BentoML, pass the promotion gate."""
+    """Fit (or reuse the model already trained on this dataset), evaluate on the test split,
+    register with BentoML, pass the promotion gate."""
     return stages.train(settings)
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(workspace: str | None = None) -> dict:
+def build_dataset(workspace: str | None = None, max_crops_per_class: int | None = None,
+                  task_runner: Runner | None = None) -> dict:
     """Crop the selected boxes of the last refresh into a split dataset."""
-    summary = build_task(settings_from(workspace=workspace))
+    settings = settings_from(workspace=workspace, max_crops_per_class=max_crops_per_class,
+                             task_runner=task_runner)
+    summary = build_task(settings)
     print(f"{summary['crops']} crops: {summary['crops_per_class']}")
+    record("build-dataset", {"dataset": summary}, report_images(settings))
     return summary
 
 
 @flow(name="train", log_prints=True)
 def train(workspace: str | None = None, epochs: int | None = None,
-          architecture: str | None = None, weights: str | None = None,
+          architecture: Architecture | None = None, weights: str | None = None,
           image_size: int | None = None, force_promote: bool | None = None) -> dict:
     """Train on the last built dataset, register the model, promote it if it is no worse."""
-    trained = train_task(settings_from(workspace=workspace, epochs=epochs,
-                                       architecture=architecture, weights=weights,
-                                       image_size=image_size, force_promote=force_promote))
+    settings = settings_from(workspace=workspace, epochs=epochs, architecture=architecture,
+                             weights=weights, image_size=image_size, force_promote=force_promote)
+    trained = train_task(settings)
     print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
           f"macro F1 {trained['metrics']['macro_f1']}")
     print(promotion_line(trained))
+    record("train", {"train": trained}, report_images(settings))
     return trained
 
 

@@ -57,7 +57,7 @@ def test_chunks_run_as_tasks_on_threads(harness, tmp_path):
 
 def test_chunks_run_in_dask_worker_processes(harness, tmp_path):
     settings = Settings(workspace=tmp_path, download_chunk_images=8, download_workers=4,
-                        download_task_runner="dask", dask_workers=2)
+                        task_runner="dask", dask_workers=2)
     reports, _ = run(settings, 48)
     pids = {r["pid"] for r in reports}
     assert len(reports) == 6 and os.getpid() not in pids and len(pids) == 2

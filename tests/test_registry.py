@@ -22,13 +22,13 @@ def workspace_with(sample_workspace, table, dest):
     return dest
 
 
-def train_stage(workspace, epochs, force=False):
+def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
     from flows import stages
     from flows.settings import Settings
 
     settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32,
-                        epochs=epochs, batch_size=32, patience=epochs, model_name=NAME,
-                        force_promote=force)
+                        epochs=epochs, batch_size=32, patience=epochs, model_name=name,
+                        force_promote=force, reuse_trained=reuse)
     return stages.train(settings)
 
 
@@ -119,3 +119,19 @@ def test_reloaded_model_predicts_like_the_one_in_memory(sample_workspace, tmp_pa
         pixels = np.asarray(Image.open(crops / path).convert("RGB"))[None]  # raw, own size
         np.testing.assert_allclose(reloaded.predict(pixels, verbose=0),
                                    result.model.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_rerun_on_the_same_dataset_reuses_the_trained_model(sample_workspace, tmp_path):
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    workspace = workspace_with(sample_workspace, table, tmp_path / "ws")
+    first = train_stage(workspace, 1, name="reuse-test", reuse=True)
+    assert not first["reused"] and first["promoted"]
+    model = workspace / "model" / "model.keras"
+    model.unlink()  # as if another training had replaced the folder since
+    again = train_stage(workspace, 1, name="reuse-test", reuse=True)
+    assert again["reused"] and again["model_tag"] == first["model_tag"]
+    assert again["metrics"] == first["metrics"] and again["promoted"]
+    assert "already the promoted model" in again["promotion_reason"]
+    assert model.exists()  # restored from the store, for publishing
+    other = train_stage(workspace, 2, name="reuse-test", reuse=True)  # another config
+    assert not other["reused"] and other["model_tag"] != first["model_tag"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from flows.atomic import write_parquet
-from flows.openimages.crop import CropOptions, crop_boxes
+from flows.openimages.crop import CropOptions
+from flows.openimages.cropjobs import CropRunner, crop_boxes
 from flows.openimages.split import assign_splits, seeded_rank
 
 CROPS_TABLE = "crops.parquet"
@@ -32,14 +33,16 @@ def build_dataset(
     seed: int = 0,
     validation: float = 0.15,
     test: float = 0.15,
-    workers: int = 2,
     max_crops_per_class: int | None = None,
+    run_chunks: CropRunner | None = None,
+    chunk_images: int = 500,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Crop the selection into out_dir/crops; return (usable crops table, skipped boxes)."""
+    """Crop the selection into out_dir/crops (chunks run by run_chunks, or on a local process
+    pool); return (usable crops table, skipped boxes)."""
     table_path = out_dir / CROPS_TABLE
     previous = pd.read_parquet(table_path) if table_path.exists() else None
-    crops = crop_boxes(boxes, manifest, out_dir / "crops", options, workers=workers,
-                       previous=previous)
+    crops = crop_boxes(boxes, manifest, out_dir / "crops", options, previous=previous,
+                       run_chunks=run_chunks, chunk_images=chunk_images)
     usable_boxes = crops[crops.Status == "ok"]
     splits = assign_splits(usable_boxes, seed, validation, test)
     crops["Split"] = crops.ImageID.map(splits)

@@ -1,0 +1,119 @@
+"""What a flow run leaves for people to look at: a markdown report and tables in Prefect.
+
+The report is built by pure functions from the stages' summaries; `record` hands it to
+Prefect. Pictures (confusion matrix, sample grid) are embedded as small data URIs, so the
+report shows them wherever it is read, whether or not the workspace is reachable from there.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from PIL import Image
+
+IMAGE_SIDE = 640  # embedded pictures are shrunk to this longest side
+
+
+def inline_image(path: Path, side: int = IMAGE_SIDE) -> str | None:
+    """A PNG as a markdown image with a data URI, shrunk to side; None if it is missing."""
+    if not path.exists():
+        return None
+    with Image.open(path) as image:
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"![{path.stem.replace('_', ' ')}](data:image/png;base64,{data})"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def refresh_section(refreshed: dict) -> list[str]:
+    """Selection counts per class and download statuses."""
+    rows = [[name, info["mid"], info["images"], info["boxes"]]
+            for name, info in refreshed["classes"].items()]
+    downloads = ", ".join(f"{k} {v}" for k, v in sorted(refreshed["downloads"].items()))
+    return ["## Selection", "", *_table(["class", "MID", "images", "boxes"], rows), "",
+            f"{refreshed['images']} images, {refreshed['boxes']} boxes; "
+            f"downloads: {downloads or 'none'}", ""]
+
+
+def dataset_section(built: dict, grid: str | None) -> list[str]:
+    """Crops per class and split, what was skipped, and the sample grid."""
+    splits = sorted(built["crops_per_split"])
+    per = built.get("crops_per_class_split", {})
+    rows = [[name, count, *[per.get(name, {}).get(s, "") for s in splits]]
+            for name, count in built["crops_per_class"].items()]
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(built["skipped"].items())) or "none"
+    lines = ["## Dataset", "", *_table(["class", "crops", *splits], rows), "",
+             f"{built['crops']} crops from {built['images']} images "
+             f"(dataset {built['dataset_id']}); skipped boxes: {skipped}", ""]
+    return [*lines, grid, ""] if grid else lines
+
+
+def train_section(trained: dict, confusion: str | None) -> list[str]:
+    """Test metrics, the promotion decision, and the confusion matrix."""
+    metrics = trained["metrics"]
+    verdict = "promoted" if trained["promoted"] else "NOT promoted"
+    reused = " (reused: already trained on this dataset with this config)" \
+        if trained.get("reused") else ""
+    lines = ["## Model", "",
+             f"`{trained['model_tag']}`{reused}: test accuracy {metrics['accuracy']}, "
+             f"macro F1 {metrics['macro_f1']}, ROC-AUC {metrics.get('roc_auc')} on "
+             f"{metrics['test_examples']} held-out crops.", "",
+             f"**{verdict}**: {trained['promotion_reason']}", ""]
+    return [*lines, confusion, ""] if confusion else lines
+
+
+def publish_section(published: dict | None, trained: dict | None) -> list[str]:
+    """Where the package went, or why nothing was published."""
+    if published is None:
+        why = "the model was not promoted" if trained and not trained["promoted"] else "skipped"
+        return ["## Package", "", f"Not published: {why}; the registry keeps the last "
+                "promoted package.", ""]
+    state = "new revision" if published.get("pushed", True) else "unchanged, no new revision"
+    return ["## Package", "", f"`{published['name']}` in {published['registry']}: top hash "
+            f"`{published['top_hash']}` ({state})", ""]
+
+
+def classification_rows(metrics: dict) -> list[dict]:
+    """The per-class test metrics as table rows."""
+    return [{"class": name, **values} for name, values in metrics["per_class"].items()]
+
+
+def report(title: str, result: dict, images: dict[str, Path]) -> str:
+    """The markdown report of a run from the summaries in result (refresh, dataset, train,
+    publish; whichever ran) and the pictures in images (sample_grid, confusion_matrix)."""
+    lines = [f"# {title}", ""]
+    if "refresh" in result:
+        lines += refresh_section(result["refresh"])
+    if "dataset" in result:
+        lines += dataset_section(result["dataset"], inline_image(images["sample_grid"])
+                                 if "sample_grid" in images else None)
+    if "train" in result:
+        lines += train_section(result["train"], inline_image(images["confusion_matrix"])
+                               if "confusion_matrix" in images else None)
+    if "publish" in result:
+        lines += publish_section(result["publish"], result.get("train"))
+    return "\n".join(lines)
+
+
+def record(flow: str, result: dict, images: dict[str, Path]) -> None:
+    """Create the run's artifacts in Prefect: the report, and the classification report table
+    when a model was trained. Keys are per flow, so the UI shows each flow's history."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(report(f"openimager {flow}", result, images),
+                             key=f"openimager-{flow}-report",
+                             description=f"What the {flow} run selected, built, scored and "
+                                         "published")
+    if "train" in result:
+        trained = result["train"]
+        create_table_artifact(classification_rows(trained["metrics"]),
+                              key=f"openimager-{flow}-classification",
+                              description=f"Per-class test metrics of {trained['model_tag']}")

@@ -1,0 +1,53 @@
+"""The run report: what it says for each stage, and the pictures it carries."""
+
+import base64
+
+from PIL import Image
+
+from flows.artifacts import classification_rows, inline_image, report
+
+REFRESH = {"classes": {"Car": {"mid": "/m/0k4j", "images": 10, "boxes": 12}},
+           "images": 10, "boxes": 12, "downloads": {"ok": 9, "gone": 1}}
+DATASET = {"dataset_id": "abc123", "crops": 11, "images": 9, "crops_per_class": {"Car": 11},
+           "crops_per_split": {"test": 2, "train": 7, "validation": 2},
+           "crops_per_class_split": {"Car": {"test": 2, "train": 7, "validation": 2}},
+           "skipped": {"too-small": 1}}
+METRICS = {"accuracy": 0.9, "macro_f1": 0.8, "roc_auc": None, "test_examples": 2,
+           "per_class": {"Car": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}}}
+TRAINED = {"model_tag": "clf:v1", "metrics": METRICS, "promoted": False, "reused": True,
+           "promotion_reason": "not promoted: macro_f1 0.8 < 0.9 of the promoted clf:v0"}
+
+
+def test_the_report_covers_every_stage_that_ran(tmp_path):
+    grid = tmp_path / "sample_grid.png"
+    Image.new("RGB", (1200, 300), (255, 0, 0)).save(grid)
+    text = report("openimager retrain", {"refresh": REFRESH, "dataset": DATASET,
+                                         "train": TRAINED, "publish": None},
+                  {"sample_grid": grid, "confusion_matrix": tmp_path / "missing.png"})
+    assert "| Car | /m/0k4j | 10 | 12 |" in text and "gone 1, ok 9" in text
+    assert "| Car | 11 | 2 | 7 | 2 |" in text and "too-small 1" in text
+    assert "**NOT promoted**: not promoted: macro_f1 0.8 < 0.9" in text and "reused" in text
+    assert "Not published: the model was not promoted" in text
+    assert text.count("data:image/png;base64,") == 1  # the missing picture is left out
+
+
+def test_a_published_run_names_its_top_hash():
+    published = {"name": "openimager/classifier", "registry": "s3://bucket",
+                 "top_hash": "f" * 64, "pushed": False}
+    text = report("x", {"publish": published, "train": {**TRAINED, "promoted": True}}, {})
+    assert f"top hash `{'f' * 64}` (unchanged, no new revision)" in text
+
+
+def test_pictures_are_embedded_shrunk(tmp_path):
+    path = tmp_path / "confusion_matrix.png"
+    Image.new("RGB", (2000, 1000)).save(path)
+    markdown = inline_image(path, side=100)
+    assert markdown.startswith("![confusion matrix](data:image/png;base64,")
+    data = base64.b64decode(markdown.split(",", 1)[1].rstrip(")"))
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert inline_image(tmp_path / "absent.png") is None
+
+
+def test_classification_rows_are_one_per_class():
+    assert classification_rows(METRICS) == [
+        {"class": "Car", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}]
