@@ -13,8 +13,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
+export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT := false
 
-.PHONY: help venv demo test lint lock sample clean browser
+# The Prefect server of `make prefect-server`, which `make deploy` and `make worker` talk to.
+PREFECT_PORT ?= 4200
+PREFECT_POOL ?= openimager
+PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: help venv demo test lint lock sample clean browser prefect-server deploy worker
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
@@ -23,6 +29,9 @@ help:
 	@echo "make lock    regenerate requirements.lock from pyproject.toml"
 	@echo "make sample  regenerate the synthetic sample in data/sample"
 	@echo "make browser install Debian's chromium and chromium-driver (the page's browser test)"
+	@echo "make prefect-server  Prefect server and UI on 127.0.0.1:$(PREFECT_PORT)"
+	@echo "make deploy  the work pool and the deployments of prefect.yaml, on that server"
+	@echo "make worker  a process worker running the deployments' flow runs"
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
@@ -61,6 +70,20 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			chromium chromium-driver; \
 	fi
+
+prefect-server: venv
+	PREFECT_SERVER_API_HOST=127.0.0.1 $(BIN)/prefect server start --host 127.0.0.1 \
+		--port $(PREFECT_PORT)
+
+deploy: venv
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create $(PREFECT_POOL) \
+		--type process --overwrite
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect --no-prompt deploy --all
+
+worker: venv
+	PREFECT_API_URL=$(PREFECT_API) OPENIMAGER_PROJECT_DIR=$(CURDIR) \
+		PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 \
+		$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

@@ -13,7 +13,7 @@ from flows.cli_download import add_download_command, run_download_command
 from flows.openimages.ontology import UnknownClassError
 from flows.openimages.select import EmptySelection
 from flows.registries import RegistryError
-from flows.secrets import SecretFound
+from flows.secretscan import SecretFound
 
 
 def main(argv: list[str] | None = None) -> int:

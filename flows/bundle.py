@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from quilt3.util import QuiltException
 
 from flows.lineage import PROJECT_ROOT, export_source, git_dirty, sha256_file, sha256_text
-from flows.secrets import refuse_secrets
+from flows.secretscan import refuse_secrets
 
 log = logging.getLogger(__name__)
 

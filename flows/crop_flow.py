@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.fanout import CHUNKS, chunk_files, collect, read_chunk, task_runner
+from flows.fanout import CHUNKS, chunk_files, collect, ran_on, read_chunk, task_runner, where
 from flows.openimages.cropjobs import CropChunk, CropRunner, run_chunk
 from flows.settings import Settings
 
@@ -21,7 +21,7 @@ from flows.settings import Settings
 @task(cache_policy=NO_CACHE)
 def crop_chunk(path: str) -> dict:
     """Crop the images of one chunk file."""
-    return run_chunk(CropChunk.from_json(read_chunk(path)))
+    return {**run_chunk(CropChunk.from_json(read_chunk(path))), **where()}
 
 
 @flow(name="crop-images", log_prints=True)
@@ -31,7 +31,7 @@ def crop_chunks(paths: list[str]) -> list[dict]:
     reports = collect(paths, crop_chunk.map(paths))
     done = [r for r in reports if "error" not in r]
     print(f"crop: {len(done)} of {len(paths)} chunks done, "
-          f"{sum(r['images'] for r in done)} images cropped")
+          f"{sum(r['images'] for r in done)} images cropped {ran_on(done)}")
     return reports
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from flows.fanout import CHUNKS, chunk_files, collect, on_threads, read_chunk, task_runner
+from flows.fanout import (
+    CHUNKS,
+    chunk_files,
+    collect,
+    on_threads,
+    ran_on,
+    read_chunk,
+    task_runner,
+    where,
+)
 from flows.openimages.download import Chunk, ChunkRunner, DownloadOptions
 from flows.openimages.downloader import run_chunks
 from flows.settings import Settings
@@ -24,7 +33,7 @@ __all__ = ["CHUNKS", "chunk_runner", "download_chunks"]
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def download_chunk(path: str, options: DownloadOptions) -> dict:
     """Download the images of one chunk file."""
-    return run_chunks([Chunk(**read_chunk(path))], options)[0]
+    return {**run_chunks([Chunk(**read_chunk(path))], options)[0], **where()}
 
 
 @flow(name="download-images", log_prints=True)
@@ -34,7 +43,7 @@ def download_chunks(paths: list[str], options: DownloadOptions) -> list[dict]:
     reports = collect(paths, download_chunk.map(paths, options=unmapped(options)))
     done = [r for r in reports if "error" not in r]
     print(f"download: {len(done)} of {len(paths)} chunks done, "
-          f"{sum(r['images'] for r in done)} images handled")
+          f"{sum(r['images'] for r in done)} images handled {ran_on(done)}")
     return reports
 
 

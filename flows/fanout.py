@@ -8,6 +8,8 @@ ran it. The files must be on a file system every worker sees.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,25 @@ def chunk_files(folder: Path, chunks: list[tuple[str, dict]]) -> Iterator[list[s
 def read_chunk(path: str) -> dict:
     """The JSON data of one chunk file."""
     return json.loads(Path(path).read_text())
+
+
+def where() -> dict:
+    """Which process ran a chunk: host, pid and, on a Dask worker, its address."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):  # not inside a Dask worker
+        worker = None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "dask_worker": worker}
+
+
+def ran_on(reports: list[dict]) -> str:
+    """Where the chunks ran, in words for the run's log."""
+    workers = sorted({r["dask_worker"] for r in reports if r.get("dask_worker")})
+    if workers:
+        return f"on {len(workers)} Dask worker(s) ({', '.join(workers)})"
+    return f"in {len({(r.get('host'), r.get('pid')) for r in reports if 'pid' in r})} process(es)"
 
 
 def collect(paths: list[str], futures: list[PrefectFuture]) -> list[dict]:

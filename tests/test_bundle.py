@@ -12,7 +12,7 @@ from flows.bundle import PublishError, install, publish
 from flows.lineage import git_commit
 from flows.localservers import LocalS3
 from flows.registries import RegistryError, check_registry, opened
-from flows.secrets import SecretFound, find_secrets
+from flows.secretscan import SecretFound, find_secrets
 
 META = {
     "package": "test/bundle", "registry": "s3://test-registry", "classes": ["Car", "Hamburger"],

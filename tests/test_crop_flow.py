@@ -52,6 +52,7 @@ def test_chunks_run_in_dask_worker_processes(harness, tmp_path):
     assert (table.Status == "ok").all() and len(table) == 16
     pids = {r["pid"] for r in reports}
     assert len(reports) == 4 and os.getpid() not in pids and len(pids) == 2
+    assert len({r["dask_worker"] for r in reports}) == 2
 
 
 def test_a_failed_chunk_marks_its_boxes_failed_and_the_rest_is_kept(harness, tmp_path,

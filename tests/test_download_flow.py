@@ -61,3 +61,4 @@ def test_chunks_run_in_dask_worker_processes(harness, tmp_path):
     reports, _ = run(settings, 48)
     pids = {r["pid"] for r in reports}
     assert len(reports) == 6 and os.getpid() not in pids and len(pids) == 2
+    assert all(r["dask_worker"].startswith("tcp://127.0.0.1:") for r in reports)
