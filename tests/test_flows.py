@@ -1,0 +1,81 @@
+"""The Prefect flows as a user meets them: bad parameters fail before any work, and a rerun
+of a failed retrain resumes instead of starting over."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_a_misspelt_class_fails_at_once_with_suggestions_and_no_retry(harness, mirror,
+                                                                      tmp_path):
+    from flows.refresh import refresh
+
+    state = refresh(classes=["Hamburgr"], workspace=str(tmp_path), metadata_url=mirror.url,
+                    return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match="unknown Open Images class 'Hamburgr'; closest: "
+                                         "Hamburger"):
+        state.result()
+    assert not (tmp_path / "selection.parquet").exists()  # nothing heavy started
+    assert not (tmp_path / "images").exists()
+
+
+def test_parameters_are_typed(harness, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.retrain import retrain
+
+    with pytest.raises(ParameterTypeError, match="openimages_version"):
+        retrain(openimages_version="v9", workspace=str(tmp_path))
+
+
+def test_retries_stop_at_errors_another_try_cannot_mend():
+    from prefect.states import Completed, Failed
+
+    from flows.openimages.ontology import UnknownClassError
+    from flows.params import retry_unless
+
+    retry = retry_unless(UnknownClassError)
+    assert not retry(None, None, Failed(data=UnknownClassError("Hamburgr")))
+    assert retry(None, None, Failed(data=ConnectionError("reset by peer")))
+    assert not retry(None, None, Completed(data=1))
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, registry_env,
+                                                tmp_path, monkeypatch):
+    import flows.publish
+    from flows.retrain import retrain
+
+    real = flows.publish.stages.publish_bundle
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    params = {"classes": ["Hamburger", "Sandwich"], "workspace": str(tmp_path),
+              "metadata_url": mirror.url, "image_endpoint_url": local_s3.endpoint_url,
+              "registry": registry_env, "package_name": "resume/classifier",
+              "max_images_per_class": 15, "architecture": "seed-cnn", "epochs": 1,
+              "image_size": 32}
+    monkeypatch.setattr(flows.publish.stages, "publish_bundle", broken)
+    assert retrain(**params, return_state=True).is_failed()
+    files = sorted([*(tmp_path / "dataset" / "crops").rglob("*.jpg"),
+                    *(tmp_path / "images").rglob("*.jpg")])
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert len(files) > 20
+
+    monkeypatch.setattr(flows.publish.stages, "publish_bundle", real)
+    result = retrain(**params)
+    assert result["train"]["reused"], "the model trained by the failed run is reused"
+    assert result["publish"]["top_hash"]
+    # No image was downloaded and no crop made again.
+    assert [p.stat().st_mtime_ns for p in files] == stamps
