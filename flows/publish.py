@@ -34,11 +34,14 @@ def publish_task(settings: Settings, trained: dict, built: dict) -> dict:
 
 
 @flow(name="publish", log_prints=True)
-def publish(trained: dict, built: dict, registry: str | None = None,
-            package_name: str | None = None, workspace: str | None = None) -> dict:
-    """Publish the last trained model with its data."""
+def publish(registry: str | None = None, package_name: str | None = None,
+            workspace: str | None = None, trained: dict | None = None,
+            built: dict | None = None) -> dict:
+    """Publish the workspace's last trained model with its data (or the summaries given)."""
     settings = settings_from(registry=registry, package_name=package_name, workspace=workspace)
+    trained = trained or stages.last_summary(settings, "train")
+    built = built or stages.last_summary(settings, "build")
     published = publish_task(settings, trained, built)
     print(f"published {published['name']}@{published['top_hash']} to {published['registry']}")
-    record("publish", {"publish": published}, {})
+    record("publish", {"publish": published, "train": trained}, {})
     return published

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -132,7 +133,7 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
         # The bundled sample's photos live under the reserved .invalid domain.
         "synthetic": bool(boxes.OriginalURL.fillna("").str.contains(r"\.invalid/").all()),
     })
-    return {
+    summary = {
         "dataset_id": dataset_id(table),
         "crops": len(table),
         "images": int(table.ImageID.nunique()),
@@ -142,6 +143,8 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
                                   for c, g in table.groupby("Class")},
         "skipped": skipped.Status.value_counts().to_dict(),
     }
+    write_json(summary_path(settings, "build"), summary)
+    return summary
 
 
 def train(settings: Settings) -> dict:
@@ -184,8 +187,25 @@ def train(settings: Settings) -> dict:
 
     decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric], score,
                     settings.force_promote, dataset_id=metadata["dataset_id"])
-    return {"model_tag": tag, **metadata, "reused": bool(found), "promoted": decision.promote,
-            "promotion_reason": decision.reason, "promotion": decision.as_dict()}
+    summary = {"model_tag": tag, **metadata, "reused": bool(found),
+               "promoted": decision.promote, "promotion_reason": decision.reason,
+               "promotion": decision.as_dict()}
+    write_json(summary_path(settings, "train"), summary)
+    return summary
+
+
+def summary_path(settings: Settings, stage: str) -> Path:
+    """Where a stage leaves its summary, for the stages after it in a later run."""
+    return settings.workspace / "summaries" / f"{stage}.json"
+
+
+def last_summary(settings: Settings, stage: str) -> dict:
+    """The summary of the last run of a stage in this workspace, or a clear error."""
+    path = summary_path(settings, stage)
+    if not path.exists():
+        raise FileNotFoundError(f"no {stage} summary in {settings.workspace}: run the {stage} "
+                                "stage first")
+    return json.loads(path.read_text())
 
 
 def _fit(settings: Settings, table: pd.DataFrame, config: object, commit: str) -> dict:

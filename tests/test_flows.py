@@ -66,6 +66,7 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
               "registry": registry_env, "package_name": "resume/classifier",
               "max_images_per_class": 15, "architecture": "seed-cnn", "epochs": 1,
               "image_size": 32}
+    monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "resume-classifier")  # promoted: a first model
     monkeypatch.setattr(flows.publish.stages, "publish_bundle", broken)
     assert retrain(**params, return_state=True).is_failed()
     files = sorted([*(tmp_path / "dataset" / "crops").rglob("*.jpg"),
@@ -79,3 +80,10 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
     assert result["publish"]["top_hash"]
     # No image was downloaded and no crop made again.
     assert [p.stat().st_mtime_ns for p in files] == stamps
+
+    # The publish flow alone takes the workspace's last summaries: nothing changed, no revision.
+    from flows.publish import publish
+
+    again = publish(workspace=str(tmp_path), registry=registry_env,
+                    package_name="resume/classifier")
+    assert again["top_hash"] == result["publish"]["top_hash"] and not again["pushed"]
