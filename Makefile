@@ -20,7 +20,8 @@ PREFECT_PORT ?= 4200
 PREFECT_POOL ?= openimager
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: help venv demo test lint lock sample clean browser prefect-server deploy worker
+.PHONY: help venv demo test lint lock sample clean browser prefect-server deploy worker \
+	test-container
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
@@ -32,6 +33,7 @@ help:
 	@echo "make prefect-server  Prefect server and UI on 127.0.0.1:$(PREFECT_PORT)"
 	@echo "make deploy  the work pool and the deployments of prefect.yaml, on that server"
 	@echo "make worker  a process worker running the deployments' flow runs"
+	@echo "make test-container  build the worker image offline (debootstrap, buildah), run it (podman)"
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
@@ -84,6 +86,21 @@ worker: venv
 	PREFECT_API_URL=$(PREFECT_API) OPENIMAGER_PROJECT_DIR=$(CURDIR) \
 		PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 \
 		$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process
+
+# The worker image's test: a debootstrapped bookworm base, `buildah bud`, a retrain under
+# `podman run` (tests/test_container.py). Installs only the missing tools; as root or with sudo.
+CONTAINER_TOOLS := buildah podman runc debootstrap
+test-container: venv
+	@missing=$$(for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || echo $$tool; \
+		done); \
+	if [ -z "$$missing" ]; then \
+		echo "$(CONTAINER_TOOLS) are installed"; \
+	else \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(CONTAINER_TOOLS); \
+	fi
+	$(BIN)/python -m pytest -m container
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

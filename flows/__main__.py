@@ -12,6 +12,7 @@ from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_co
 from flows.cli_download import add_download_command, run_download_command
 from flows.openimages.ontology import UnknownClassError
 from flows.openimages.select import EmptySelection
+from flows.preflight import add_check_command, run_check_command
 from flows.registries import RegistryError
 from flows.secretscan import SecretFound
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     classes.add_argument("--openimages-version")
     add_bundle_commands(sub)
     add_download_command(sub)
+    add_check_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flows").setLevel(logging.INFO)
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bundle_command(args)
         elif args.command == "download":
             return run_download_command(args)
+        elif args.command == "check":
+            return run_check_command(args)
     except (UnknownClassError, EmptySelection, RegistryError, SecretFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,244 @@
+"""Fail fast: check the settings a worker container needs before any work starts.
+
+A broken setting otherwise surfaces late: a registry without credentials fails at publish, after
+the download and the training. The worker image's entrypoint runs this first:
+
+    python -m flows.preflight [--reach] [--exec] [--] [COMMAND ...]
+
+--exec then runs COMMAND (a `python -m flows` subcommand, or `prefect ...`), --reach also asks
+PREFECT_API_URL for its health (the image's HEALTHCHECK). Problems exit with EX_CONFIG (78).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from flows.settings import Settings
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+SKIP_VARIABLE = "OPENIMAGER_PREFLIGHT"  # "off": start without checking
+# Commands run as they are; anything else is a `python -m flows` subcommand (note that
+# `install` is one, and also a coreutils binary: no PATH lookup decides this).
+PASSTHROUGH = ("prefect", "python", "python3", "sh", "bash")
+# What `python -m flows` flags override in the settings the check sees.
+FLAG_SETTINGS = ("registry", "workspace")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+CREDENTIAL_VARIABLES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                        "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+def load_settings(overrides: Mapping[str, str] | None = None) -> tuple[Settings | None, list[str]]:
+    """Settings from OPENIMAGER_* variables (and overrides), or why they cannot be read."""
+    try:
+        return Settings(**(overrides or {})), []
+    except ValidationError as error:
+        return None, [_validation_message(item) for item in error.errors()]
+    except SettingsError as error:  # e.g. a list setting that is not JSON
+        return None, [f"{error} (list settings are JSON, e.g. '[\"Hamburger\"]')"]
+
+
+def _validation_message(item: Mapping) -> str:
+    name = f"OPENIMAGER_{str(item['loc'][0]).upper()}" if item["loc"] else "settings"
+    return f"{name}: {item['msg']} (got {item.get('input')!r})"
+
+
+def flag_overrides(argv: Sequence[str]) -> dict[str, str]:
+    """The settings that a `python -m flows` command line sets with flags, e.g. --registry."""
+    if not argv or argv[0] in PASSTHROUGH:
+        return {}
+    parser = argparse.ArgumentParser(add_help=False)
+    for name in FLAG_SETTINGS:
+        parser.add_argument(f"--{name}")
+    known, _ = parser.parse_known_args(argv[1:])
+    return {name: value for name, value in vars(known).items() if value is not None}
+
+
+def workspace_problem(workspace: Path) -> str | None:
+    """Why the workspace cannot be created or written, if it cannot."""
+    path = workspace.absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"workspace {path}: {existing} is not a folder"
+    # access() also answers EROFS for root, so a read-only mount is caught too.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (f"workspace {path} is not writable for uid {os.getuid()} ({existing}): "
+                "mount a writable volume there or set OPENIMAGER_WORKSPACE")
+    return None
+
+
+def registry_problems(registry: str, env: Mapping[str, str], home: Path) -> list[str]:
+    """An s3:// registry must name a bucket and have credentials; 'embedded' needs neither."""
+    if registry == "embedded":
+        return []
+    if not registry.startswith("s3://"):
+        return [f"OPENIMAGER_REGISTRY must be 'embedded' or s3://BUCKET, got {registry!r}"]
+    bucket = registry[5:].split("/", 1)[0]
+    if not bucket:
+        return [f"OPENIMAGER_REGISTRY {registry!r} names no bucket: use s3://BUCKET"]
+    found = [] if BUCKET_NAME.fullmatch(bucket) else [
+        f"OPENIMAGER_REGISTRY {registry!r}: {bucket!r} is not a valid S3 bucket name"]
+    return found + credential_problems(registry, env, home) + endpoint_problems(env)
+
+
+def credential_problems(registry: str, env: Mapping[str, str], home: Path) -> list[str]:
+    """Credentials as boto3 finds them, without asking any server (no instance metadata)."""
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if key and not secret:
+        return [f"AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not (registry {registry})"]
+    if secret and not key:
+        return [f"AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not (registry {registry})"]
+    files = (env.get("AWS_SHARED_CREDENTIALS_FILE", str(home / ".aws" / "credentials")),
+             env.get("AWS_CONFIG_FILE", str(home / ".aws" / "config")))
+    if key or any(env.get(name) for name in CREDENTIAL_VARIABLES) or any(
+            Path(file).is_file() for file in files):
+        return []
+    return [f"no AWS credentials for registry {registry}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a mounted ~/.aws (an instance role is "
+            f"not checked here: set {SKIP_VARIABLE}=off to rely on one)"]
+
+
+def endpoint_problems(env: Mapping[str, str]) -> list[str]:
+    """A custom S3 endpoint (a local or non-AWS S3) must be a URL."""
+    url = env.get("AWS_ENDPOINT_URL")
+    if url and not url.startswith(("http://", "https://")):
+        return [f"AWS_ENDPOINT_URL must be an http(s) URL, got {url!r}"]
+    return []
+
+
+def is_worker(argv: Sequence[str]) -> bool:
+    """A Prefect worker: it polls the API for flow runs and runs them from the project dir."""
+    return list(argv[:2]) == ["prefect", "worker"]
+
+
+def worker_problems(env: Mapping[str, str]) -> list[str]:
+    """What prefect.yaml's deployments need from a worker's environment."""
+    found = []
+    api = env.get("PREFECT_API_URL")
+    if not api:
+        found.append("PREFECT_API_URL is not set: a worker needs the Prefect server's API, "
+                     "e.g. http://prefect-server:4200/api")
+    elif not api.startswith(("http://", "https://")):
+        found.append(f"PREFECT_API_URL must be an http(s) URL, got {api!r}")
+    project = env.get("OPENIMAGER_PROJECT_DIR")
+    if not project or not (Path(project) / "prefect.yaml").is_file():
+        found.append(f"OPENIMAGER_PROJECT_DIR ({project or 'not set'}) must be the folder with "
+                     "prefect.yaml: the deployments' pull step runs the flows from there")
+    return found
+
+
+def problems(settings: Settings, env: Mapping[str, str], argv: Sequence[str] = (),
+             home: Path | None = None) -> list[str]:
+    """Everything wrong with these settings for running argv; empty when it may start."""
+    home = home or Path(env.get("HOME", "~")).expanduser()
+    found = registry_problems(settings.registry, env, home)
+    if (workspace := workspace_problem(settings.workspace)) is not None:
+        found.append(workspace)
+    if is_worker(argv):
+        found += worker_problems(env)
+    return found
+
+
+def reach_problems(env: Mapping[str, str], timeout: float = 5.0) -> list[str]:
+    """Whether the Prefect API answers its health endpoint, when one is configured."""
+    api = env.get("PREFECT_API_URL")
+    if not api:
+        return []
+    url = api.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        return [f"the Prefect API does not answer at {url}: {error}"]
+    return []
+
+
+def check(argv: Sequence[str], env: Mapping[str, str], reach: bool = False) -> list[str]:
+    """Load the settings as argv would see them and list every problem."""
+    settings, found = load_settings(flag_overrides(argv))
+    if settings is not None:
+        found = problems(settings, env, argv)
+    if reach:
+        found += reach_problems(env)
+    return found
+
+
+def report(argv: Sequence[str], found: Sequence[str]) -> str:
+    """The message printed before refusing to start."""
+    command = " ".join(argv) or "the container"
+    lines = [f"openimager: not starting {command!r}: {len(found)} problem(s) with the settings"]
+    lines += [f"  - {problem}" for problem in found]
+    lines.append(f"(fix them, or set {SKIP_VARIABLE}=off to start anyway)")
+    return "\n".join(lines)
+
+
+def command_line(argv: Sequence[str]) -> list[str]:
+    """What to exec for argv: itself when it names a program, else `python -m flows argv`."""
+    if argv and (argv[0] in PASSTHROUGH or "/" in argv[0]):
+        return list(argv)
+    return [sys.executable, "-m", "flows", *(argv or ["--help"])]
+
+
+def split_options(argv: Sequence[str]) -> tuple[set[str], list[str]]:
+    """Leading --reach/--exec, then the command; not argparse, so `--help` reaches flows."""
+    rest = list(argv)
+    options = set()
+    while rest and rest[0] in ("--reach", "--exec"):
+        options.add(rest.pop(0))
+    if rest[:1] == ["--"]:
+        rest.pop(0)
+    return options, rest
+
+
+def run(argv: Sequence[str], reach: bool = False) -> int:
+    """Check, print the verdict, and return the exit status."""
+    if os.environ.get(SKIP_VARIABLE) == "off":
+        return 0
+    found = check(argv, os.environ, reach=reach)
+    if found:
+        print(report(argv, found), file=sys.stderr)
+        return EX_CONFIG
+    return 0
+
+
+def add_check_command(sub: argparse._SubParsersAction) -> None:
+    """`python -m flows check [--reach] [COMMAND ...]`."""
+    check_cmd = sub.add_parser("check", help="check the settings a worker needs (exit 78 if not)")
+    check_cmd.add_argument("--reach", action="store_true",
+                           help="also ask PREFECT_API_URL for its health")
+    check_cmd.add_argument("argv", nargs=argparse.REMAINDER,
+                           help="the command to check for, e.g. prefect worker start")
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    """Run `python -m flows check`; print ok or the problems."""
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    status = run(argv, reach=args.reach)
+    if status == 0:
+        print("ok: the settings are complete")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The container entrypoint: check, then exec the command with --exec."""
+    options, command = split_options(sys.argv[1:] if argv is None else argv)
+    status = run(command, reach="--reach" in options)
+    if status or "--exec" not in options:
+        return status
+    target = command_line(command)
+    os.execvp(target[0], target)
+    return 0  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
