@@ -4,34 +4,54 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 
-@lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_beside(dest: Path) -> tuple[int, Path]:
+    """Create a new empty file beside dest; return its open descriptor and path."""
+    made_parent = False
+    while True:
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        try:
+            # Mode 0o666 lets the kernel apply the umask (or a default ACL): the result gets
+            # the permissions open() would give, with no chmod afterwards.
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue  # another writer drew the same 48 random bits: draw again
+        except FileNotFoundError:
+            if made_parent:
+                raise
+            # Only on a miss: a mkdir before every write costs a syscall per small file.
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made_parent = True
 
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside dest; rename it onto dest only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = _temp_beside(dest)
     os.close(fd)
     try:
-        yield Path(tmp)
-        # mkstemp makes owner-only files; give the result the permissions open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    """Write data to dest atomically, through a single descriptor (cheap for many small files)."""
+    fd, tmp = _temp_beside(dest)
+    try:
+        with open(fd, "wb") as sink:
+            sink.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -116,7 +116,7 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
     boxes = pd.read_parquet(settings.workspace / "selection.parquet")
     manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
     options = CropOptions(settings.crop_size, settings.min_box_pixels, settings.crop_padding,
-                          settings.crop_quality)
+                          settings.crop_quality, min_detail=settings.crop_min_detail)
     table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
                                    settings.split_seed, settings.validation_fraction,
                                    settings.test_fraction,

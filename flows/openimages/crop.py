@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageOps
-from tqdm import tqdm
+from PIL import ExifTags, Image, ImageOps
 
-from flows.atomic import atomic_path
+from flows.atomic import write_bytes
+
+BOX_FIELDS = ["BoxID", "ImageID", "Class", "XMin", "XMax", "YMin", "YMax"]
+# The model resizes crops again, so a cheap antialiased filter is enough: area averaging (BOX)
+# to shrink, 2-4x cheaper than LANCZOS; BICUBIC to enlarge (only when min_detail < 1).
+_SHRINK = Image.Resampling.BOX
+_ENLARGE = Image.Resampling.BICUBIC
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,15 @@ class CropOptions:
     padding: float = 0.0  # fraction of the box added on every side
     quality: int = 90
     draft: bool = True  # let the JPEG decoder downscale when every crop shrinks a lot
+    # How far below its own size a crop may be decoded (and enlarged back) when that lets the
+    # JPEG decoder scale the whole image down: 1.0 never; 0.75 gives a 256 px crop at least
+    # 192 px of detail, more than the model's 150 px input. Any value above 1/2 keeps every
+    # stored pixel of a box smaller than size.
+    min_detail: float = 0.75
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.min_detail <= 1.0:
+            raise ValueError(f"min_detail must be in (0.5, 1], got {self.min_detail}")
 
 
 def upright(image: Image.Image, rotation: float | None) -> Image.Image:
@@ -34,10 +46,29 @@ def upright(image: Image.Image, rotation: float | None) -> Image.Image:
     file's own EXIF orientation is the best evidence left.
     """
     if rotation is None or math.isnan(float(rotation)):
+        # exif_transpose copies even an upright image; skip it when there is nothing to turn.
+        if _orientation(image) in (None, 1):
+            return image
         return ImageOps.exif_transpose(image)
     if int(rotation) % 360:
         return image.rotate(rotation, expand=True)
     return image
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag (1 upright, 2-8 flipped or turned), read without decoding."""
+    return image.getexif().get(ExifTags.Base.Orientation)
+
+
+def _upright_size(image: Image.Image, rotation: float | None) -> tuple[int, int] | None:
+    """The size upright() will give a stored image, or None for a turn other than 90 degrees."""
+    if rotation is None or math.isnan(float(rotation)):
+        turned = _orientation(image) in (5, 6, 7, 8)  # the transposing orientations
+    elif float(rotation) % 90:
+        return None  # the canvas grows with the angle; such images are decoded in full
+    else:
+        turned = int(rotation) % 180 == 90
+    return (image.height, image.width) if turned else image.size
 
 
 def pixel_box(
@@ -53,108 +84,101 @@ def pixel_box(
     return left, top, right, bottom
 
 
-def draft_size(size: tuple[int, int], boxes: pd.DataFrame, rotation: float | None,
-               target: int) -> tuple[int, int] | None:
-    """The smallest decode size that keeps every box at least target pixels, or None.
+def draft_size(stored: tuple[int, int], longest: list[int],
+               options: CropOptions) -> tuple[int, int] | None:
+    """The smallest decode size every crop allows, or None to decode in full.
 
-    JPEG decoders can scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling), several times
-    faster than decoding in full and shrinking afterwards.
+    longest holds each crop's longest side in stored pixels. JPEG decoders can scale by 1/2,
+    1/4 or 1/8 while decoding (DCT scaling), several times faster than decoding in full and
+    shrinking afterwards. A crop of a box n pixels long is min(n, size) pixels; it must get at
+    least min_detail of those from the decode.
     """
-    width, height = size
-    if rotation is not None and not math.isnan(float(rotation)) and int(rotation) % 180 == 90:
-        width, height = height, width  # boxes are relative to the upright image
-    # The smallest box binds: every crop must still come out at least target pixels.
-    longest = min(max((b.XMax - b.XMin) * width, (b.YMax - b.YMin) * height)
-                  for b in boxes.itertuples())
-    scale = target / longest if longest else 1.0
+    # The box that shrinks least binds; with no crop to make, decode small just to check the file.
+    scale = max((options.min_detail * min(n, options.size) / n for n in longest if n),
+                default=0.0)
     if scale > 0.5:
         return None
-    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
+    return max(1, math.ceil(stored[0] * scale)), max(1, math.ceil(stored[1] * scale))
+
+
+def _fit(width: int, height: int, size: int) -> tuple[int, int]:
+    """The size thumbnail((size, size)) gives a width x height image: aspect kept, rounded alike."""
+    if width <= size and height <= size:
+        return width, height
+    aspect = width / height
+    if aspect <= 1:  # tall: the height becomes size
+        exact = size * aspect
+        return max(1, min(math.floor(exact), math.ceil(exact),
+                          key=lambda n: abs(aspect - n / size))), size
+    exact = size / aspect
+    return size, max(1, min(math.floor(exact), math.ceil(exact),
+                            key=lambda n: abs(aspect - size / n) if n else 0))
+
+
+def _records(boxes: pd.DataFrame) -> list[tuple]:
+    """The boxes as plain tuples: pandas row access costs as much as a small crop."""
+    return list(zip(*(boxes[field].tolist() for field in BOX_FIELDS), strict=True))
+
+
+def _decode(image_path: Path, rotation: float | None, records: list[tuple],
+            options: CropOptions) -> tuple[Image.Image, tuple[int, int], float]:
+    """The upright RGB image decoded as small as the crops allow, its full upright size, and
+    the decode's scale (1, 1/2, 1/4 or 1/8)."""
+    scale = 1.0
+    with Image.open(image_path) as raw:
+        stored, full = raw.size, _upright_size(raw, rotation)
+        if options.draft and full:
+            boxes = (pixel_box(*full, r[3:], options.padding) for r in records)
+            longest = [max(right - left, bottom - top) for left, top, right, bottom in boxes
+                       if min(right - left, bottom - top) >= options.min_pixels]
+            if (size := draft_size(stored, longest, options)) and (
+                    drafted := raw.draft(None, size)):
+                # drafted holds the full image's extent on the decoded one: exactly 1/k of the
+                # stored size, where the decoded size is rounded up to whole pixels.
+                scale = drafted[1][2] / stored[0]
+        image = upright(raw, rotation)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image.load()  # while the file is open: image may still be raw, not yet decoded
+    return image, full or image.size, scale
+
+
+def _resample(image: Image.Image, region: tuple[float, float, float, float],
+              size: tuple[int, int]) -> Image.Image:
+    """The region of image (float pixel edges) at size pixels."""
+    if (region[2] - region[0], region[3] - region[1]) == size and all(
+            edge == int(edge) for edge in region):
+        return image.crop(region)  # whole pixels at full resolution: nothing to resample
+    # No reducing_gap: Image.reduce first would leave BOX a ratio near 1, where it aliases.
+    return image.resize(size, _SHRINK if size[0] < region[2] - region[0] else _ENLARGE, box=region)
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def crop_image(image_path: Path, rotation: float | None, boxes: pd.DataFrame, out_dir: Path,
                options: CropOptions) -> list[dict]:
     """Crop every box of one image; return a row per box with its outcome."""
-    rows = []
+    records = _records(boxes)
     try:
-        with Image.open(image_path) as raw:
-            full = raw.size
-            if options.draft and (size := draft_size(full, boxes, rotation, options.size)):
-                raw.draft(None, size)
-            image = upright(raw, rotation).convert("RGB")
+        image, full, scale = _decode(image_path, rotation, records, options)
     except Exception as error:  # noqa: BLE001 - a bad image is recorded, the run goes on
-        return [{"BoxID": b.BoxID, "Status": "unreadable", "Error": str(error)}
-                for b in boxes.itertuples()]
-    # Minimum sizes are judged at the stored resolution, whatever the decode scale.
-    scale = max(image.size) / max(full)  # the longest side does not change with rotation
-    for box in boxes.itertuples():
-        left, top, right, bottom = pixel_box(
-            image.width, image.height, (box.XMin, box.XMax, box.YMin, box.YMax), options.padding
-        )
-        if min(right - left, bottom - top) < options.min_pixels * scale:
-            rows.append({"BoxID": box.BoxID, "Status": "too-small", "Error": ""})
+        return [{"BoxID": r[0], "Status": "unreadable", "Error": str(error)} for r in records]
+    rows = []
+    for box_id, image_id, name, xmin, xmax, ymin, ymax in records:
+        # Boxes, minimum sizes and crop sizes are judged at the stored resolution; on a
+        # smaller decode the box edges fall between pixels, which resize() takes as they are.
+        left, top, right, bottom = pixel_box(*full, (xmin, xmax, ymin, ymax), options.padding)
+        if min(right - left, bottom - top) < options.min_pixels:
+            rows.append({"BoxID": box_id, "Status": "too-small", "Error": ""})
             continue
-        crop = image.crop((left, top, right, bottom))
-        crop.thumbnail((options.size, options.size), Image.Resampling.LANCZOS)
-        dest = out_dir / box.Class / f"{box.ImageID}_{box.BoxID}.jpg"
-        with atomic_path(dest) as tmp:
-            crop.save(tmp, format="JPEG", quality=options.quality)
-        rows.append({"BoxID": box.BoxID, "Status": "ok", "Error": "",
-                     "CropPath": str(dest.relative_to(out_dir)),
+        crop = _resample(image, (left * scale, top * scale, right * scale, bottom * scale),
+                         _fit(right - left, bottom - top, options.size))
+        relative = Path(name, f"{image_id}_{box_id}.jpg")
+        write_bytes(out_dir / relative, _jpeg(crop, options.quality))
+        rows.append({"BoxID": box_id, "Status": "ok", "Error": "", "CropPath": str(relative),
                      "Width": crop.width, "Height": crop.height})
     return rows
-
-
-def _crop_chunk(chunk: list[tuple[str, float | None, pd.DataFrame]], out_dir: Path,
-                options: CropOptions) -> list[dict]:
-    return [row for path, rot, boxes in chunk
-            for row in crop_image(Path(path), rot, boxes, out_dir, options)]
-
-
-def crop_key(options: CropOptions, image_bytes: int) -> str:
-    """What a crop depends on besides its box: the options and the source file."""
-    return hashlib.sha1(f"{options}|{image_bytes}".encode()).hexdigest()[:12]
-
-
-def crop_boxes(boxes: pd.DataFrame, manifest: pd.DataFrame, out_dir: Path,
-               options: CropOptions, workers: int = 2, chunk_size: int = 64,
-               previous: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Crop all boxes whose image downloaded; return the crops table (one row per box).
-
-    Rows of a previous table whose crop file exists and whose options and source image are
-    unchanged are kept as they are: a rerun crops only what is missing or changed.
-    """
-    ok = manifest[manifest.Status == "ok"].set_index("ImageID")
-    boxes = boxes[boxes.ImageID.isin(ok.index)].copy()
-    sizes = ok.Bytes if "Bytes" in ok else pd.Series(0, index=ok.index)
-    boxes["CropKey"] = [crop_key(options, int(sizes[i])) for i in boxes.ImageID]
-    kept = _reusable(boxes, previous, out_dir)
-    todo = boxes[~boxes.BoxID.isin(kept.BoxID)]
-    work = [(ok.Path[image_id], group.Rotation.iloc[0], group)
-            for image_id, group in todo.groupby("ImageID", sort=True)]
-    chunks = [work[i:i + chunk_size] for i in range(0, len(work), chunk_size)]
-    outcomes: list[dict] = kept.to_dict("records")
-    if chunks:
-        # spawn, not fork: the caller may already hold TensorFlow or Prefect threads.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool, tqdm(
-            total=len(work), desc="crop", unit="img"
-        ) as bar:
-            for chunk, rows in zip(chunks, pool.map(_crop_chunk, chunks, [out_dir] * len(chunks),
-                                                    [options] * len(chunks)), strict=True):
-                outcomes.extend(rows)
-                bar.update(len(chunk))
-    columns = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
-    table = boxes.merge(pd.DataFrame(outcomes, columns=columns), on="BoxID")
-    return table.reset_index(drop=True)
-
-
-def _reusable(boxes: pd.DataFrame, previous: pd.DataFrame | None, out_dir: Path) -> pd.DataFrame:
-    """Outcome rows of the previous table that still hold for these boxes."""
-    columns = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
-    if previous is None or "CropKey" not in previous or previous.empty:
-        return pd.DataFrame(columns=columns)
-    # The saved table holds usable crops only, without the outcome columns.
-    same = previous.merge(boxes[["BoxID", "CropKey"]], on=["BoxID", "CropKey"]).assign(
-        Status="ok", Error="")
-    exists = same.CropPath.map(lambda p: isinstance(p, str) and (out_dir / p).exists()).astype(bool)
-    return same[exists][columns].reset_index(drop=True)

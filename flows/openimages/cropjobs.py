@@ -20,10 +20,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from flows.openimages.crop import CropOptions, crop_image
+from flows.openimages.crop import BOX_FIELDS, CropOptions, crop_image
 
 OUTCOME_COLUMNS = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
-BOX_FIELDS = ["BoxID", "ImageID", "Class", "XMin", "XMax", "YMin", "YMax"]
 
 
 @dataclass(frozen=True)
