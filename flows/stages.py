@@ -13,7 +13,7 @@ import pandas as pd
 
 from flows.atomic import write_json, write_parquet
 from flows.bundle import Published, publish
-from flows.lineage import git_commit
+from flows.lineage import PROJECT_ROOT, git_commit
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
@@ -164,7 +164,7 @@ def train(settings: Settings) -> dict:
     config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
                             if f.name in Settings.model_fields})
     commit = git_commit()
-    key = hashlib.sha256(json.dumps([dataset_id(table), asdict(config), commit,
+    key = hashlib.sha256(json.dumps([dataset_id(table), asdict(config), training_code(),
                                      settings.openimages_version]).encode()).hexdigest()[:16]
     found = find_trained(settings.model_name, "train", key) if settings.reuse_trained else None
     if found:
@@ -192,6 +192,15 @@ def train(settings: Settings) -> dict:
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def training_code() -> str:
+    """A hash of the training code as it is on disk (committed or not, in a checkout or in
+    the worker image): a model is reused only if this code trained it."""
+    digest = hashlib.sha256()
+    for path in sorted((PROJECT_ROOT / "model").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def summary_path(settings: Settings, stage: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -52,8 +51,7 @@ def run_chunk(chunk: CropChunk) -> dict:
     rows = [row for path, rotation, records in chunk.images
             for row in crop_image(Path(path), rotation, pd.DataFrame(records, columns=BOX_FIELDS),
                                   out_dir, chunk.options)]
-    return {"chunk": chunk.name, "images": len(chunk.images), "rows": rows,
-            "host": socket.gethostname(), "pid": os.getpid()}
+    return {"chunk": chunk.name, "images": len(chunk.images), "rows": rows}
 
 
 def process_pool(workers: int | None = None) -> CropRunner:
