@@ -24,7 +24,7 @@ def test_classify_answers_labels_the_model_tag_and_the_time(classifier_server):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model"] == classifier_server.tag
-    assert 0 < body["seconds"] < 30
+    assert isinstance(body["seconds"], float) and body["seconds"] > 0
     assert [e["label"] for e in body["labels"]] and len(body["labels"]) == 3
     assert {e["label"]: e["mid"] for e in body["labels"]} == dict(zip(CLASSES, MIDS, strict=True))
     probs = [e["probability"] for e in body["labels"]]

