@@ -30,10 +30,29 @@ def task_runner(settings: Settings, threads: int) -> object:
 
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-            "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
-            "host": "127.0.0.1", "dashboard_address": None})
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs=local_cluster(settings))
     return ThreadPoolTaskRunner(max_workers=max(1, threads))
+
+
+def local_cluster(settings: Settings) -> dict:
+    """The LocalCluster of the Dask runner: worker processes on loopback, no dashboard."""
+    return {"n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None}
+
+
+@contextmanager
+def shared_cluster(settings: Settings) -> Iterator[Settings]:
+    """For a flow with several fanned-out stages on Dask and no scheduler given: one
+    LocalCluster for the whole run, its workers started once, not once per stage. Yields the
+    settings to run with."""
+    if settings.dask_address or settings.task_runner != "dask":
+        yield settings
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(**local_cluster(settings)) as cluster:
+        yield settings.model_copy(update={"dask_address": cluster.scheduler_address})
 
 
 def on_threads(runner: object) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.artifacts import record
+from flows.fanout import shared_cluster
 from flows.params import Architecture, Runner, Version, report_images, settings_from
 from flows.publish import publish_task
 from flows.refresh import check_inputs, refresh_task
@@ -45,8 +46,9 @@ def retrain(
         force_promote=force_promote, task_runner=task_runner,
     )
     check_inputs(settings, registry=True)
-    refreshed = refresh_task(settings)
-    built = build_task(settings)
+    with shared_cluster(settings) as fanned:
+        refreshed = refresh_task(fanned)
+        built = build_task(fanned)
     trained = train_task(settings)
     published = None
     if trained["promoted"]:

@@ -72,3 +72,21 @@ def test_a_failed_chunk_marks_its_boxes_failed_and_the_rest_is_kept(harness, tmp
     failed = table[table.Status == "failed"]
     assert len(failed) == 4 and failed.Error.str.contains("disk full").all()
     assert (table.Status == "ok").sum() == 8
+
+
+def test_one_local_cluster_serves_every_stage_of_a_run(harness, tmp_path):
+    from flows.fanout import shared_cluster
+
+    with shared_cluster(Settings(workspace=tmp_path)) as unchanged:
+        assert unchanged.dask_address is None  # threads: no cluster at all
+    settings = Settings(workspace=tmp_path, crop_chunk_images=2, task_runner="dask",
+                        dask_workers=2)
+    with shared_cluster(settings) as shared:
+        assert shared.dask_address.startswith("tcp://127.0.0.1:")
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        _, first = crop(shared, tmp_path / "a", 6)
+        _, second = crop(shared, tmp_path / "b", 6)
+    # Separate clusters would have started new workers on new ports for the second stage.
+    workers = {r["dask_worker"] for r in first + second}
+    assert 1 <= len(workers) <= 2
