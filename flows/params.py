@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect.states import State
 
-from flows.settings import Settings
+from flows.settings import Architecture, Runner, Settings, Version
 
-Version = Literal["v4", "v5", "v6", "v7"]
-Architecture = Literal["transfer", "seed-cnn"]
-Runner = Literal["threads", "dask"]
+__all__ = ["Architecture", "Runner", "Version", "report_images", "retry_only", "retry_unless",
+           "settings_from"]
+RetryCondition = Callable[[object, object, State], bool]
 
 
 def settings_from(**overrides: Any) -> Settings:
@@ -21,18 +21,32 @@ def settings_from(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def retry_unless(*permanent: type[BaseException]) -> Callable[[object, object, State], bool]:
+def _raised(state: State) -> Exception | None:
+    """The error a failed task run raised, or None."""
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - handed to the retry policy to judge
+        return error
+    return None
+
+
+def retry_unless(*permanent: type[BaseException]) -> RetryCondition:
     """A Prefect retry condition: retry, except on errors that another try cannot mend (a bad
-    class name, a missing bucket, a secret in the bundle)."""
+    class name, a missing bucket)."""
 
     def retry(task: object, task_run: object, state: State) -> bool:
-        try:
-            state.result()
-        except permanent:
-            return False
-        except Exception:  # noqa: BLE001 - anything else may be the network: try again
-            return True
-        return False
+        error = _raised(state)
+        return error is not None and not isinstance(error, permanent)
+
+    return retry
+
+
+def retry_only(*transient: type[BaseException]) -> RetryCondition:
+    """A Prefect retry condition: retry only these errors (a push that broke off; a secret in
+    the bundle or a bad registry will not go away)."""
+
+    def retry(task: object, task_run: object, state: State) -> bool:
+        return isinstance(_raised(state), transient)
 
     return retry
 

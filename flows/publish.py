@@ -6,27 +6,15 @@ from dataclasses import asdict
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
 
 from flows import stages
 from flows.artifacts import record
 from flows.bundle import PublishError
-from flows.params import settings_from
+from flows.params import retry_only, settings_from
 from flows.settings import Settings
 
 
-def _push_failed(task: object, task_run: object, state: State) -> bool:
-    """Retry only a push that broke off; a secret or a bad registry will not go away."""
-    try:
-        state.result()
-    except PublishError:
-        return True
-    except Exception:  # noqa: BLE001 - anything else fails at once
-        return False
-    return False
-
-
-@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_push_failed,
+@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_only(PublishError),
       cache_policy=NO_CACHE)
 def publish_task(settings: Settings, trained: dict, built: dict) -> dict:
     """Push the bundle (network-bound, so retried)."""

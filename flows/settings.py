@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OFFICIAL_METADATA_URL = "https://storage.googleapis.com/openimages"
 FlagRule = Literal["any", "exclude", "only"]
+Version = Literal["v4", "v5", "v6", "v7"]
+Architecture = Literal["transfer", "seed-cnn"]
+Runner = Literal["threads", "dask"]
 CVDF_BUCKET = "open-images-dataset"
 
 
@@ -20,7 +23,7 @@ class Settings(BaseSettings):
 
     workspace: Path = Path("workspace")
     metadata_url: str = OFFICIAL_METADATA_URL
-    openimages_version: Literal["v4", "v5", "v6", "v7"] = "v6"
+    openimages_version: Version = "v6"
     splits: list[Literal["train", "validation", "test"]] = Field(
         default_factory=lambda: ["train", "validation", "test"])
     check_upstream: bool = True  # ask upstream (ETag, Last-Modified, size) before reusing files
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     download_parallel_chunks: int = 2  # chunks at once on the thread runner
     # Where the Prefect flows run their chunk tasks (downloads and crops): threads in the
     # flow's process, or Dask: the scheduler at dask_address, else a loopback LocalCluster.
-    task_runner: Literal["threads", "dask"] = "threads"
+    task_runner: Runner = "threads"
     dask_address: str | None = None
     dask_workers: int = 2  # LocalCluster worker processes
 
@@ -80,7 +83,7 @@ class Settings(BaseSettings):
 
     # Training (model/train.py TrainConfig). The default is ImageNet transfer learning, whose
     # weights download from the same host as the metadata; the offline demo uses seed-cnn.
-    architecture: Literal["transfer", "seed-cnn"] = "transfer"
+    architecture: Architecture = "transfer"
     backbone: Literal["MobileNetV3Small", "EfficientNetB0"] = "MobileNetV3Small"
     weights: str | None = "imagenet"  # "imagenet", a local .weights.h5 of the backbone, "none"
     image_size: int = 150
