@@ -1,22 +1,28 @@
 """Cropping speed per core: the seed's full decode and full-size save vs openimager's default.
 
 Generates about 1,000 JPEG scenes of 1024 px with 1-4 boxes each (sides 20-90% of the
-photo; once, in --workdir), then in one process crops every box the seed's way (decode the
-whole image to a numpy array, slice, save the slice at full size) and openimager's way
-(`crop_image` with its defaults: 256 px crops, the JPEG decoder scaling the image down as far
-as every crop of it allows, area-averaged shrinking, atomic writes), and prints crops per
-second of CPU for each. Both write into emptied folders, as a first crop does: rewriting the
-previous run's files in place costs a filesystem less than creating them, so a rerun would
-otherwise flatter the seed's plain writes against openimager's temp-file-and-rename.
+photo; once, in --workdir), then crops every box the seed's way (decode the whole image to a
+numpy array, slice, save the slice at full size) and openimager's way (`crop_image` with its
+defaults: 256 px crops, the JPEG decoder scaling the image down as far as every crop of it
+allows, exact block averaging or area-averaged resizing, atomic writes), and prints crops per
+second of CPU for each.
 
-    python benchmarks/crop.py            # 1,000 images
-    python benchmarks/crop.py --quick    # 30 images, for the test suite
+Each way runs in a fresh process of its own, the images already in the page cache, writing
+into an emptied folder (as a first crop does); the ways take turns over --rounds rounds and
+the median round of each is compared. One process for both would let the first way's memory
+use and the allocator's state slow or speed the second: sharing a process moved the ratio by
+up to a third here.
+
+    python benchmarks/crop.py            # 1,000 images, 3 rounds
+    python benchmarks/crop.py --quick    # 30 images, 1 round, for the test suite
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +34,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.openimages.crop import CropOptions, crop_image  # noqa: E402
+from flows.openimages.crop import CropOptions, crop_image, records_by_image  # noqa: E402
 
 
 def generate(workdir: Path, count: int, seed: int = 3) -> pd.DataFrame:
@@ -67,41 +73,64 @@ def seed_way(path: Path, boxes: pd.DataFrame, out: Path) -> int:
     return len(boxes)
 
 
-def run(workdir: Path, count: int) -> None:
+def one_way(name: str, images: Path, out: Path) -> dict:
+    """Crop every box of the images one way, in this process; return crops and CPU seconds."""
+    table = pd.read_parquet(images / "boxes.parquet")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    crops = 0
+    if name == "seed":
+        for image_id, boxes in table.groupby("ImageID"):
+            crops += seed_way(images / f"{image_id}.jpg", boxes, out)
+    else:
+        for image_id, records in records_by_image(table).items():
+            rows = crop_image(images / f"{image_id}.jpg", 0.0, records, out, CropOptions())
+            crops += sum(r["Status"] == "ok" for r in rows)
+    return {"crops": crops, "images": int(table.ImageID.nunique()),
+            "cpu": time.process_time() - cpu, "wall": time.perf_counter() - start}
+
+
+def run(workdir: Path, count: int, rounds: int) -> None:
     """Time both ways over the same images and print the lines and the ratio."""
     images = workdir / f"images-{count}"
-    table = (pd.read_parquet(images / "boxes.parquet") if (images / "boxes.parquet").exists()
-             else generate(images, count))
-    groups = list(table.groupby("ImageID"))
-    results = {}
-    for name in ("seed", "openimager"):
-        out = workdir / f"out-{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        start, cpu = time.perf_counter(), time.process_time()
-        crops = 0
-        for image_id, boxes in groups:
-            path = images / f"{image_id}.jpg"
-            if name == "seed":
-                crops += seed_way(path, boxes, out)
-            else:
-                crops += sum(r["Status"] == "ok"
-                             for r in crop_image(path, 0.0, boxes, out, CropOptions()))
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        results[name] = crops / cpu
-        print(f"crop {name:>10}: {crops / cpu:7.1f} crops/s per core ({crops} crops of "
-              f"{len(groups)} images, {wall:.2f} s wall, {cpu:.2f} s CPU)")
-    print(f"crop ratio openimager/seed per core: {results['openimager'] / results['seed']:.2f}")
+    if not (images / "boxes.parquet").exists():
+        generate(images, count)
+    results: dict[str, list[dict]] = {"seed": [], "openimager": []}
+    for turn in range(rounds):
+        for name in ("seed", "openimager") if turn % 2 == 0 else ("openimager", "seed"):
+            for path in images.glob("*.jpg"):  # into the page cache: both ways read warm
+                path.read_bytes()
+            done = subprocess.run([sys.executable, __file__, "--case", name, "--workdir",
+                                   str(workdir), "--images", str(count)],
+                                  capture_output=True, text=True, check=True)
+            results[name].append(json.loads(done.stdout))
+    speed = {}
+    for name, runs in results.items():
+        middle = sorted(runs, key=lambda r: r["crops"] / r["cpu"])[len(runs) // 2]
+        speed[name] = middle["crops"] / middle["cpu"]
+        every = ", ".join(f"{r['crops'] / r['cpu']:.1f}" for r in runs)
+        print(f"crop {name:>10}: {speed[name]:7.1f} crops/s per core ({middle['crops']} crops "
+              f"of {middle['images']} images, {middle['cpu']:.2f} s CPU, {middle['wall']:.2f} s "
+              f"wall; median of {len(runs)} rounds: {every})")
+    print(f"crop ratio openimager/seed per core: {speed['openimager'] / speed['seed']:.2f}")
 
 
 def main() -> None:
     """Parse the options and run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="30 images, for tests")
+    parser.add_argument("--quick", action="store_true", help="30 images, 1 round, for tests")
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each way, taking turns")
     parser.add_argument("--workdir", type=Path, default=ROOT / "workspace" / "bench-crop")
+    parser.add_argument("--case", choices=["seed", "openimager"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    run(args.workdir, 30 if args.quick else args.images)
+    count = 30 if args.quick else args.images
+    if args.case:  # one way, in a child process of run()
+        print(json.dumps(one_way(args.case, args.workdir / f"images-{count}",
+                                 args.workdir / f"out-{args.case}")))
+        return
+    run(args.workdir, count, 1 if args.quick else args.rounds)
 
 
 if __name__ == "__main__":

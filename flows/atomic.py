@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _temp_beside(dest: Path) -> tuple[int, Path]:
+def _temp_beside(dest: str) -> tuple[int, str]:
     """Create a new empty file beside dest; return its open descriptor and path."""
+    folder, name = os.path.split(dest)
     made_parent = False
     while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        # Plain strings, not pathlib: crops write thousands of small files a second.
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
         try:
             # Mode 0o666 lets the kernel apply the umask (or a default ACL): the result gets
             # the permissions open() would give, with no chmod afterwards.
@@ -26,32 +28,32 @@ def _temp_beside(dest: Path) -> tuple[int, Path]:
             if made_parent:
                 raise
             # Only on a miss: a mkdir before every write costs a syscall per small file.
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder or ".", exist_ok=True)
             made_parent = True
 
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside dest; rename it onto dest only if the block succeeds."""
-    fd, tmp = _temp_beside(dest)
+    fd, tmp = _temp_beside(os.fspath(dest))
     os.close(fd)
     try:
-        yield tmp
+        yield Path(tmp)
         os.replace(tmp, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_bytes(dest: Path, data: bytes) -> None:
+def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     """Write data to dest atomically, through a single descriptor (cheap for many small files)."""
-    fd, tmp = _temp_beside(dest)
+    fd, tmp = _temp_beside(os.fspath(dest))
     try:
         with open(fd, "wb") as sink:
             sink.write(data)
         os.replace(tmp, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -52,6 +52,5 @@ def chunk_runner(settings: Settings) -> CropRunner:
 
 def failed(chunk: CropChunk, error: str) -> dict:
     """The report of a chunk that did not run: every box failed with the chunk's error."""
-    rows = [{"BoxID": box["BoxID"], "Status": "failed", "Error": error}
-            for _, _, boxes in chunk.images for box in boxes]
+    rows = [{"BoxID": box_id, "Status": "failed", "Error": error} for box_id in chunk.box_ids()]
     return {"chunk": chunk.name, "images": len(chunk.images), "rows": rows, "error": error}

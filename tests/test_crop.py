@@ -8,7 +8,9 @@ from PIL import Image
 from flows.openimages.crop import (
     CropOptions,
     _fit,
+    box_records,
     crop_image,
+    crop_window,
     draft_size,
     pixel_box,
     upright,
@@ -26,9 +28,10 @@ def quadrants(width: int = 80, height: int = 40) -> Image.Image:
     return image
 
 
-def boxes(*rows: tuple[float, float, float, float], cls: str = "Car") -> pd.DataFrame:
-    return pd.DataFrame([{"BoxID": f"b{i}", "ImageID": "img", "Class": cls, "XMin": r[0],
-                          "XMax": r[1], "YMin": r[2], "YMax": r[3]} for i, r in enumerate(rows)])
+def boxes(*rows: tuple[float, float, float, float], cls: str = "Car") -> list[tuple]:
+    return box_records(pd.DataFrame([
+        {"BoxID": f"b{i}", "ImageID": "img", "Class": cls, "XMin": r[0], "XMax": r[1],
+         "YMin": r[2], "YMax": r[3]} for i, r in enumerate(rows)]))
 
 
 def test_pixel_box_maps_and_clips():
@@ -111,8 +114,10 @@ def test_draft_decoding_matches_the_slow_path(tmp_path):
     path = tmp_path / "big.jpg"
     scene.save(path, quality=92)
     box = boxes((0.1, 0.8, 0.1, 0.9))
-    fast = crop_image(path, 0.0, box, tmp_path / "fast", CropOptions(size=128))
-    slow = crop_image(path, 0.0, box, tmp_path / "slow", CropOptions(size=128, draft=False))
+    # min_detail 1.0: both crops at the box's exact thumbnail size, one from a 1/4 decode.
+    fast = crop_image(path, 0.0, box, tmp_path / "fast", CropOptions(size=128, min_detail=1.0))
+    slow = crop_image(path, 0.0, box, tmp_path / "slow",
+                      CropOptions(size=128, draft=False, min_detail=1.0))
     a = np.asarray(Image.open(tmp_path / "fast" / fast[0]["CropPath"]), dtype=float)
     b = np.asarray(Image.open(tmp_path / "slow" / slow[0]["CropPath"]), dtype=float)
     assert a.shape == b.shape
@@ -140,11 +145,16 @@ def noise_scene(path, cells: int = 32, size: tuple[int, int] = (1024, 768)):
     return path
 
 
-def lanczos_reference(path, box, size: int, quality: int = 90) -> np.ndarray:
-    """The slow path spelled out: full decode, crop, LANCZOS thumbnail, same JPEG quality."""
+def lanczos_reference(path, box, size: int | tuple[int, int], quality: int = 90,
+                      region: tuple[float, ...] | None = None) -> np.ndarray:
+    """The slow path spelled out: full decode, crop, LANCZOS to size (a thumbnail's longest
+    side, or the exact width and height of a stored-pixel region), same JPEG quality."""
     full = Image.open(path).convert("RGB")
-    crop = full.crop(pixel_box(*full.size, box))
-    crop.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if region is not None:
+        crop = full.resize(size, Image.Resampling.LANCZOS, box=region)
+    else:
+        crop = full.crop(pixel_box(*full.size, box))
+        crop.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = path.with_name("reference.jpg")
     crop.save(out, quality=quality)
     return np.asarray(Image.open(out), dtype=float)
@@ -215,23 +225,90 @@ def test_a_small_box_keeps_full_resolution_beside_big_ones(tmp_path, monkeypatch
     assert small[0].shape == (154, 154, 3) and np.array_equal(*small)
 
 
-@pytest.mark.parametrize(("box", "size", "min_detail", "bound"), [
-    # A big shrink on a DCT-scaled decode (1/4): 3.1 measured (the LANCZOS code gave 3.3).
-    ((0.1, 0.8, 0.1, 0.9), 128, 1.0, 4.0),
+@pytest.mark.parametrize(("box", "options", "scale", "shape", "bound"), [
+    # A big shrink on a DCT-scaled decode (1/4), resampled: 3.1 measured (LANCZOS code: 3.3).
+    ((0.1, 0.8, 0.1, 0.9), CropOptions(size=128, min_detail=1.0), 0.25, (110, 128), 4.0),
     # 410 px box, 256 px crop: a full decode shrunk by BOX, 1.1 measured.
-    ((0.1, 0.5, 0.1, 0.5), 256, 1.0, 1.5),
-    # The same box decoded at 1/2 (205 px, 0.8 of the crop) and enlarged: 0.9 measured.
-    ((0.1, 0.5, 0.1, 0.5), 256, 0.75, 1.5),
+    ((0.1, 0.5, 0.1, 0.5), CropOptions(min_detail=1.0), 1.0, (192, 256), 1.5),
+    # The same box decoded at 1/2 and cut out as it is: 205 x 154 px, 0.8 of the crop size.
+    ((0.1, 0.5, 0.1, 0.5), CropOptions(), 0.5, (154, 205), 1.5),
+    # 718 x 616 px trimmed to 717 x 615 and averaged over 3 x 3 blocks (Image.reduce).
+    ((0.1, 0.8, 0.1, 0.9), CropOptions(draft=False), 1.0, (205, 239), 1.5),
 ])
-def test_fast_crops_stay_close_to_the_slow_lanczos_path(tmp_path, box, size, min_detail, bound):
+def test_fast_crops_stay_close_to_the_slow_lanczos_path(tmp_path, monkeypatch, box, options,
+                                                        scale, shape, bound):
     path = noise_scene(tmp_path / "big.jpg")
-    rows = crop_image(path, 0.0, boxes(box), tmp_path / "out",
-                      CropOptions(size=size, min_detail=min_detail))
+    scales = drafted_scales(monkeypatch)
+    rows = crop_image(path, 0.0, boxes(box), tmp_path / "out", options)
+    assert scales == ([scale] if scale < 1 else [])
     fast = np.asarray(Image.open(tmp_path / "out" / rows[0]["CropPath"]), dtype=float)
-    slow = lanczos_reference(path, box, size)
-    assert fast.shape == slow.shape  # the same crop size as the slow path, to the pixel
+    assert fast.shape[:2] == shape
+    window = crop_window(pixel_box(1024, 768, box), scale,
+                         (round(1024 * scale), round(768 * scale)), options)
+    if window is None:  # resampled: exactly the slow path's thumbnail of the box
+        slow = lanczos_reference(path, box, options.size)
+    else:  # the same window, taken from a full decode and resampled with LANCZOS
+        region = tuple(edge / scale for edge in window[0])
+        slow = lanczos_reference(path, box, (shape[1], shape[0]), region=region)
+    assert fast.shape == slow.shape
     # Mean absolute difference in grey levels of 255, JPEG noise of both sides included.
     assert np.abs(fast - slow).mean() < bound
+
+
+def test_crop_sizes_keep_min_detail_and_never_exceed_size(tmp_path):
+    """Whatever path a crop takes (cut, k x k average, resample), its longest side lies in
+    [min_detail, 1] x min(box, size), its aspect is the box's, and min_detail 1.0 gives
+    exactly the box's thumbnail size."""
+    path = noise_scene(tmp_path / "big.jpg")
+    rng = np.random.default_rng(2)
+    for min_detail in (1.0, 0.75, 0.55):
+        options = CropOptions(min_detail=min_detail)
+        for trial in range(40):
+            rows = [sorted(rng.uniform(0, 1, 2)) + sorted(rng.uniform(0, 1, 2))
+                    for _ in range(int(rng.integers(1, 5)))]
+            records = boxes(*[(a, b, c, d) for a, b, c, d in rows])
+            out = tmp_path / f"{min_detail}-{trial}"
+            for row, (a, b, c, d) in zip(crop_image(path, 0.0, records, out, options), rows,
+                                         strict=True):
+                left, top, right, bottom = pixel_box(1024, 768, (a, b, c, d))
+                if min(right - left, bottom - top) < options.min_pixels:
+                    assert row["Status"] == "too-small"
+                    continue
+                width, height = Image.open(out / row["CropPath"]).size
+                assert (width, height) == (row["Width"], row["Height"])
+                exact = _fit(right - left, bottom - top, options.size)
+                if min_detail == 1.0:
+                    assert (width, height) == exact
+                    continue
+                assert min_detail * max(exact) <= max(width, height) <= max(exact)
+                scale = max(width, height) / max(exact)
+                assert abs(min(width, height) - min(exact) * scale) <= 2
+
+
+def test_a_crop_window_stays_on_its_box():
+    """A window cut or averaged from a decode lies inside the box's pixels on that decode,
+    trimmed by less than one k x k block, and is tiled by whole blocks."""
+    rng = np.random.default_rng(3)
+    options = CropOptions()
+    checked = 0
+    for _ in range(2000):
+        scale = float(rng.choice([1.0, 0.5, 0.25, 0.125]))
+        left, right = sorted(int(v) for v in rng.integers(0, 1024, 2))
+        top, bottom = sorted(int(v) for v in rng.integers(0, 768, 2))
+        if min(right - left, bottom - top) < options.min_pixels:
+            continue
+        decoded = (-(-1024 * scale // 1), -(-768 * scale // 1))
+        window = crop_window((left, top, right, bottom), scale, tuple(map(int, decoded)), options)
+        if window is None:
+            continue
+        (x0, y0, x1, y1), k = window
+        checked += 1
+        assert (x1 - x0) % k == 0 and (y1 - y0) % k == 0
+        for inner, outer in ((x0, left), (y0, top)):
+            assert 0 <= inner - round(outer * scale) < k
+        for inner, outer in ((x1, right), (y1, bottom)):
+            assert 0 <= round(outer * scale) - inner < k
+    assert checked > 500
 
 
 @pytest.mark.parametrize("rotation", [0.0, 90.0, 180.0, 270.0, None])
@@ -249,7 +326,8 @@ def test_rotation_and_exif_hold_on_a_downscaled_decode(tmp_path, monkeypatch, ro
     assert scales == [0.125]
     colours = [np.asarray(Image.open(tmp_path / "out" / r["CropPath"]), dtype=float)
                for r in rows]
-    assert [(r["Width"], r["Height"]) for r in rows] == [(64, 32), (64, 32)]
+    # 410 x 206 px boxes, cut from the 1/8 decode as they are: 0.81 of the 64 px size.
+    assert [(r["Width"], r["Height"]) for r in rows] == [(52, 26), (52, 26)]
     assert colours[0].mean(axis=(0, 1)) == pytest.approx([255, 0, 0], abs=25)
     assert colours[1].mean(axis=(0, 1)) == pytest.approx([255, 255, 255], abs=25)
 

@@ -66,7 +66,7 @@ def test_the_default_runner_is_a_process_pool(tmp_path):
     table = crop_boxes(selection(ids), manifest(tmp_path, ids), tmp_path / "crops",
                        CropOptions(size=32), chunk_images=1)
     assert (table.Status == "ok").all() and len(table) == 6
-    assert max(table.Width) == 32
+    assert 0.75 * 32 <= max(table.Width) <= 32  # at least min_detail of the crop size
 
 
 def in_process(chunks):

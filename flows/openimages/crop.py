@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,10 @@ from PIL import ExifTags, Image, ImageOps
 from flows.atomic import write_bytes
 
 BOX_FIELDS = ["BoxID", "ImageID", "Class", "XMin", "XMax", "YMin", "YMax"]
+# A box as crop_image takes it: the BOX_FIELDS values in that order (a tuple, or a list after JSON).
+BoxRecord = Sequence
+# What crops look like; part of the key that decides whether an earlier crop can be reused.
+CROP_FORMAT = 2
 # The model resizes crops again, so a cheap antialiased filter is enough: area averaging (BOX)
 # to shrink, 2-4x cheaper than LANCZOS; BICUBIC to enlarge (only when min_detail < 1).
 _SHRINK = Image.Resampling.BOX
@@ -28,10 +34,11 @@ class CropOptions:
     padding: float = 0.0  # fraction of the box added on every side
     quality: int = 90
     draft: bool = True  # let the JPEG decoder downscale when every crop shrinks a lot
-    # How far below its own size a crop may be decoded (and enlarged back) when that lets the
-    # JPEG decoder scale the whole image down: 1.0 never; 0.75 gives a 256 px crop at least
-    # 192 px of detail, more than the model's 150 px input. Any value above 1/2 keeps every
-    # stored pixel of a box smaller than size.
+    # How far below its own size, min(box, size), a crop may come out when that saves work: a
+    # decode the JPEG decoder scales down, and a crop taken by exact k x k averaging instead of
+    # resampling to the size. 1.0: every crop is exactly its box's thumbnail size; 0.75: a
+    # 256 px crop has 192 to 256 px, more than the model's 150 px input. Any value above 1/2
+    # keeps every stored pixel of a box smaller than size.
     min_detail: float = 0.75
 
     def __post_init__(self) -> None:
@@ -115,12 +122,20 @@ def _fit(width: int, height: int, size: int) -> tuple[int, int]:
                             key=lambda n: abs(aspect - size / n) if n else 0))
 
 
-def _records(boxes: pd.DataFrame) -> list[tuple]:
-    """The boxes as plain tuples: pandas row access costs as much as a small crop."""
+def box_records(boxes: pd.DataFrame) -> list[tuple]:
+    """The boxes as plain tuples of BOX_FIELDS: pandas row access costs as much as a crop."""
     return list(zip(*(boxes[field].tolist() for field in BOX_FIELDS), strict=True))
 
 
-def _decode(image_path: Path, rotation: float | None, records: list[tuple],
+def records_by_image(boxes: pd.DataFrame) -> dict[str, list[tuple]]:
+    """The box records of each ImageID, in one pass over the table (a groupby costs more)."""
+    by_image: dict[str, list[tuple]] = {}
+    for record in box_records(boxes):
+        by_image.setdefault(record[1], []).append(record)
+    return by_image
+
+
+def _decode(image_path: Path, rotation: float | None, records: Sequence[BoxRecord],
             options: CropOptions) -> tuple[Image.Image, tuple[int, int], float]:
     """The upright RGB image decoded as small as the crops allow, its full upright size, and
     the decode's scale (1, 1/2, 1/4 or 1/8)."""
@@ -153,32 +168,66 @@ def _resample(image: Image.Image, region: tuple[float, float, float, float],
     return image.resize(size, _SHRINK if size[0] < region[2] - region[0] else _ENLARGE, box=region)
 
 
+def crop_window(box: tuple[int, int, int, int], scale: float, decoded: tuple[int, int],
+                options: CropOptions) -> tuple[tuple[int, int, int, int], int] | None:
+    """Where min_detail allows, the region of a decode (at scale) to take a stored-pixel box's
+    crop from, and the whole factor k to average it by; None to resample to the exact size.
+
+    The region is the box on the decode's pixel grid, trimmed by less than k decoded pixels
+    so that k x k blocks tile it: the crop is then an exact area average (Image.reduce,
+    about 4x cheaper than resampling), not shifted against the box by a partial block.
+    """
+    if options.min_detail >= 1:
+        return None
+    left, top, right, bottom = box
+    target = min(max(right - left, bottom - top), options.size)
+    edges = [min(max(round(edge * scale), 0), limit)
+             for edge, limit in zip(box, decoded * 2, strict=True)]
+    width, height = max(edges[2] - edges[0], 1), max(edges[3] - edges[1], 1)
+    k = -(-max(width, height) // target)  # the least whole factor that fits size
+    if max(width, height) // k < options.min_detail * target or min(width, height) < k:
+        return None
+    # Trim each side to whole blocks, half the spare pixels on either edge.
+    x, y = edges[0] + width % k // 2, edges[1] + height % k // 2
+    return (x, y, x + width // k * k, y + height // k * k), k
+
+
+def _shrink(image: Image.Image, box: tuple[int, int, int, int], scale: float,
+            options: CropOptions) -> Image.Image:
+    """The crop of a stored-pixel box from an image decoded at scale."""
+    if window := crop_window(box, scale, image.size, options):
+        region, k = window
+        return image.reduce(k, box=region) if k > 1 else image.crop(region)
+    left, top, right, bottom = box
+    return _resample(image, (left * scale, top * scale, right * scale, bottom * scale),
+                     _fit(right - left, bottom - top, options.size))
+
+
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def crop_image(image_path: Path, rotation: float | None, boxes: pd.DataFrame, out_dir: Path,
-               options: CropOptions) -> list[dict]:
-    """Crop every box of one image; return a row per box with its outcome."""
-    records = _records(boxes)
+def crop_image(image_path: Path, rotation: float | None, boxes: Sequence[BoxRecord],
+               out_dir: Path, options: CropOptions) -> list[dict]:
+    """Crop every box of one image (records of BOX_FIELDS); return a row per box with its
+    outcome."""
     try:
-        image, full, scale = _decode(image_path, rotation, records, options)
+        image, full, scale = _decode(image_path, rotation, boxes, options)
     except Exception as error:  # noqa: BLE001 - a bad image is recorded, the run goes on
-        return [{"BoxID": r[0], "Status": "unreadable", "Error": str(error)} for r in records]
+        return [{"BoxID": r[0], "Status": "unreadable", "Error": str(error)} for r in boxes]
     rows = []
-    for box_id, image_id, name, xmin, xmax, ymin, ymax in records:
-        # Boxes, minimum sizes and crop sizes are judged at the stored resolution; on a
-        # smaller decode the box edges fall between pixels, which resize() takes as they are.
-        left, top, right, bottom = pixel_box(*full, (xmin, xmax, ymin, ymax), options.padding)
-        if min(right - left, bottom - top) < options.min_pixels:
+    for box_id, image_id, name, xmin, xmax, ymin, ymax in boxes:
+        # Boxes, minimum sizes and crop sizes are judged at the stored resolution.
+        box = pixel_box(*full, (xmin, xmax, ymin, ymax), options.padding)
+        if min(box[2] - box[0], box[3] - box[1]) < options.min_pixels:
             rows.append({"BoxID": box_id, "Status": "too-small", "Error": ""})
             continue
-        crop = _resample(image, (left * scale, top * scale, right * scale, bottom * scale),
-                         _fit(right - left, bottom - top, options.size))
-        relative = Path(name, f"{image_id}_{box_id}.jpg")
-        write_bytes(out_dir / relative, _jpeg(crop, options.quality))
-        rows.append({"BoxID": box_id, "Status": "ok", "Error": "", "CropPath": str(relative),
+        crop = _shrink(image, box, scale, options)
+        # Plain strings: pathlib costs more per crop than writing the file's bytes.
+        relative = f"{name}/{image_id}_{box_id}.jpg"
+        write_bytes(os.path.join(out_dir, relative), _jpeg(crop, options.quality))
+        rows.append({"BoxID": box_id, "Status": "ok", "Error": "", "CropPath": relative,
                      "Width": crop.width, "Height": crop.height})
     return rows

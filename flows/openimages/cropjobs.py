@@ -19,7 +19,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from flows.openimages.crop import BOX_FIELDS, CropOptions, crop_image
+from flows.openimages.crop import (
+    CROP_FORMAT,
+    BoxRecord,
+    CropOptions,
+    crop_image,
+    records_by_image,
+)
 
 OUTCOME_COLUMNS = ["BoxID", "Status", "Error", "CropPath", "Width", "Height"]
 
@@ -31,7 +37,7 @@ class CropChunk:
     name: str
     out_dir: str
     options: CropOptions
-    images: list[tuple[str, float | None, list[dict]]] = field(default_factory=list)
+    images: list[tuple[str, float | None, list[BoxRecord]]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -39,7 +45,11 @@ class CropChunk:
     @classmethod
     def from_json(cls, data: dict) -> CropChunk:
         return cls(data["name"], data["out_dir"], CropOptions(**data["options"]),
-                   [tuple(item) for item in data["images"]])
+                   [(path, rotation, [tuple(r) for r in records])
+                    for path, rotation, records in data["images"]])
+
+    def box_ids(self) -> list[str]:
+        return [record[0] for _, _, records in self.images for record in records]
 
 
 CropRunner = Callable[[list[CropChunk]], list[dict]]
@@ -49,8 +59,7 @@ def run_chunk(chunk: CropChunk) -> dict:
     """Crop every image of a chunk; return its report with one outcome row per box."""
     out_dir = Path(chunk.out_dir)
     rows = [row for path, rotation, records in chunk.images
-            for row in crop_image(Path(path), rotation, pd.DataFrame(records, columns=BOX_FIELDS),
-                                  out_dir, chunk.options)]
+            for row in crop_image(Path(path), rotation, records, out_dir, chunk.options)]
     return {"chunk": chunk.name, "images": len(chunk.images), "rows": rows}
 
 
@@ -72,16 +81,17 @@ def process_pool(workers: int | None = None) -> CropRunner:
 
 
 def crop_key(options: CropOptions, image_bytes: int) -> str:
-    """What a crop depends on besides its box: the options and the source file."""
-    return hashlib.sha1(f"{options}|{image_bytes}".encode()).hexdigest()[:12]
+    """What a crop depends on besides its box: the cropping, its options and the source file."""
+    return hashlib.sha1(f"{CROP_FORMAT}|{options}|{image_bytes}".encode()).hexdigest()[:12]
 
 
 def plan(boxes: pd.DataFrame, ok: pd.DataFrame, out_dir: Path, options: CropOptions,
          chunk_images: int) -> list[CropChunk]:
     """Chunks of whole images for the boxes to crop (ok: downloaded images by ImageID)."""
-    work = [(str(ok.Path[image_id]), _rotation(group.Rotation.iloc[0]),
-             group[BOX_FIELDS].to_dict("records"))
-            for image_id, group in boxes.groupby("ImageID", sort=True)]
+    paths = ok.Path.to_dict()
+    rotations = dict(zip(boxes.ImageID.tolist(), boxes.Rotation.tolist(), strict=True))
+    work = [(str(paths[image_id]), _rotation(rotations[image_id]), records)
+            for image_id, records in sorted(records_by_image(boxes).items())]
     size = max(1, chunk_images)
     return [CropChunk(f"crop-{n // size:05d}", str(out_dir), options, work[n:n + size])
             for n in range(0, len(work), size)]
