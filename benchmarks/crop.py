@@ -8,10 +8,16 @@ allows, exact block averaging or area-averaged resizing, atomic writes), and pri
 second of CPU for each.
 
 Each way runs in a fresh process of its own, the images already in the page cache, writing
-into an emptied folder (as a first crop does); the ways take turns over --rounds rounds and
-the median round of each is compared. One process for both would let the first way's memory
-use and the allocator's state slow or speed the second: sharing a process moved the ratio by
-up to a third here.
+into a new folder (as a first crop does); the ways take turns over --rounds rounds and the
+median round of each is compared. One process for both would let the first way's memory use
+and the allocator's state slow or speed the second: sharing a process moved the ratio by up
+to a third here.
+
+Crops go to a memory filesystem (/dev/shm where there is one; --out-root to choose), so that
+the figures are the cropping's and not one disk's: on an ext4 without a journal, creating a
+file skips every inode freed in the last minute or more (the kernel's recently_deleted), and
+after a previous run's outputs were deleted that took 12-18 % of openimager's time, a cost
+per file that both ways pay and that varies from run to run.
 
     python benchmarks/crop.py            # 1,000 images, 3 rounds
     python benchmarks/crop.py --quick    # 30 images, 1 round, for the test suite
@@ -21,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,7 +84,6 @@ def seed_way(path: Path, boxes: pd.DataFrame, out: Path) -> int:
 def one_way(name: str, images: Path, out: Path) -> dict:
     """Crop every box of the images one way, in this process; return crops and CPU seconds."""
     table = pd.read_parquet(images / "boxes.parquet")
-    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start, cpu = time.perf_counter(), time.process_time()
     crops = 0
@@ -91,20 +98,25 @@ def one_way(name: str, images: Path, out: Path) -> dict:
             "cpu": time.process_time() - cpu, "wall": time.perf_counter() - start}
 
 
-def run(workdir: Path, count: int, rounds: int) -> None:
+def run(workdir: Path, count: int, rounds: int, out_root: Path) -> None:
     """Time both ways over the same images and print the lines and the ratio."""
     images = workdir / f"images-{count}"
     if not (images / "boxes.parquet").exists():
         generate(images, count)
     results: dict[str, list[dict]] = {"seed": [], "openimager": []}
-    for turn in range(rounds):
-        for name in ("seed", "openimager") if turn % 2 == 0 else ("openimager", "seed"):
-            for path in images.glob("*.jpg"):  # into the page cache: both ways read warm
-                path.read_bytes()
-            done = subprocess.run([sys.executable, __file__, "--case", name, "--workdir",
-                                   str(workdir), "--images", str(count)],
-                                  capture_output=True, text=True, check=True)
-            results[name].append(json.loads(done.stdout))
+    outputs = Path(tempfile.mkdtemp(prefix="openimager-crop-bench-", dir=out_root))
+    try:
+        for turn in range(rounds):
+            for name in ("seed", "openimager") if turn % 2 == 0 else ("openimager", "seed"):
+                for path in images.glob("*.jpg"):  # into the page cache: both ways read warm
+                    path.read_bytes()
+                done = subprocess.run([sys.executable, __file__, "--case", name, "--workdir",
+                                       str(workdir), "--images", str(count),
+                                       "--out", str(outputs / f"{name}-{turn}")],
+                                      capture_output=True, text=True, check=True)
+                results[name].append(json.loads(done.stdout))
+    finally:
+        shutil.rmtree(outputs, ignore_errors=True)
     speed = {}
     for name, runs in results.items():
         middle = sorted(runs, key=lambda r: r["crops"] / r["cpu"])[len(runs) // 2]
@@ -123,14 +135,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each way, taking turns")
     parser.add_argument("--workdir", type=Path, default=ROOT / "workspace" / "bench-crop")
+    parser.add_argument("--out-root", type=Path, help="where the crops go (default: /dev/shm "
+                        "if present, else the workdir)")
     parser.add_argument("--case", choices=["seed", "openimager"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     count = 30 if args.quick else args.images
     if args.case:  # one way, in a child process of run()
-        print(json.dumps(one_way(args.case, args.workdir / f"images-{count}",
-                                 args.workdir / f"out-{args.case}")))
+        print(json.dumps(one_way(args.case, args.workdir / f"images-{count}", args.out)))
         return
-    run(args.workdir, count, 1 if args.quick else args.rounds)
+    shm = Path("/dev/shm")
+    out_root = args.out_root or (shm if shm.is_dir() and os.access(shm, os.W_OK)
+                                 else args.workdir)
+    run(args.workdir, count, 1 if args.quick else args.rounds, out_root)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -10,6 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+_serial = itertools.count()
+_token = (0, "")  # (pid, random hex) of the process that drew it
+
+
+def _unique() -> str:
+    """A name part no other writer uses: 48 random bits per process, then a count per file
+    (one draw per file would cost a system call per crop)."""
+    global _token
+    if _token[0] != os.getpid():  # a forked child must not repeat its parent's names
+        _token = (os.getpid(), secrets.token_hex(6))
+    return f"{_token[1]}-{next(_serial)}"
+
 
 def _temp_beside(dest: str) -> tuple[int, str]:
     """Create a new empty file beside dest; return its open descriptor and path."""
@@ -17,13 +30,13 @@ def _temp_beside(dest: str) -> tuple[int, str]:
     made_parent = False
     while True:
         # Plain strings, not pathlib: crops write thousands of small files a second.
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+        tmp = os.path.join(folder, f".{name}.{_unique()}.part")
         try:
             # Mode 0o666 lets the kernel apply the umask (or a default ACL): the result gets
             # the permissions open() would give, with no chmod afterwards.
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
-            continue  # another writer drew the same 48 random bits: draw again
+            continue  # another process drew the same 48 random bits: count on
         except FileNotFoundError:
             if made_parent:
                 raise
@@ -49,10 +62,16 @@ def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     """Write data to dest atomically, through a single descriptor (cheap for many small files)."""
     fd, tmp = _temp_beside(os.fspath(dest))
     try:
-        with open(fd, "wb") as sink:
-            sink.write(data)
+        # os.write, not a file object: that would add three system calls per small file.
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest):]
+        os.close(fd)
+        fd = -1
         os.replace(tmp, dest)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise
 
