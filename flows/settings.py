@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     crop_size: int = 256
     crop_padding: float = 0.0
     crop_quality: int = 90
-    # Least share of a crop's pixels it may take from a DCT-scaled decode (enlarged back) when
-    # that halves the decode; 1.0 never enlarges (flows/openimages/crop.py CropOptions).
+    # Least share of min(box, crop_size) a crop keeps on its longest side when a smaller
+    # decode or a block average saves work; 1.0: exact thumbnail sizes (crop.py CropOptions).
     crop_min_detail: float = Field(0.75, gt=0.5, le=1.0)
     crop_chunk_images: int = 500  # images per crop chunk; one Prefect task each
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core

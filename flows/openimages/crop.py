@@ -20,7 +20,8 @@ BoxRecord = Sequence
 # What crops look like; part of the key that decides whether an earlier crop can be reused.
 CROP_FORMAT = 2
 # The model resizes crops again, so a cheap antialiased filter is enough: area averaging (BOX)
-# to shrink, 2-4x cheaper than LANCZOS; BICUBIC to enlarge (only when min_detail < 1).
+# to shrink, 2-4x cheaper than LANCZOS; BICUBIC to enlarge (only where a region on a scaled
+# decode rounds to a pixel short of min_detail).
 _SHRINK = Image.Resampling.BOX
 _ENLARGE = Image.Resampling.BICUBIC
 
@@ -29,7 +30,7 @@ _ENLARGE = Image.Resampling.BICUBIC
 class CropOptions:
     """How boxes become training images."""
 
-    size: int = 256  # longest side of a crop, aspect kept
+    size: int = 256  # the longest side a crop may have, aspect kept
     min_pixels: int = 8  # a box narrower or shorter than this on the image is skipped
     padding: float = 0.0  # fraction of the box added on every side
     quality: int = 90
