@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -93,7 +92,7 @@ def openimager_server(tag: str, workers: int, log: Path) -> Iterator[tuple[str, 
 @contextmanager
 def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
     """The tutorial FastAPI app under uvicorn; yields its URL and process id."""
-    from flows.localservers import TELEMETRY_OFF, free_port, wait_ready
+    from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_ready
 
     port = free_port()
     env = {**os.environ, **TELEMETRY_OFF, "NAIVE_MODEL": str(model_file),
@@ -107,8 +106,7 @@ def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[st
         wait_ready(f"http://127.0.0.1:{port}/docs", 180, process)
         yield f"http://127.0.0.1:{port}/classify", process.pid
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        stop_group(process)
 
 
 def worker_memory(pid: int) -> str:

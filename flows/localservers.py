@@ -180,14 +180,22 @@ class BentoServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process and self.process.poll() is None:
+        if self.process:
             # bentoml serve runs workers in child processes: stop the whole group.
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_group(self.process)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """Stop a server started with start_new_session and its children: SIGTERM, then SIGKILL
+    after grace seconds (a busy machine can stretch a graceful stop past any fixed bound)."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_ready(url: str, timeout: float, process: subprocess.Popen) -> None:

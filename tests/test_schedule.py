@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from flows.localservers import TELEMETRY_OFF, free_port, wait_http
+from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_http
 from tests.conftest import REGISTRY_BUCKET
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,15 +74,6 @@ def start(words: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, local_s3, mirror) -> Iterator[Stack]:
     """A Prefect server with a fresh PREFECT_HOME, prefect.yaml deployed, a process worker."""
@@ -115,7 +105,7 @@ def stack(tmp_path_factory, local_s3, mirror) -> Iterator[Stack]:
     finally:
         for process in (worker, server):
             if process is not None:
-                stop(process)
+                stop_group(process)
 
 
 @pytest.fixture(scope="module")

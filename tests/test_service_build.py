@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import bentoml
 import pytest
 import requests
 
-from flows.localservers import TELEMETRY_OFF, free_port, wait_ready
+from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_ready
 from tests.servicekit import register_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -42,8 +41,7 @@ def lineage_of_bento(bento_tag: str, **env: str) -> dict:
         wait_ready(f"http://127.0.0.1:{port}/readyz", 120, process)
         return requests.get(f"http://127.0.0.1:{port}/model", timeout=30).json()
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        stop_group(process)
 
 
 def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):

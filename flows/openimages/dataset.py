@@ -74,10 +74,13 @@ def class_weights(table: pd.DataFrame) -> dict[str, float]:
 
 
 def prune(crops_dir: Path, keep: set[str]) -> int:
-    """Delete crop files that no row refers to any more; return how many."""
+    """Delete crop files that no row refers to any more, and the temporary files of writes an
+    interrupted run left behind (the dataset folder is published as it is); return how many."""
     removed = 0
-    for path in crops_dir.rglob("*.jpg") if crops_dir.exists() else []:
-        if path.relative_to(crops_dir).as_posix() not in keep:
+    for path in crops_dir.rglob("*") if crops_dir.exists() else []:
+        unused = path.suffix == ".jpg" and path.relative_to(crops_dir).as_posix() not in keep
+        partial = path.name.startswith(".") and path.suffix == ".part"
+        if (unused or partial) and path.is_file():
             path.unlink()
             removed += 1
     return removed

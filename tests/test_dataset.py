@@ -1,0 +1,15 @@
+"""The dataset folder holds the table's crops and nothing else: it is published as it is."""
+
+from flows.atomic import write_bytes
+from flows.openimages.dataset import prune
+
+
+def test_prune_drops_unused_crops_and_interrupted_writes(tmp_path):
+    crops = tmp_path / "crops"
+    for name in ("Car/a_0.jpg", "Car/b_1.jpg", "Sandwich/c_2.jpg"):
+        write_bytes(crops / name, b"jpeg")
+    # What a worker killed between creating its temporary file and renaming it leaves.
+    (crops / "Car" / ".d_3.jpg.5f0e1a2b3c4d-17.part").write_bytes(b"half")
+    assert prune(crops, {"Car/a_0.jpg", "Sandwich/c_2.jpg"}) == 2
+    left = sorted(p.relative_to(crops).as_posix() for p in crops.rglob("*") if p.is_file())
+    assert left == ["Car/a_0.jpg", "Sandwich/c_2.jpg"]
