@@ -20,8 +20,10 @@ TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID
 
 
 def dataset_id(table: pd.DataFrame) -> str:
-    """A content hash of the crops table: equal ids mean the same examples and splits."""
-    key = table[["CropPath", "Class", "Split"]].sort_values("CropPath").to_csv(index=False)
+    """A content hash of the crops table: equal ids mean the same examples, cut the same way
+    from the same photos (CropKey), in the same splits. Trained models are reused by it."""
+    columns = ["CropPath", "Class", "Split", *(["CropKey"] if "CropKey" in table else [])]
+    key = table[columns].sort_values("CropPath").to_csv(index=False)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
