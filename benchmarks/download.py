@@ -1,6 +1,6 @@
 """Downloading images at network speed: the seed's way, the peers' way and openimager.
 
-A local server (`flows.imageserver`, its own process) serves synthetic JPEGs of about 150 KB,
+A local server (`tests.imageserver`, its own process) serves synthetic JPEGs of about 150 KB,
 each unique, with 50 ms added to every request. Each case runs in its own child process into
 an empty store, and reports images/s and CPU seconds per image (user + system, all threads):
 
@@ -63,9 +63,9 @@ def run_case(case: str, url: str, count: int, store: Path) -> dict:
     """Run one case in this process; return its counts and timings."""
     import pandas as pd
 
-    from flows.imageserver import SyntheticImages
     from flows.openimages.download import download_images
     from flows.openimages.imagecheck import md5_base64
+    from tests.imageserver import SyntheticImages
 
     ids = image_ids(count)
     store.mkdir(parents=True, exist_ok=True)
@@ -122,8 +122,8 @@ def decode_costs(samples: int = 40) -> str:
     """The decode check's CPU per image, draft vs full, and how many truncations it catches."""
     from PIL import Image
 
-    from flows.imageserver import SyntheticImages
     from flows.openimages.imagecheck import BadImage, decode_check
+    from tests.imageserver import SyntheticImages
 
     synthetic = SyntheticImages()
     with tempfile.TemporaryDirectory() as folder:
@@ -168,7 +168,7 @@ def main() -> None:
     latency = args.latency if args.latency is not None else (0.01 if args.quick else 0.05)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openimager-download-bench-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "flows.imageserver", "--latency",
+    server = subprocess.Popen([sys.executable, "-m", "tests.imageserver", "--latency",
                                str(latency)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         url = server.stdout.readline().strip()

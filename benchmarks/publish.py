@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.localservers import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3  # noqa: E402
+from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3  # noqa: E402
 
 META = {"package": "bench/bundle", "registry": "s3://bench", "classes": ["Car"],
         "class_mids": {"Car": "/m/0k4j"}, "crops_per_class": {"Car": 1}, "dataset_id": "d",
@@ -85,7 +85,7 @@ def main() -> None:
         os.environ["AWS_ENDPOINT_URL"] = s3.endpoint_url
         import quilt3
 
-        from flows.bundle import publish
+        from flows.publishing.bundle import publish
 
         data, model = make_bundle(Path(tmp), 20 if args.quick else 400)
         cases = (("first publish", lambda: publish(data, model, META, "bench/bundle",

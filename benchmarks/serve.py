@@ -51,7 +51,7 @@ def register(workdir: Path, image_size: int) -> tuple[str, Path]:
     """Save and register the benchmark model; return its tag and file."""
     import bentoml
 
-    from flows.registry import register_model
+    from flows.model_store import register_model
     from model.architectures import seed_cnn
 
     seed_cnn(image_size, len(CLASSES)).save(workdir / "model.keras")
@@ -83,7 +83,7 @@ def raw_throughput(model_file: Path, images: list[Path], size: int, seconds: flo
 @contextmanager
 def openimager_server(tag: str, workers: int, log: Path) -> Iterator[tuple[str, int]]:
     """openimager's service; yields its URL and process id."""
-    from flows.localservers import BentoServer
+    from flows.servers.local import BentoServer
 
     with BentoServer(tag, log_path=log, env={"OPENIMAGER_WORKERS": str(workers)}) as server:
         yield f"{server.url}/classify", server.process.pid
@@ -92,7 +92,7 @@ def openimager_server(tag: str, workers: int, log: Path) -> Iterator[tuple[str, 
 @contextmanager
 def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
     """The tutorial FastAPI app under uvicorn; yields its URL and process id."""
-    from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_ready
+    from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
 
     port = free_port()
     env = {**os.environ, **TELEMETRY_OFF, "NAIVE_MODEL": str(model_file),

@@ -179,8 +179,8 @@ def speed(root: Path, rows: list[tuple[str, str]], size: int, batch: int,
 def build_sample(workspace: Path) -> Path:
     """Refresh and build the sample's crops through local servers, as the demo does."""
     from flows import stages
-    from flows.localservers import LOCAL_CREDENTIALS, LocalS3
-    from flows.mirror import StaticHTTP
+    from flows.servers.local import LOCAL_CREDENTIALS, LocalS3
+    from flows.servers.mirror import StaticHTTP
     from flows.settings import CVDF_BUCKET, Settings
 
     os.environ.update(LOCAL_CREDENTIALS)

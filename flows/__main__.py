@@ -10,11 +10,7 @@ from pathlib import Path
 
 from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from flows.cli_download import add_download_command, run_download_command
-from flows.openimages.ontology import UnknownClassError
-from flows.openimages.select import EmptySelection
 from flows.preflight import add_check_command, run_check_command
-from flows.registries import RegistryError
-from flows.secretscan import SecretFound
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +65,21 @@ def main(argv: list[str] | None = None) -> int:
             return run_download_command(args)
         elif args.command == "check":
             return run_check_command(args)
-    except (UnknownClassError, EmptySelection, RegistryError, SecretFound) as error:
+    except user_errors() as error:  # evaluated only when an error propagates
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can cause and mend, reported in one line instead of a traceback."""
+    # Imported here, not at the top: `--help` and `classes` should not load pandas for them.
+    from flows.openimages.ontology import UnknownClassError
+    from flows.openimages.select import EmptySelection
+    from flows.publishing.registries import RegistryError
+    from flows.publishing.secretscan import SecretFound
+
+    return UnknownClassError, EmptySelection, RegistryError, SecretFound
 
 
 def classes_report(args: argparse.Namespace) -> str:

@@ -33,15 +33,15 @@ def run_bundle_command(args: argparse.Namespace) -> int:
     """Run one bundle command; return the exit code."""
     state_dir = args.workspace / "registry" if hasattr(args, "workspace") else None
     if args.command == "install":
-        from flows.bundle import install
-        from flows.registries import opened
+        from flows.publishing.bundle import install
+        from flows.publishing.registries import opened
 
         with opened(args.registry, state_dir) as registry:
             top_hash = install(args.name, registry, args.top_hash, args.dest)
         print(f"installed {args.name}@{top_hash} into {args.dest}")
         return 0
     if args.command == "reproduce":
-        from flows.reproduce import reproduce
+        from flows.publishing.reproduce import reproduce
 
         dest = args.dest or args.workspace / "reproduce" / args.name.replace("/", "_")
         result = reproduce(args.name, args.registry, args.top_hash, dest, state_dir,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from flows.lineage import PROJECT_ROOT
-from flows.localservers import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3
-from flows.mirror import StaticHTTP
+from flows.publishing.lineage import PROJECT_ROOT
+from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3
+from flows.servers.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"

@@ -17,8 +17,8 @@ from pathlib import Path
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.atomic import write_text
 from flows.settings import Settings
+from model.atomic import write_text
 
 CHUNKS = ".chunks"
 

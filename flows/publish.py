@@ -9,8 +9,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import stages
 from flows.artifacts import record
-from flows.bundle import PublishError
 from flows.params import retry_only, settings_from
+from flows.publishing.bundle import PublishError
 from flows.settings import Settings
 
 

@@ -11,7 +11,7 @@ from flows.download_flow import chunk_runner
 from flows.openimages.ontology import UnknownClassError
 from flows.openimages.select import EmptySelection
 from flows.params import Runner, Version, retry_unless, settings_from
-from flows.registries import EMBEDDED, RegistryError, check_registry
+from flows.publishing.registries import EMBEDDED, RegistryError, check_registry
 from flows.settings import Settings
 
 

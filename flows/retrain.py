@@ -53,7 +53,7 @@ def retrain(
     published = None
     if trained["promoted"]:
         published = publish_task(settings, trained, built)
-        from flows.registry import annotate_promotion  # the service shows its model's bundle
+        from flows.model_store import annotate_promotion  # the service shows its model's bundle
 
         annotate_promotion(trained["model_tag"], package=published["name"],
                            registry=published["registry"], top_hash=published["top_hash"])

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.atomic import write_json, write_parquet
-from flows.bundle import Published, publish
-from flows.lineage import PROJECT_ROOT, git_commit
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
@@ -23,8 +20,11 @@ from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
 from flows.openimages.releases import KINDS
 from flows.openimages.select import Filters, images_of, select_boxes, summary
-from flows.registries import opened
+from flows.publishing.bundle import Published, publish
+from flows.publishing.lineage import PROJECT_ROOT, git_commit
+from flows.publishing.registries import opened
 from flows.settings import Settings
+from model.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def train(settings: Settings) -> dict:
     A model already trained on the same dataset with the same configuration and code is reused
     (unless reuse_trained is off): a rerun after a failed publish does not train again.
     """
-    from flows.registry import find_trained, gate, register_model, restore_model
+    from flows.model_store import find_trained, gate, register_model, restore_model
     from model.evaluate import evaluate_model
     from model.train import TrainConfig
 

@@ -1,8 +1,14 @@
-"""The promotion gate: does a newly trained model replace the served one? Pure, no stores."""
+"""The promotion gate (does a newly trained model replace the served one?) and the promotion
+record, the small JSON file that says which model to serve. Imports no store or framework: the
+pipeline writes the record and the service reads it, each passing BentoML's home folder."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from model.atomic import write_json
 
 # Test-split metrics (model/evaluate.py) a gate can compare; higher is better for all three.
 PROMOTION_METRICS = ("macro_f1", "accuracy", "roc_auc")
@@ -69,3 +75,19 @@ def decide(metric: str, candidate_score: float | None, class_names: list[str] | 
                               "on the same test split")
     return decision(False, f"not promoted: {metric} {candidate_score} < {theirs} of the "
                            f"promoted {tag} on the same test split; kept in the store")
+
+
+def record_file(home: Path, name: str) -> Path:
+    """Where the promoted version of model name is recorded, beside BentoML's store at home."""
+    return Path(home) / "openimager" / "promoted" / f"{name}.json"
+
+
+def read_record(home: Path, name: str) -> dict | None:
+    """The promotion record of name ({"tag", "promoted_at", ...}), or None."""
+    path = record_file(home, name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_record(home: Path, record: dict) -> None:
+    """Replace the promotion record of the model that record["tag"] names, atomically."""
+    write_json(record_file(home, record["tag"].split(":", 1)[0]), record)

@@ -1,8 +1,8 @@
 """Which model the service serves, where its files are, and the lineage GET /model reports.
 
 In order: OPENIMAGER_MODEL_PATH (a folder with model.keras and openimager-model.json, as
-`python -m flows.servable` installs from a published package), OPENIMAGER_MODEL_TAG, the
-promotion record beside the BentoML store, else the newest stored version.
+`python -m flows.publishing.servable` installs from a published package), OPENIMAGER_MODEL_TAG,
+the promotion record beside the BentoML store, else the newest stored version.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import attrs
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
+
+from model.promotion import read_record
 
 DEFAULT_NAME = "openimager-classifier"
 MODEL_FILE = "model.keras"
@@ -42,10 +44,8 @@ def model_name() -> str:
 
 
 def promotion_record(name: str) -> dict | None:
-    """The promotion record of name, if any (read through flows.registry, which owns it)."""
-    from flows.registry import promoted  # bentoml and small modules only, no prefect/quilt3
-
-    return promoted(name)
+    """The promotion record of name, if any, beside the BentoML store."""
+    return read_record(Path(BentoMLContainer.bentoml_home.get()), name)
 
 
 def choose() -> Choice:
@@ -64,7 +64,8 @@ def missing(choice: Choice) -> NoModel:
     """The fail-fast error for a model that is not there."""
     if choice.source == "path":
         return NoModel(f"OPENIMAGER_MODEL_PATH={choice.path} has no {MODEL_FILE} and "
-                       f"{METADATA_FILE}: install a package there with python -m flows.servable")
+                       f"{METADATA_FILE}: install a package there with "
+                       "python -m flows.publishing.servable")
     why = {"env": "set by OPENIMAGER_MODEL_TAG", "promoted": "named by the promotion record",
            "latest": "the newest version; none is registered",
            "bento": "packed in the Bento"}[choice.source]

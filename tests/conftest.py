@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.localservers import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3
-from flows.mirror import StaticHTTP
+from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3
+from flows.servers.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ IMAGE_SIZE = 32
 def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,
                         image_size: int = IMAGE_SIZE, name: str = "openimager-classifier") -> str:
     """Save an untrained seed CNN with metrics and register it like training does."""
-    from flows.registry import register_model
+    from flows.model_store import register_model
     from model.architectures import seed_cnn
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def serve_tiny_model(workdir: Path, env: dict[str, str] | None = None) -> Iterat
     """Register the tiny model and run `bentoml serve` on it until the block ends."""
     import bentoml
 
-    from flows.localservers import BentoServer
+    from flows.servers.local import BentoServer
 
     tag = register_tiny_model(workdir / "model")
     model_file = Path(bentoml.models.get(tag).path_of("model.keras"))

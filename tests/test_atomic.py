@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from flows import atomic
-from flows.atomic import write_bytes
+from model import atomic
+from model.atomic import write_bytes
 
 
 def test_write_bytes_makes_the_folder_and_leaves_nothing_else(tmp_path):

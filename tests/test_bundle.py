@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import quilt3
 
-from flows.bundle import PublishError, install, publish
-from flows.lineage import git_commit
-from flows.localservers import LocalS3
-from flows.registries import RegistryError, check_registry, opened
-from flows.secretscan import SecretFound, find_secrets
+from flows.publishing.bundle import PublishError, install, publish
+from flows.publishing.lineage import git_commit
+from flows.publishing.registries import RegistryError, check_registry, opened
+from flows.publishing.secretscan import SecretFound, find_secrets
+from flows.servers.local import LocalS3
 
 META = {
     "package": "test/bundle", "registry": "s3://test-registry", "classes": ["Car", "Hamburger"],
@@ -184,9 +184,9 @@ def test_source_photos_go_along_only_when_asked(registry_env, tmp_path):
 
 
 def test_uncommitted_changes_can_be_refused(registry_env, tmp_path, monkeypatch):
-    import flows.bundle
+    import flows.publishing.bundle
 
-    monkeypatch.setattr(flows.bundle, "git_dirty", lambda: True)
+    monkeypatch.setattr(flows.publishing.bundle, "git_dirty", lambda: True)
     data, model = make_run(tmp_path)
     with pytest.raises(RuntimeError, match="uncommitted changes"):
         publish(data, model, META, "test/dirty", registry_env, "x", allow_dirty=False)

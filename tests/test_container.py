@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.localservers import LOCAL_CREDENTIALS, LocalS3, free_port
-from flows.mirror import StaticHTTP
 from flows.preflight import EX_CONFIG
+from flows.servers.local import LOCAL_CREDENTIALS, LocalS3, free_port
+from flows.servers.mirror import StaticHTTP
 from tests import containerkit
 from tests.conftest import REGISTRY_BUCKET
 

@@ -129,7 +129,7 @@ def test_draft_decoding_matches_the_slow_path(tmp_path):
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
 
-    from flows.atomic import write_text
+    from model.atomic import write_text
 
     write_text(tmp_path / "card.md", "x")
     mask = os.umask(0)
@@ -343,7 +343,7 @@ def test_min_detail_must_keep_small_boxes_whole():
 def test_atomic_bytes_replace_whole_files_only(tmp_path):
     import os
 
-    from flows.atomic import write_bytes
+    from model.atomic import write_bytes
 
     dest = tmp_path / "new" / "dir" / "crop.jpg"
     write_bytes(dest, b"first")  # missing folders are made

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from flows.atomic import write_bytes
 from flows.openimages.dataset import dataset_id, prune
+from model.atomic import write_bytes
 
 
 def test_prune_drops_unused_crops_and_interrupted_writes(tmp_path):

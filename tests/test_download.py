@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.imageserver import Faults, ImageServer
 from flows.openimages import downloader
 from flows.openimages import manifest as mf
 from flows.openimages.download import DownloadOptions, download_images
@@ -27,6 +26,7 @@ from tests.downloadkit import (
     palette_png,
     store_files,
 )
+from tests.imageserver import Faults, ImageServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = DownloadOptions(workers=8, per_host=8, retries=3, backoff=0.01, backoff_max=5.0,

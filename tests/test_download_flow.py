@@ -9,12 +9,12 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.download_flow import CHUNKS, chunk_runner
-from flows.imageserver import Faults, ImageServer
 from flows.openimages import manifest as mf
 from flows.openimages.download import download_images
 from flows.settings import Settings
 from flows.stages import download_options
 from tests.downloadkit import catalog, image_id, image_table, jpeg
+from tests.imageserver import Faults, ImageServer
 
 pytestmark = pytest.mark.integration
 

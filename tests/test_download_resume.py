@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.imageserver import Faults, ImageServer
-from flows.localservers import TELEMETRY_OFF
 from flows.openimages import manifest as mf
+from flows.servers.local import TELEMETRY_OFF
 from tests.downloadkit import catalog, image_id, image_table, jpeg, store_files
+from tests.imageserver import Faults, ImageServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KEPT = ["ImageID", "Subset", "Source", "Status", "Path", "Bytes", "MD5", "Error"]

@@ -10,7 +10,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.__main__ import main
 from flows.demo import report, run_demo
-from flows.registries import opened
+from flows.publishing.registries import opened
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent

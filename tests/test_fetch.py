@@ -6,8 +6,8 @@ import os
 import pytest
 import requests
 
-from flows.mirror import StaticHTTP
 from flows.openimages.fetch import ChecksumError, ensure, fetch, read_stamp
+from flows.servers.mirror import StaticHTTP
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from flows import preflight
 from flows.__main__ import main as flows_main
-from flows.localservers import free_port
+from flows.servers.local import free_port
 from flows.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
 @pytest.fixture(scope="module")
 def runs(sample_workspace, tmp_path_factory):
     """Four trainings on the same test split: bad (first), good, bad again, bad forced."""
-    from flows.registry import promoted
+    from flows.model_store import promoted
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
     shuffled = table.copy()
@@ -94,7 +94,7 @@ def test_first_run_is_promoted_then_the_gate_decides(runs):
 
 
 def test_another_class_set_is_not_scored(runs):
-    from flows.registry import incumbent
+    from flows.model_store import incumbent
 
     def never(*_):
         raise AssertionError("a model with other classes must not be scored")
@@ -104,7 +104,7 @@ def test_another_class_set_is_not_scored(runs):
 
 
 def test_reloaded_model_predicts_like_the_one_in_memory(sample_workspace, tmp_path):
-    from flows.registry import load_model, register_model
+    from flows.model_store import load_model, register_model
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")

@@ -16,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_http
+from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_http
 from tests.conftest import REGISTRY_BUCKET
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -127,7 +127,7 @@ def test_the_retrain_deployment_runs_to_completion(stack, retrained):
 def test_the_package_is_in_the_registry_and_the_model_in_the_store(retrained, local_s3):
     import bentoml
 
-    from flows.registry import promoted
+    from flows.model_store import promoted
 
     s3 = boto3.client("s3", endpoint_url=local_s3.endpoint_url)
     listed = s3.list_objects_v2(Bucket=REGISTRY_BUCKET,

@@ -12,7 +12,7 @@ import bentoml
 import pytest
 import requests
 
-from flows.localservers import TELEMETRY_OFF, free_port, stop_group, wait_ready
+from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
 from tests.servicekit import register_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def lineage_of_bento(bento_tag: str, **env: str) -> dict:
 
 
 def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):
-    from flows.registry import promote
+    from flows.model_store import promote
 
     # Its own model name, so no other test sees this promotion record.
     name = "buildtest-classifier"

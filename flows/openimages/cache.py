@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flows.atomic import atomic_path, write_json
 from flows.openimages.csvread import (
     BOX_COLUMNS,
     BOX_TYPES,
@@ -29,6 +28,7 @@ from flows.openimages.csvread import (
     valid_boxes,
 )
 from flows.openimages.fetch import Stamp
+from model.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

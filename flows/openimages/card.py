@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from flows.atomic import atomic_path, write_text
+from model.atomic import atomic_path, write_text
 
 SYNTHETIC_NOTE = ("> The bundled sample is synthetic: generated scenes in the real Open Images "
                   "layouts, for offline runs.\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import ExifTags, Image, ImageOps
 
-from flows.atomic import write_bytes
+from model.atomic import write_bytes
 
 BOX_FIELDS = ["BoxID", "ImageID", "Class", "XMin", "XMax", "YMin", "YMax"]
 # A box as crop_image takes it: the BOX_FIELDS values in that order (a tuple, or a list after JSON).

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.atomic import write_parquet
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, crop_boxes
 from flows.openimages.split import assign_splits, seeded_rank
+from model.atomic import write_parquet
 
 CROPS_TABLE = "crops.parquet"
 TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID", "Split",

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import requests
 from tqdm import tqdm
 
-from flows.atomic import write_json
+from model.atomic import write_json
 
 log = logging.getLogger(__name__)
 

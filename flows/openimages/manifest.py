@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.atomic import write_parquet
+from model.atomic import write_parquet
 
 log = logging.getLogger(__name__)
 

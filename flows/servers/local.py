@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import requests
 
 # Credentials for the local endpoint only; moto accepts any.
@@ -82,7 +81,8 @@ class LocalS3:
             env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.state_file))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "flows.servers.s3server", "-H", "127.0.0.1",
+             "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         try:
@@ -108,6 +108,8 @@ class LocalS3:
 
     def client(self):
         """A boto3 S3 client for this endpoint."""
+        import boto3
+
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
                             aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
@@ -162,7 +164,7 @@ class BentoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> BentoServer:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         env = {**os.environ, **TELEMETRY_OFF, **self.env}
         if self.model_tag:  # else the promoted model, or the newest
             env["OPENIMAGER_MODEL_TAG"] = self.model_tag

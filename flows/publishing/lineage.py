@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_ITEMS = ("flows", "model", "service", "tests", "benchmarks", "data/sample", "Dockerfile",
                 "Makefile", "README.md", "bentofile.yaml", "prefect.yaml", "pyproject.toml",
                 "requirements.lock", ".ci")

@@ -6,7 +6,7 @@ an added latency, and per-path faults: 5xx, 429 with Retry-After, 403/404, conne
 mid-body, bodies cut short under a full Content-Length, slow trickles, stalls, Flickr's
 "photo unavailable" redirect or bytes, and corrupt bodies.
 
-    python -m flows.imageserver --kb 150 --latency 0.05   # prints its URL, then serves
+    python -m tests.imageserver --kb 150 --latency 0.05   # prints its URL, then serves
 """
 
 from __future__ import annotations

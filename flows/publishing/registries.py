@@ -7,15 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
-from botocore.exceptions import (
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-
-from flows.localservers import LOCAL_CREDENTIALS, LocalS3
+from flows.servers.local import LOCAL_CREDENTIALS, LocalS3
 
 EMBEDDED = "embedded"
 EMBEDDED_BUCKET = "openimager-registry"
@@ -34,6 +26,14 @@ def bucket_of(registry: str) -> str:
 
 def check_registry(registry: str) -> None:
     """Fail with one clear message when credentials are missing or wrong or the bucket absent."""
+    import boto3  # only the commands that reach a registry pay for boto3
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
     bucket = bucket_of(registry)
     try:
         # A fresh session: the default one caches credentials resolved earlier.

@@ -13,8 +13,15 @@ from typing import TYPE_CHECKING
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
-from flows.atomic import write_json
-from model.promotion import Decision, Incumbent, decide
+from model.atomic import write_json
+from model.promotion import (
+    Decision,
+    Incumbent,
+    decide,
+    read_record,
+    record_file,
+    write_record,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -81,23 +88,26 @@ def load_model(tag: str) -> tuple[keras.Model, dict]:
     return model, dict(stored.info.metadata)
 
 
+def bentoml_home() -> Path:
+    """BentoML's home folder, where the store and the promotion records live."""
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
 def promotion_file(name: str) -> Path:
     """Where the promoted version of a model is recorded, beside BentoML's own store."""
-    return Path(BentoMLContainer.bentoml_home.get()) / "openimager" / "promoted" / f"{name}.json"
+    return record_file(bentoml_home(), name)
 
 
 def promoted(name: str) -> dict | None:
     """The promotion record of a model name ({"tag", "promoted_at", ...}), or None."""
-    path = promotion_file(name)
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(bentoml_home(), name)
 
 
 def promote(tag: str, **details: object) -> dict:
     """Record tag as the promoted (served) version of its model name."""
-    name = tag.split(":", 1)[0]
     record = {"tag": tag, "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
               **details}
-    write_json(promotion_file(name), record)
+    write_record(bentoml_home(), record)
     return record
 
 
@@ -125,7 +135,7 @@ def annotate_promotion(tag: str, **details: object) -> dict | None:
     if record is None or record["tag"] != tag:
         return None
     record = {**record, **details}
-    write_json(promotion_file(tag.split(":", 1)[0]), record)
+    write_record(bentoml_home(), record)
     return record
 
 

@@ -2,7 +2,7 @@
 
 The service imports neither quilt3 nor prefect; this helper does the quilt3 part:
 
-    python -m flows.servable openimager/classifier --registry s3://my-registry \\
+    python -m flows.publishing.servable openimager/classifier --registry s3://my-registry \\
         --top-hash <hash> --dest served
     OPENIMAGER_MODEL_PATH=served bentoml serve service.service:Classifier
 """
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from flows.atomic import write_json
+from model.atomic import write_json
 
 METADATA_FILE = "openimager-model.json"  # the name service.source reads
 
@@ -53,7 +53,8 @@ def fetch_model(name: str, registry: str, top_hash: str | None, dest: Path) -> d
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: fetch a published model for OPENIMAGER_MODEL_PATH."""
-    parser = argparse.ArgumentParser(prog="python -m flows.servable", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.publishing.servable",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("--registry", required=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from flows.bundle import install
-from flows.registries import opened
+from flows.publishing.bundle import install
+from flows.publishing.registries import opened
 
 
 @dataclass

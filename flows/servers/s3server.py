@@ -6,7 +6,7 @@ at nothing. Here the id is a hash of the bucket, the key, the content's ETag and
 earlier versions of that key: the same history replayed gives the same ids. The recording
 itself is serialised, as moto's threaded server otherwise interleaves lines of the log.
 
-    python -m flows.s3server -H 127.0.0.1 -p 9000
+    python -m flows.servers.s3server -H 127.0.0.1 -p 9000
 """
 
 from __future__ import annotations

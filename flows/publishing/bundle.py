@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import quilt3
-from botocore.exceptions import BotoCoreError, ClientError
-from quilt3.util import QuiltException
 
-from flows.lineage import PROJECT_ROOT, export_source, git_dirty, sha256_file, sha256_text
-from flows.secretscan import refuse_secrets
+from flows.publishing.lineage import (
+    PROJECT_ROOT,
+    export_source,
+    git_dirty,
+    sha256_file,
+    sha256_text,
+)
+from flows.publishing.secretscan import refuse_secrets
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,10 @@ def fingerprint(meta: dict) -> str:
 
 def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
     """The top hash and metadata of the newest version of a package, or None."""
+    import quilt3  # about 4 s: only the commands that publish or install pay for it
+    from botocore.exceptions import ClientError
+    from quilt3.util import QuiltException
+
     try:
         package = quilt3.Package.browse(name, registry=registry)
     except (QuiltException, ClientError, FileNotFoundError):
@@ -143,6 +150,10 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
             message: str, allow_dirty: bool = True, image_dir: Path | None = None
             ) -> Published:
     """Push the bundle to an S3 registry and return its top hash; unchanged bundles are kept."""
+    import quilt3
+    from botocore.exceptions import BotoCoreError, ClientError
+    from quilt3.util import QuiltException
+
     if git_dirty() and not allow_dirty:
         raise RuntimeError("uncommitted changes: code/ would not match the running code; "
                            "commit them, or set OPENIMAGER_PUBLISH_UNCOMMITTED=true")
@@ -170,6 +181,8 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
 
 def install(name: str, registry: str, top_hash: str | None, dest: Path) -> str:
     """Install one package version (the newest without a top hash) into dest; return its hash."""
+    import quilt3
+
     package = quilt3.Package.browse(name, registry=registry, top_hash=top_hash)
     quilt3.Package.install(name, registry=registry, top_hash=package.top_hash, dest=str(dest))
     return package.top_hash
