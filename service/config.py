@@ -84,3 +84,17 @@ class Tuning:
             max_batch_size=env_int("OPENIMAGER_MAX_BATCH_SIZE", 32, minimum=2),
             max_latency_ms=env_int("OPENIMAGER_MAX_LATENCY_MS", 5000),
         )
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How the service follows promotions and how long it drains on SIGTERM."""
+
+    reload_seconds: float = 30.0  # check for a newer promotion this often; 0 turns it off
+    grace_seconds: float = 20.0  # finish requests in flight this long after SIGTERM
+
+    @classmethod
+    def from_env(cls) -> Lifecycle:
+        """Lifecycle with OPENIMAGER_RELOAD_SECONDS and OPENIMAGER_GRACE_SECONDS overrides."""
+        return cls(reload_seconds=env_number("OPENIMAGER_RELOAD_SECONDS", 30.0, 0),
+                   grace_seconds=env_number("OPENIMAGER_GRACE_SECONDS", 20.0, 0))

@@ -49,7 +49,7 @@ def test_publish_then_install_each_version(registry_env, tmp_path):
     assert install("test/bundle", registry_env, first.top_hash, old) == first.top_hash
     assert (old / "model" / "model.keras").read_bytes() == b"weights"  # not the latest
     assert (old / "code" / "COMMIT").read_text().strip() == git_commit()
-    assert (old / "code" / "flows" / "bundle.py").exists()
+    assert (old / "code" / "flows" / "publishing" / "bundle.py").exists()
     assert (old / "env" / "requirements.lock").exists()
     assert (old / "env" / "python-version.txt").read_text().startswith("3.11")
     readme = (old / "README.md").read_text()
