@@ -8,6 +8,7 @@ prepared images of concurrent requests into one model call.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from service.config import Limits
+from service.config import Lifecycle, Limits
 from service.guard import UPLOAD_STATE, UploadGuard
+from service.lifecycle import HTTP_DRAIN, drain_on_signals
+from service.lifecycle import Lifecycle as LifecycleMiddleware
 from service.predictor import TUNING, Predictor, json_output
 
 with bentoml.importing():
@@ -35,15 +38,29 @@ with bentoml.importing():
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
 
+# The model service listens on a loopback TCP port instead of a unix socket: on SIGTERM
+# `bentoml serve` deletes the socket's file before any worker stops, so requests still in
+# flight could no longer reach the model. `bentoml serve` reads this when it opens its sockets,
+# after importing this module.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
+
 
 async def model_info(request: Request) -> Response:
-    """The served model's lineage: tag, classes with MIDs, data, code, scores, publication."""
+    """The served model's lineage (tag, classes with MIDs, data, code, scores, publication)
+    and whether it follows promotions, with the last failed reload."""
     service = bentoml.get_current_service()
     try:
-        return JSONResponse(await service.lineage())
+        state = await service.model_state()
+        if state["state"] != "ready":
+            return JSONResponse({"error": f"the model is {state['state']}", "code":
+                                 state["state"], "load_error": state["load_error"]},
+                                status_code=503, headers={"Retry-After": "5"})
+        info = await service.lineage(state["model_key"])
     except (bentoml.exceptions.BentoMLException, aiohttp.ClientError):  # model service down
         return JSONResponse({"error": "the model service is not available", "code":
                              "model_unavailable"}, status_code=503)
+    keys = ("loaded_at", "reload_seconds", "follows_promotions", "last_reload_error")
+    return JSONResponse({**info, **{k: state[k] for k in keys}})
 
 
 async def page(request: Request) -> Response:
@@ -81,14 +98,27 @@ class Classifier:
 
     def __init__(self) -> None:
         self.limits = Limits.from_env()
-        self._lineage: dict | None = None
+        self.lifecycle = Lifecycle.from_env()
+        self._lineages: dict[int, dict] = {}  # by model key: labels travel with each model
+        self._size: int | None = None  # the input size of the model that answered last
         self._decoders: anyio.CapacityLimiter | None = None
 
-    async def lineage(self) -> dict:
-        """The served model's lineage, asked of the model service once."""
-        if self._lineage is None:
-            self._lineage = await self.call_model("describe")
-        return self._lineage
+    @bentoml.on_startup
+    async def drain_on_sigterm(self) -> None:
+        """On SIGTERM: new requests get 503, those in flight finish, then the worker exits."""
+        drain_on_signals(HTTP_DRAIN, HTTP_DRAIN.http_done, self.lifecycle.grace_seconds)
+
+    async def model_state(self) -> dict:
+        """The model service's state: loading, ready or failed, and which model."""
+        return await self.call_model("status")
+
+    async def lineage(self, key: int | None = None) -> dict:
+        """The lineage of the model with this key (the served one without), asked once each."""
+        if key is None or key not in self._lineages:
+            info = await self.call_model("describe", key)
+            self._lineages[info["model_key"]] = info
+            key = info["model_key"]
+        return self._lineages[key]
 
     async def call_model(self, api: str, *args: Any) -> Any:
         """Call the model service; once more if a pooled connection had just been closed."""
@@ -104,7 +134,8 @@ class Classifier:
         """Decode uploads in threads (a bounded number at once) into one uint8 batch."""
         if self._decoders is None:
             self._decoders = anyio.CapacityLimiter(TUNING.decode_threads)
-        size = (await self.lineage())["image_size"]
+        # Any size works (the model resizes inside); the served model's own avoids a resize.
+        size = self._size or (await self.lineage())["image_size"]
 
         async def one(index: int, path: Path) -> np.ndarray:
             try:
@@ -129,8 +160,11 @@ class Classifier:
             where = f"image {error.index + 1} ({which})" if len(paths) > 1 else which
             return [], {"error": f"{where}: {error}", "code": error.code, "index": error.index,
                         "filename": name}
-        probs = await self.call_model("predict", pixels)
-        info = await self.lineage()
+        answer = await self.call_model("predict", pixels)
+        # The last column names the model that answered: a swap may happen between requests.
+        probs, key = answer[:, :-1], int(answer[0, -1])
+        info = await self.lineage(key)
+        self._size = info["image_size"]
         names = [c["name"] for c in info["classes"]]
         mids = {c["name"]: c["mid"] for c in info["classes"]}
         k = min(top, len(names))
@@ -173,6 +207,8 @@ def uploaded_names(ctx: bentoml.Context) -> list[str]:
     return list(getattr(ctx.request.state, UPLOAD_STATE, None) or [])
 
 
+# Outermost: readiness at once, 503 while draining, requests in flight counted.
+Classifier.add_asgi_middleware(LifecycleMiddleware)
 # Checks every upload before BentoML parses it (see service.guard).
 Classifier.add_asgi_middleware(UploadGuard)
 json_output(Classifier)

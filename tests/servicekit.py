@@ -96,3 +96,63 @@ def serve_tiny_model(workdir: Path, env: dict[str, str] | None = None) -> Iterat
             yield Served(server.url, tag, model_file, log)
     except (RuntimeError, TimeoutError) as error:
         raise RuntimeError(f"{error}; server log:\n{log.read_text()[-3000:]}") from error
+
+
+@dataclass
+class Answer:
+    """One request of a load run: when it ran, how it ended, which model answered."""
+
+    start: float
+    end: float
+    status: int | None  # None: no HTTP answer
+    model: str | None = None
+    code: str | None = None  # the error code of a JSON error body
+    error: str | None = None  # the connection error's kind when status is None
+
+
+class Load:
+    """Closed-loop clients posting one image to /classify until stopped."""
+
+    def __init__(self, url: str, clients: int, image: bytes, timeout: float = 30) -> None:
+        import threading
+
+        self.url, self.image, self.timeout = url, image, timeout
+        self.answers: list[Answer] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self.client, daemon=True)
+                        for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(self.timeout + 5)
+
+    def client(self) -> None:
+        import time
+
+        import requests
+
+        session = requests.Session()
+        while not self.stopped.is_set():
+            start = time.monotonic()
+            try:
+                reply = session.post(f"{self.url}/classify", timeout=self.timeout,
+                                     files={"image": ("x.jpg", self.image, "image/jpeg")})
+            except requests.RequestException as error:
+                kind = "refused" if isinstance(error, requests.ConnectionError) and \
+                    "refused" in str(error).lower() else type(error).__name__
+                self.answers.append(Answer(start, time.monotonic(), None, error=kind))
+                session = requests.Session()
+                time.sleep(0.05)
+                continue
+            body = reply.json() if reply.headers.get("content-type", "").startswith(
+                "application/json") else {}
+            self.answers.append(Answer(start, time.monotonic(), reply.status_code,
+                                       body.get("model"), body.get("code")))
+            if reply.status_code == 503:
+                time.sleep(float(reply.headers.get("Retry-After", "0.2")) / 5)

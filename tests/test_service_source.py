@@ -60,7 +60,7 @@ def test_a_published_package_version_is_served_from_a_folder(registry_env, tmp_p
     import keras
     import quilt3
 
-    from service.predictor import input_size
+    from service.swap import input_size
 
     model_dir = tmp_path / "trained"
     tag = register_tiny_model(model_dir)

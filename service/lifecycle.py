@@ -1,0 +1,156 @@
+"""Shutdown without failing a request: drain on SIGTERM, then hand over to uvicorn; readiness
+that answers at once.
+
+On SIGTERM `bentoml serve` signals every worker at once: the model service would go while the
+HTTP workers still call it, and requests in flight would get 500s. So each worker wraps the
+SIGTERM handler uvicorn installed before the service started: the HTTP workers stop taking new
+work (503 with Retry-After), finish what is in flight, then let uvicorn shut down; the model
+workers keep serving until the HTTP workers have gone quiet. OPENIMAGER_GRACE_SECONDS caps both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("openimager.service")
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PRE_STOP_SECONDS = 1.0  # readiness says 503 this long before the port may close
+QUIET_SECONDS = 2.0  # a model worker stops after this long without a request
+FORCE_AFTER_SECONDS = 5.0  # after handing over, uvicorn gets this long before a forced exit
+
+
+@dataclass
+class Drain:
+    """One worker's shutdown state: whether it drains, and what is still in flight."""
+
+    draining: bool = False
+    since: float = 0.0
+    in_flight: int = 0
+    last_request: float = field(default_factory=time.monotonic)
+    tasks: set = field(default_factory=set)
+
+    def elapsed(self) -> float:
+        """Seconds since the drain began."""
+        return time.monotonic() - self.since
+
+    def http_done(self) -> bool:
+        """An HTTP worker may stop: nothing in flight, and readiness had time to say 503."""
+        return self.in_flight == 0 and self.elapsed() >= PRE_STOP_SECONDS
+
+    def model_done(self) -> bool:
+        """A model worker may stop: the HTTP workers have gone quiet."""
+        quiet = time.monotonic() - self.last_request
+        return self.in_flight == 0 and quiet >= QUIET_SECONDS and self.elapsed() >= PRE_STOP_SECONDS
+
+
+HTTP_DRAIN = Drain()  # the HTTP worker's own; the middleware and the service share it
+
+
+def drain_on_signals(drain: Drain, done: Callable[[], bool], grace: float) -> None:
+    """Wrap uvicorn's SIGTERM and SIGINT handlers: drain until done() or grace, then call them."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # not under uvicorn (a test calling the class directly)
+
+        def handler(signum: int, frame: Any, previous: Callable = previous) -> None:
+            if drain.draining:  # a second signal: no more waiting
+                previous(signum, frame)
+                return
+            drain.draining, drain.since = True, time.monotonic()
+            log.info("signal %d: draining (at most %g s)", signum, grace)
+            loop.call_soon_threadsafe(
+                lambda: drain.tasks.add(loop.create_task(hand_over(drain, done, grace,
+                                                                   signum, previous))))
+
+        signal.signal(sig, handler)
+
+
+async def hand_over(drain: Drain, done: Callable[[], bool], grace: float, signum: int,
+                    previous: Callable) -> None:
+    """Wait until done() or the grace period ends, then start uvicorn's own shutdown."""
+    while not done() and drain.elapsed() < grace:
+        await asyncio.sleep(0.05)
+    if drain.in_flight:
+        log.warning("grace period of %g s over with %d requests in flight", grace,
+                    drain.in_flight)
+    previous(signum, None)
+    await asyncio.sleep(FORCE_AFTER_SECONDS)
+    # uvicorn waits for open connections without limit; a second SIGINT is its forced exit.
+    previous(signal.SIGINT, None)
+    previous(signal.SIGINT, None)
+
+
+async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None
+                    ) -> None:
+    """A complete JSON response through the raw ASGI send."""
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+           *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Lifecycle:
+    """ASGI middleware of the HTTP workers: /livez and /readyz answered here, at once; while
+    draining, new requests get 503 with Retry-After; requests in flight are counted."""
+
+    def __init__(self, app: ASGIApp, drain: Drain = HTTP_DRAIN,
+                 model_state: Callable[[], Awaitable[dict]] | None = None) -> None:
+        self.app, self.drain, self.model_state = app, drain, model_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/livez":
+            await send_json(send, 200, {"code": "alive"})
+            return
+        if path == "/readyz":
+            status, body = await self.readiness()
+            await send_json(send, status, body)
+            return
+        if self.drain.draining:
+            await send_json(send, 503, {"error": "the server is shutting down: retry",
+                                        "code": "draining"},
+                            {"Retry-After": "1", "Connection": "close"})
+            return
+        self.drain.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.in_flight -= 1
+
+    async def readiness(self) -> tuple[int, dict]:
+        """200 once the model is loaded and warmed; 503 with a code until then or when draining."""
+        if self.drain.draining:
+            return 503, {"code": "draining"}
+        try:
+            state = await asyncio.wait_for((self.model_state or current_model_state)(), 0.8)
+        except Exception as error:  # noqa: BLE001 - any failure to ask is "not ready"
+            log.debug("readiness: model service not answering: %r", error)
+            return 503, {"code": "model_unavailable"}
+        if state.get("state") == "ready":
+            return 200, {"code": "ready", "model": state.get("model")}
+        return 503, {"code": state.get("state", "loading"), "error": state.get("load_error")}
+
+
+async def current_model_state() -> dict:
+    """The model service's state, asked through the current BentoML service."""
+    import bentoml
+
+    return await bentoml.get_current_service().model_state()

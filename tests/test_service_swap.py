@@ -1,0 +1,125 @@
+"""The running API follows promotions, says when it is not ready, and drains on SIGTERM.
+
+Each test runs a real `bentoml serve` with its own model name, so promotions here touch no
+other test's model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import pytest
+import requests
+
+from flows.model_store import promote
+from flows.servers.local import TELEMETRY_OFF, BentoServer, free_port, stop_group
+from tests.servicekit import Load, encoded, picture, register_tiny_model
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = encoded(picture(3))
+
+
+def wait_for(check, what: str, timeout: float = 120):
+    """Poll check() until it returns something truthy; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def test_promotions_swap_in_under_load_and_a_broken_one_is_not(tmp_path):
+    name = "swap-under-load"
+    old = register_tiny_model(tmp_path / "old", name=name)
+    new = register_tiny_model(tmp_path / "new", ["Ant", "Bee", "Cat", "Dog"], name=name)
+    broken = register_tiny_model(tmp_path / "broken", name=name)
+    Path(bentoml.models.get(broken).path_of("model.keras")).write_bytes(b"not a model")
+    promote(old)
+    settings = {"OPENIMAGER_MODEL_NAME": name, "OPENIMAGER_RELOAD_SECONDS": "1"}
+    with BentoServer(None, log_path=tmp_path / "serve.log", env=settings) as server:
+        assert requests.get(f"{server.url}/model", timeout=30).json()["tag"] == old
+        with Load(server.url, 4, IMAGE) as load:
+            wait_for(lambda: len(load.answers) > 20, "answers from the first model")
+            promote(new)
+            wait_for(lambda: any(a.model == new for a in load.answers), "an answer by the new")
+            promote(broken)
+            info = wait_for(lambda: (i := requests.get(f"{server.url}/model", timeout=30)
+                                     .json())["last_reload_error"] and i, "a failed reload")
+            settled = len(load.answers)
+            wait_for(lambda: len(load.answers) > settled + 20, "answers after the failure")
+        answers = load.answers
+    assert [a for a in answers if a.status != 200] == []
+    assert {a.model for a in answers} == {old, new}
+    assert all(a.model == new for a in answers[settled:])  # the broken one never answered
+    assert info["tag"] == new and info["last_reload_error"]["model"].startswith(broken)
+    assert [c["name"] for c in info["classes"]] == ["Ant", "Bee", "Cat", "Dog"]
+
+
+def test_labels_travel_with_the_model_that_answered(tmp_path):
+    name = "swap-labels"
+    old = register_tiny_model(tmp_path / "old", name=name)
+    new = register_tiny_model(tmp_path / "new", ["Ant", "Bee", "Cat", "Dog"], name=name)
+    promote(old)
+    settings = {"OPENIMAGER_MODEL_NAME": name, "OPENIMAGER_RELOAD_SECONDS": "1"}
+    with BentoServer(None, log_path=tmp_path / "serve.log", env=settings) as server:
+        def classify() -> dict:
+            return requests.post(f"{server.url}/classify", data={"top": "4"}, timeout=30,
+                                 files={"image": ("x.jpg", IMAGE, "image/jpeg")}).json()
+
+        assert {lab["label"] for lab in classify()["labels"]} == {"Circle", "Square",
+                                                                   "Triangle"}
+        promote(new)
+        answer = wait_for(lambda: (a := classify())["model"] == new and a, "the swap")
+    assert {lab["label"] for lab in answer["labels"]} == {"Ant", "Bee", "Cat", "Dog"}
+
+
+def test_readiness_answers_while_loading_and_drain_fails_no_request(tmp_path):
+    name = "drain"
+    promote(register_tiny_model(tmp_path / "model", name=name))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **TELEMETRY_OFF, "OPENIMAGER_MODEL_NAME": name,
+           "OPENIMAGER_GRACE_SECONDS": "20"}
+    log = (tmp_path / "serve.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier", "--host",
+         "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        seen = []
+        while not seen or seen[-1] != (200, "ready"):
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                reply = requests.get(f"{url}/readyz", timeout=10)
+            except requests.ConnectionError:  # the port is not open yet
+                time.sleep(0.1)
+                continue
+            seen.append((reply.status_code, reply.json()["code"]))
+            if reply.status_code == 503:
+                assert requests.get(f"{url}/livez", timeout=10).status_code == 200
+        assert set(seen) <= {(503, "loading"), (503, "model_unavailable"), (200, "ready")}
+        assert (503, "loading") in seen, seen
+
+        with Load(url, 6, IMAGE) as load:
+            wait_for(lambda: sum(a.status == 200 for a in load.answers) > 30, "answers")
+            term = time.monotonic()
+            process.send_signal(signal.SIGTERM)  # the server only, as a container stop sends
+            process.wait(60)  # the exit time itself is measured in benchmarks/swap.py
+        answers = load.answers
+    finally:
+        stop_group(process)
+        log.close()
+    answered = [a for a in answers if a.status is not None]
+    assert [(a.status, a.code) for a in answered
+            if a.status != 200 and (a.status, a.code) != (503, "draining")] == []
+    # requests that were under way when the signal came were answered, not cut off
+    assert [a for a in answers if a.start < term and a.status is None] == []
+    assert any(a.status == 200 and a.end > term for a in answers)
