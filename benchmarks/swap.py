@@ -85,18 +85,21 @@ def run(seconds: float, clients: int, reload: float, grace: float, workdir: Path
 
     before = ok_latency(start, promoted_at)
     during = ok_latency(promoted_at, swap_end)
+    # A 503 with one of these codes refused the request before any work (Retry-After).
+    refusals = ("draining", "loading", "model_unavailable")
     server_errors = [a for a in answers if a.status and a.status >= 500
-                     and not (a.status == 503 and a.code in ("draining", "loading"))]
-    # While no server holds the port (after the old one exited, before the new one listens),
-    # refused connections are expected; anything else is a failure a client would see.
-    other_errors = [a for a in answers if a.status is None
-                    and not (a.error == "refused" and exited_at - 1 <= a.start <= ready_at)]
+                     and not (a.status == 503 and a.code in refusals)]
+    # From the signal until the new server is ready, a connection may be refused or reset
+    # (the old one closing its port); a request under way at the signal must still succeed.
+    restart = [a for a in answers if a.status is None and term_at <= a.start <= ready_at]
+    other_errors = [a for a in answers if a.status is None and a not in restart]
     return {
         "requests": len(answers),
         "ok": sum(a.status == 200 for a in answers),
         "server_errors_5xx": len(server_errors),
         "refused_503_draining": sum(a.code == "draining" for a in answers),
-        "refused_while_down": sum(a.error == "refused" for a in answers),
+        "refused_while_down": sum(a.error == "refused" for a in restart),
+        "reset_while_down": sum(a.error != "refused" for a in restart),
         "other_connection_errors": len(other_errors),
         "models_seen": sorted({a.model for a in answers if a.model}),
         "promotion_to_new_model_s": round(first_new, 2) if first_new is not None else None,
@@ -107,7 +110,8 @@ def run(seconds: float, clients: int, reload: float, grace: float, workdir: Path
         "grace_seconds": grace,
         "restart_to_ready_s": round(ready_at - exited_at, 2),
         "new_tag": new_tag,
-        "error_samples": [vars(a) for a in (server_errors + other_errors)[:5]],
+        "refused_503_loading": sum(a.code in ("loading", "model_unavailable") for a in answers),
+        "error_samples": [vars(a) for a in other_errors[:3] + server_errors[:3]],
     }
 
 

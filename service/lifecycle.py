@@ -26,9 +26,14 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PRE_STOP_SECONDS = 1.0  # readiness says 503 this long before the port may close
 QUIET_SECONDS = 2.0  # a model worker stops after this long without a request
+# An HTTP worker outlives the model workers (which stop taking requests from it first) and
+# answers 503 meanwhile: once it stops, the port accepts connections nobody serves until the
+# server exits. Readiness says 503 all this time, for load balancers to notice.
+HTTP_LINGER_SECONDS = QUIET_SECONDS + 0.5
+MODEL_MIN_SECONDS = 1.0
 FORCE_AFTER_SECONDS = 5.0  # after handing over, uvicorn gets this long before a forced exit
+API_PATHS = ("/classify", "/classify_batch")
 
 
 @dataclass
@@ -46,13 +51,14 @@ class Drain:
         return time.monotonic() - self.since
 
     def http_done(self) -> bool:
-        """An HTTP worker may stop: nothing in flight, and readiness had time to say 503."""
-        return self.in_flight == 0 and self.elapsed() >= PRE_STOP_SECONDS
+        """An HTTP worker may stop: nothing in flight, and the model workers are going."""
+        return self.in_flight == 0 and self.elapsed() >= HTTP_LINGER_SECONDS
 
     def model_done(self) -> bool:
         """A model worker may stop: the HTTP workers have gone quiet."""
         quiet = time.monotonic() - self.last_request
-        return self.in_flight == 0 and quiet >= QUIET_SECONDS and self.elapsed() >= PRE_STOP_SECONDS
+        return (self.in_flight == 0 and quiet >= QUIET_SECONDS
+                and self.elapsed() >= MODEL_MIN_SECONDS)
 
 
 HTTP_DRAIN = Drain()  # the HTTP worker's own; the middleware and the service share it
@@ -105,12 +111,14 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
 
 
 class Lifecycle:
-    """ASGI middleware of the HTTP workers: /livez and /readyz answered here, at once; while
-    draining, new requests get 503 with Retry-After; requests in flight are counted."""
+    """ASGI middleware of the HTTP workers: /livez and /readyz answered here, at once; until
+    the model is ready and while draining, new requests get 503 with Retry-After (and a
+    JSON code); requests in flight are counted."""
 
     def __init__(self, app: ASGIApp, drain: Drain = HTTP_DRAIN,
                  model_state: Callable[[], Awaitable[dict]] | None = None) -> None:
         self.app, self.drain, self.model_state = app, drain, model_state
+        self.model_ready = False  # once loaded, a model service stays ready (swaps included)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,6 +137,13 @@ class Lifecycle:
                                         "code": "draining"},
                             {"Retry-After": "1", "Connection": "close"})
             return
+        if path in API_PATHS and not self.model_ready:
+            status, body = await self.readiness()
+            if status != 200:  # not accepted: the client may retry, here or elsewhere
+                await send_json(send, 503, {"error": f"the model is not ready ({body['code']})",
+                                            **body}, {"Retry-After": "1"})
+                return
+            self.model_ready = True
         self.drain.in_flight += 1
         try:
             await self.app(scope, receive, send)
