@@ -81,3 +81,25 @@ def test_a_published_package_version_is_served_from_a_folder(registry_env, tmp_p
     assert info["package"] == "test/served" and info["top_hash"] == pushed.top_hash
     assert info["classes"][0] == {"name": CLASSES[0], "mid": MIDS[0]}
     assert json.loads((dest / METADATA_FILE).read_text())["registry"] == registry_env
+
+
+def test_a_followed_folder_moves_to_each_new_revision(registry_env, tmp_path):
+    import quilt3
+
+    from flows.publishing.servable import follow
+    from service.swap import identity_of
+
+    dest = tmp_path / "served"
+    tags, hashes = [], []
+    for i in range(2):
+        model_dir = tmp_path / f"trained{i}"
+        tags.append(register_tiny_model(model_dir))
+        meta = {"classes": CLASSES, "model_tag": tags[-1]}
+        hashes.append(quilt3.Package().set_dir("model", str(model_dir)).set_meta(meta)
+                      .push("test/followed", registry=registry_env, force=True).top_hash)
+        follow("test/followed", registry_env, dest, 0, rounds=1)
+        # what the service compares each reload interval: it changes with every revision
+        assert identity_of(Choice("path", path=dest)) == f"{tags[-1]}@{hashes[-1]}"
+    assert sorted(p.name for p in tmp_path.iterdir() if "incoming" in p.name) == []
+    follow("test/followed", registry_env, dest, 0, rounds=1)  # nothing new: left as is
+    assert json.loads((dest / METADATA_FILE).read_text())["top_hash"] == hashes[-1]

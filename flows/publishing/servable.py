@@ -5,18 +5,26 @@ The service imports neither quilt3 nor prefect; this helper does the quilt3 part
     python -m flows.publishing.servable openimager/classifier --registry s3://my-registry \\
         --top-hash <hash> --dest served
     OPENIMAGER_MODEL_PATH=served bentoml serve service.service:Classifier
+
+With --follow SECONDS (and no --top-hash) it keeps the folder at the package's newest revision;
+the running service swaps each one in within OPENIMAGER_RELOAD_SECONDS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from model.atomic import write_json
 
 METADATA_FILE = "openimager-model.json"  # the name service.source reads
+log = logging.getLogger(__name__)
 
 
 def servable_metadata(meta: dict, name: str, registry: str, top_hash: str) -> dict:
@@ -51,6 +59,52 @@ def fetch_model(name: str, registry: str, top_hash: str | None, dest: Path) -> d
     return metadata
 
 
+def installed_hash(dest: Path) -> str | None:
+    """The top hash of the version in dest, if one is there."""
+    try:
+        return json.loads((dest / METADATA_FILE).read_text()).get("top_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def update(name: str, registry: str, dest: Path) -> dict | None:
+    """Bring dest to the package's newest revision; return its metadata if it changed.
+
+    The new files are fetched beside dest and moved in, the metadata last: the service sees
+    the new version (its metadata) only once every file of it is in place.
+    """
+    import quilt3
+
+    newest = quilt3.Package.browse(name, registry=registry).top_hash
+    if newest == installed_hash(dest):
+        return None
+    incoming = dest.parent / f".{dest.name}.{newest[:12]}.incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    try:
+        metadata = fetch_model(name, registry, newest, incoming)
+        for path in sorted(incoming.iterdir(), key=lambda p: p.name == METADATA_FILE):
+            os.replace(path, dest / path.name)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    return metadata
+
+
+def follow(name: str, registry: str, dest: Path, seconds: float, rounds: int | None = None
+           ) -> None:
+    """Keep dest at the newest revision, checking every seconds (rounds times, or forever)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    done = 0
+    while rounds is None or done < rounds:
+        try:
+            if metadata := update(name, registry, dest):
+                log.warning("%s: now %s (%s)", dest, metadata["top_hash"][:12], metadata["tag"])
+        except Exception as error:  # noqa: BLE001 - a registry hiccup: the folder stays as is
+            log.warning("%s: could not check %s in %s: %s", dest, name, registry, error)
+        done += 1
+        if rounds is None or done < rounds:
+            time.sleep(seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: fetch a published model for OPENIMAGER_MODEL_PATH."""
     parser = argparse.ArgumentParser(prog="python -m flows.publishing.servable",
@@ -60,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--top-hash", help="the version (default: the newest)")
     parser.add_argument("--dest", type=Path, required=True)
+    parser.add_argument("--follow", type=float, metavar="SECONDS",
+                        help="keep --dest at the newest revision, checking this often")
     args = parser.parse_args(argv)
+    if args.follow:
+        if args.top_hash:
+            parser.error("--follow keeps the newest revision: leave out --top-hash")
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+        follow(args.name, args.registry, args.dest, args.follow)
+        return 0
     metadata = fetch_model(args.name, args.registry, args.top_hash, args.dest)
     print(json.dumps(metadata, indent=2))
     print(f"serve it with OPENIMAGER_MODEL_PATH={args.dest.resolve()}", file=sys.stderr)
