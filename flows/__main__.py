@@ -1,4 +1,4 @@
-"""Command line: python -m flows {demo,retrain,download,classes,install,reproduce,...} ..."""
+"""Command line: python -m flows {demo,retrain,promote,download,classes,install,...} ..."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--architecture", choices=["seed-cnn", "transfer"])
     run.add_argument("--force-promote", action="store_true", default=None,
                      help="serve the new model even if it scores below the promoted one")
+    run.add_argument("--build-bento", action="store_true", default=None,
+                     help="build the Bento of a newly promoted model (OPENIMAGER_BUILD_BENTO)")
+    promote = sub.add_parser("promote", help="make a stored model the served one (an older tag "
+                                             "rolls back)")
+    promote.add_argument("tag", help="name:version in the BentoML store")
     classes = sub.add_parser("classes", help="search the boxable classes and their hierarchy")
     classes.add_argument("query", nargs="?", default="")
     classes.add_argument("--tree", action="store_true", help="print the subtree of each match")
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
             options = {k: v for k, v in vars(args).items() if k != "command"}
             print(json.dumps(retrain(**options), indent=2, default=str))
+        elif args.command == "promote":
+            return promote_command(args.tag)
         elif args.command == "classes":
             print(classes_report(args))
         elif args.command in BUNDLE_COMMANDS:
@@ -80,6 +87,30 @@ def user_errors() -> tuple[type[Exception], ...]:
     from flows.publishing.secretscan import SecretFound
 
     return UnknownClassError, EmptySelection, RegistryError, SecretFound
+
+
+def promote_command(tag: str) -> int:
+    """Write the promotion record of a stored model, as the retrain flow does after a publish;
+    say what it replaced. Exit code 2 when tag is not in the BentoML store."""
+    from flows.model_store import UnknownModel, promote_stored  # BentoML loads only here
+
+    try:
+        record, before = promote_stored(tag)
+    except UnknownModel as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if before is None:
+        replaced = "nothing was promoted before"
+    elif before["tag"] == record["tag"]:
+        replaced = "it already was the promoted model"
+    else:
+        replaced = f"replaced {before['tag']}"
+    print(f"promoted {record['tag']} ({replaced})")
+    print(f"published as {record['package']}@{record['top_hash'][:12]} in {record['registry']}"
+          if record.get("top_hash") else "no published package revision of it is known")
+    print(f"its Bento: {record['bento']}" if record.get("bento") else
+          "no Bento of it is known: `bentoml build` packs it")
+    return 0
 
 
 def classes_report(args: argparse.Namespace) -> str:

@@ -81,6 +81,21 @@ def publish_section(published: dict | None, trained: dict | None) -> list[str]:
             f"`{published['top_hash']}` ({state})", ""]
 
 
+def promotion_section(promotion: dict | None, bento: dict | None) -> list[str]:
+    """What the service loads next after this run, and the Bento built of it."""
+    if promotion is None:
+        return ["## Promotion", "", "No promotion recorded: the service keeps its model.", ""]
+    where = f"published as `{promotion['package']}` top hash `{promotion['top_hash']}`" \
+        if promotion.get("top_hash") else "not published"
+    lines = ["## Promotion", "", f"`{promotion['tag']}` is the promoted model (replaced "
+             f"`{promotion.get('replaced')}`), {where}.", ""]
+    if bento is None:
+        return [*lines, "No Bento built (OPENIMAGER_BUILD_BENTO is off).", ""]
+    if bento.get("tag"):
+        return [*lines, f"Bento `{bento['tag']}` packs it.", ""]
+    return [*lines, f"**The Bento build failed** (the promotion stands): {bento['error']}", ""]
+
+
 def classification_rows(metrics: dict) -> list[dict]:
     """The per-class test metrics as table rows."""
     return [{"class": name, **values} for name, values in metrics["per_class"].items()]
@@ -88,7 +103,8 @@ def classification_rows(metrics: dict) -> list[dict]:
 
 def report(title: str, result: dict, images: dict[str, Path]) -> str:
     """The markdown report of a run from the summaries in result (refresh, dataset, train,
-    publish; whichever ran) and the pictures in images (sample_grid, confusion_matrix)."""
+    publish, promotion and bento; whichever ran) and the pictures in images (sample_grid,
+    confusion_matrix)."""
     lines = [f"# {title}", ""]
     if "refresh" in result:
         lines += refresh_section(result["refresh"])
@@ -100,6 +116,8 @@ def report(title: str, result: dict, images: dict[str, Path]) -> str:
                                if "confusion_matrix" in images else None)
     if "publish" in result:
         lines += publish_section(result["publish"], result.get("train"))
+    if "promotion" in result:
+        lines += promotion_section(result["promotion"], result.get("bento"))
     return "\n".join(lines)
 
 

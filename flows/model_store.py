@@ -1,10 +1,15 @@
-"""The BentoML model store: registering trained models with lineage, and which one is promoted."""
+"""The BentoML model store: registering trained models with lineage, which one is promoted (the
+gate, the promotion record and its pending marker), and building the Bento of the promoted one."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +22,14 @@ from model.atomic import write_json
 from model.promotion import (
     Decision,
     Incumbent,
+    append_history,
+    clear_pending,
     decide,
+    read_history,
+    read_pending,
     read_record,
     record_file,
+    write_pending,
     write_record,
 )
 
@@ -104,11 +114,79 @@ def promoted(name: str) -> dict | None:
 
 
 def promote(tag: str, **details: object) -> dict:
-    """Record tag as the promoted (served) version of its model name."""
-    record = {"tag": tag, "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              **details}
-    write_record(bentoml_home(), record)
+    """Record tag as the promoted (served) version of its model name: the one function that
+    writes the record, for the flows and `python -m flows promote` alike.
+
+    The record names the tag it replaced. Recording the promoted tag again (a rerun, a later
+    publish of the same model) keeps its promotion time and what it replaced, and updates the
+    rest with details. The pending marker of the name is cleared: this decision supersedes it.
+    """
+    home = bentoml_home()
+    name = tag.split(":", 1)[0]
+    before = read_record(home, name)
+    again = before is not None and before["tag"] == tag
+    if again:
+        record = {**before, **details}
+    else:
+        record = {"tag": tag, "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "replaced": before["tag"] if before else None, **details}
+    write_record(home, record)
+    clear_pending(home, name)
+    append_history(home, record)
+    log.info("%s %s (replaced %s)", "recorded the promoted" if again else "promoted", tag,
+             record.get("replaced"))
     return record
+
+
+class UnknownModel(LookupError):
+    """A tag that names no model in the BentoML store; the message says where it looked."""
+
+
+def promote_stored(tag: str) -> tuple[dict, dict | None]:
+    """Promote a stored model by hand (an older tag rolls back): check that tag is in the store,
+    carry over where it was last published (from the promotion history), and record it.
+    Returns the new record and the record it replaced (None if nothing was promoted)."""
+    try:
+        stored = bentoml.models.get(tag)
+    except (bentoml.exceptions.BentoMLException, ValueError) as error:
+        raise UnknownModel(f"no model {tag!r} in the BentoML store under {bentoml_home()}: "
+                           "`bentoml models list` shows the stored tags") from error
+    tag = str(stored.tag)  # "name:latest" resolved
+    name = tag.split(":", 1)[0]
+    before = promoted(name)
+    published = next((r for r in reversed(read_history(bentoml_home(), name))
+                      if r.get("tag") == tag and r.get("top_hash")), {})
+    carried = {k: published[k] for k in ("package", "registry", "top_hash", "bento")
+               if k in published}
+    reason = "promoted by hand with python -m flows promote"
+    return promote(tag, reason=reason, **carried), before
+
+
+def pending(name: str) -> dict | None:
+    """The promotion the gate decided for name but no publish has completed yet, or None."""
+    return read_pending(bentoml_home(), name)
+
+
+def finish_pending(name: str, newest: tuple[str, dict] | None, package: str,
+                   registry: str) -> dict | None:
+    """Finish a promotion that a run decided and published but was stopped before recording.
+
+    newest is the package's newest revision (top hash, metadata) in the registry. If it holds
+    the pending model, the publish happened: its record is written now. Otherwise the publish
+    never completed and the marker is void (the next gate decides afresh). Returns the record
+    written, or None.
+    """
+    marker = pending(name)
+    if marker is None:
+        return None
+    if newest is not None and newest[1].get("model_tag") == marker["tag"]:
+        log.warning("%s was published as %s@%s but its run stopped before recording the "
+                    "promotion: recording it now", marker["tag"], package, newest[0][:12])
+        return promote(marker["tag"], **marker["details"], package=package, registry=registry,
+                       top_hash=newest[0])
+    log.info("the pending promotion of %s was never published: dropped", marker["tag"])
+    clear_pending(bentoml_home(), name)
+    return None
 
 
 def incumbent(name: str, class_names: list[str],
@@ -129,20 +207,28 @@ def incumbent(name: str, class_names: list[str],
 
 
 def annotate_promotion(tag: str, **details: object) -> dict | None:
-    """Add details (e.g. the published package and top hash) to the promotion record of tag's
-    name if it still names tag; return the record, or None if tag is not the promoted one."""
+    """Add details learnt after the promotion (the Bento built of it) to the promotion record
+    of tag's name if it still names tag; return the record, or None if tag is not the promoted
+    one."""
     record = promoted(tag.split(":", 1)[0])
     if record is None or record["tag"] != tag:
         return None
     record = {**record, **details}
     write_record(bentoml_home(), record)
+    append_history(bentoml_home(), record)
     return record
 
 
 def gate(tag: str, class_names: list[str], metric: str, candidate_score: float | None,
          score: Callable[[keras.Model, dict], float | None], force: bool = False,
-         **details: object) -> Decision:
-    """Decide whether tag replaces the promoted model of its name, and record it if so."""
+         promote_now: bool = True, **details: object) -> Decision:
+    """Decide whether tag replaces the promoted model of its name.
+
+    With promote_now, a promotion is recorded at once (the train flow, which publishes
+    nothing). Without, the decision is only marked pending beside the record: the retrain flow
+    writes the record once the model is published, so the service never serves a model the
+    registry does not hold.
+    """
     name = tag.split(":", 1)[0]
     record = promoted(name)
     if record is not None and record["tag"] == tag:  # a resumed run, or the same model again
@@ -151,6 +237,40 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
     decision = decide(metric, candidate_score, class_names, incumbent(name, class_names, score),
                       force)
     if decision.promote:
-        promote(tag, metric=metric, score=candidate_score, reason=decision.reason, **details)
+        what = {"metric": metric, "score": candidate_score, "reason": decision.reason, **details}
+        if promote_now:
+            promote(tag, **what)
+        else:
+            write_pending(bentoml_home(), {
+                "tag": tag, "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "replaces": decision.incumbent_tag, "details": what})
     log.info("%s: %s", tag, decision.reason)
     return decision
+
+
+BENTO_BUILD_SECONDS = 900
+
+
+def build_bento(tag: str, root: Path) -> str:
+    """`bentoml build` the service in root with the promoted model packed; return the Bento's
+    tag. Raises RuntimeError (with the end of the build's output) if it failed or packed
+    another model than tag, e.g. because tag is no longer the promoted one."""
+    # The promotion record picks the model (service/source.py): no variable may override it.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENIMAGER_MODEL_PATH", "OPENIMAGER_MODEL_TAG")}
+    env.update(OPENIMAGER_MODEL_NAME=tag.split(":", 1)[0], BENTOML_DO_NOT_TRACK="true")
+    try:
+        done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+                              cwd=root, env=env, capture_output=True, text=True,
+                              timeout=BENTO_BUILD_SECONDS, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"bentoml build took over {BENTO_BUILD_SECONDS} s") from error
+    found = re.search(r"__tag__:(\S+)", done.stdout)
+    if done.returncode != 0 or not found:
+        tail = (done.stdout + done.stderr).strip()[-1500:]
+        raise RuntimeError(f"bentoml build exited with {done.returncode}: {tail}")
+    bento = bentoml.bentos.get(found.group(1))
+    packed = [str(m.tag) for service in bento.info.services for m in service.models]
+    if packed != [tag]:
+        raise RuntimeError(f"the Bento {bento.tag} packs {packed}, not {tag}")
+    return str(bento.tag)

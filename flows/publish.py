@@ -21,15 +21,42 @@ def publish_task(settings: Settings, trained: dict, built: dict) -> dict:
     return asdict(stages.publish_bundle(settings, trained, built))
 
 
+@task(cache_policy=NO_CACHE)
+def promote_task(settings: Settings, trained: dict, published: dict) -> dict:
+    """Write the promotion record of the published model (what the service loads next), then
+    build its Bento if build_bento is on (a failed build is reported, not raised)."""
+    return stages.promote_published(settings, trained, published)
+
+
+def promotion_lines(promoted: dict | None) -> list[str]:
+    """What a run's promotion step recorded and built, in words."""
+    if promoted is None:
+        return []
+    record, bento = promoted["promotion"], promoted["bento"]
+    if record is None:
+        return ["promotion not recorded: another model was promoted since the gate decided"]
+    replaced = record.get("replaced") or "nothing"
+    lines = [f"promotion recorded: {record['tag']} (replaced {replaced})"]
+    if bento:
+        lines.append(f"Bento {bento['tag']}" if bento["tag"] else
+                     f"Bento NOT built (the promotion stands): {bento['error']}")
+    return lines
+
+
 @flow(name="publish", log_prints=True)
 def publish(registry: str | None = None, package_name: str | None = None,
             workspace: str | None = None, trained: dict | None = None,
             built: dict | None = None) -> dict:
-    """Publish the workspace's last trained model with its data (or the summaries given)."""
+    """Publish the workspace's last trained model with its data (or the summaries given); if
+    that model passed the promotion gate, record its promotion once it is published."""
     settings = settings_from(registry=registry, package_name=package_name, workspace=workspace)
     trained = trained or stages.last_summary(settings, "train")
     built = built or stages.last_summary(settings, "build")
     published = publish_task(settings, trained, built)
     print(f"published {published['name']}@{published['top_hash']} to {published['registry']}")
-    record("publish", {"publish": published, "train": trained}, {})
+    promoted = promote_task(settings, trained, published) if trained["promoted"] else None
+    for line in promotion_lines(promoted):
+        print(line)
+    record("publish", {"publish": published, "train": trained,
+                       **(promoted or {"promotion": None})}, {})
     return published

@@ -1,20 +1,46 @@
 """Prefect flow: the whole job, refresh to publish, for scheduled retraining.
 
-Only a promoted model is published: the package's latest revision is always the model the
-service should serve. A model that is not promoted stays in the BentoML store, and the run's
-report says why; the data of that run is published with the next promoted model.
+Only a promoted model is published, and a model is promoted only once it is published: the
+gate decides after training (and marks its decision pending beside the promotion record), the
+package is pushed, and only then is the promotion record written (what the service loads
+next), naming the package revision. A run stopped anywhere leaves the record naming the
+newest revision's model, or the one before it while the new revision's record is pending; the
+next run finishes that pending promotion first. A model that is not promoted stays in the
+BentoML store, and the run's report says why; the data of that run is published with the next
+promoted model. With build_bento, the Bento of a newly promoted model is built last.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+import os
+import signal
 
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
 from flows.artifacts import record
 from flows.fanout import shared_cluster
 from flows.params import Architecture, Runner, Version, report_images, settings_from
-from flows.publish import publish_task
+from flows.publish import promote_task, promotion_lines, publish_task
 from flows.refresh import check_inputs, refresh_task
+from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
+
+KILL_AT = "OPENIMAGER_TEST_KILL_AT"  # test-only, see stop_here_for_tests
+
+
+def stop_here_for_tests(boundary: str) -> None:
+    """Test-only (tests/test_promotion_loop.py): die by SIGKILL at this stage boundary, as a
+    killed worker would, when OPENIMAGER_TEST_KILL_AT names it. Not a setting."""
+    if os.environ.get(KILL_AT) == boundary:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(cache_policy=NO_CACHE)
+def finish_pending_task(settings: Settings) -> dict | None:
+    """Record the promotion a stopped run published but did not record, if any."""
+    return stages.finish_pending_promotion(settings)
 
 
 @flow(name="retrain", log_prints=True)
@@ -34,34 +60,44 @@ def retrain(
     package_name: str | None = None,
     force_promote: bool | None = None,
     task_runner: Runner | None = None,
+    build_bento: bool | None = None,
 ) -> dict:
-    """Refresh, crop, train and register; publish the model with its data if it was promoted.
-    Returns every stage's summary."""
+    """Refresh, crop, train and register; if the model passes the gate, publish it with its
+    data, record its promotion, and build its Bento (build_bento). Returns every stage's
+    summary."""
     settings = settings_from(
         classes=classes, exclude_classes=exclude_classes,
         openimages_version=openimages_version, workspace=workspace, metadata_url=metadata_url,
         image_endpoint_url=image_endpoint_url, max_images_per_class=max_images_per_class,
         max_crops_per_class=max_crops_per_class, epochs=epochs, image_size=image_size,
         architecture=architecture, registry=registry, package_name=package_name,
-        force_promote=force_promote, task_runner=task_runner,
+        force_promote=force_promote, task_runner=task_runner, build_bento=build_bento,
     )
     check_inputs(settings, registry=True)
+    finished = finish_pending_task(settings)
+    if finished:
+        print(f"finished the promotion of {finished['tag']}, published by a stopped run")
     with shared_cluster(settings) as fanned:
         refreshed = refresh_task(fanned)
+        stop_here_for_tests("refresh")
         built = build_task(fanned)
-    trained = train_task(settings)
-    published = None
+        stop_here_for_tests("build")
+    trained = train_task(settings, promote_now=False)
+    stop_here_for_tests("train")
+    published = promoted = None
     if trained["promoted"]:
         published = publish_task(settings, trained, built)
-        from flows.model_store import annotate_promotion  # the service shows its model's bundle
-
-        annotate_promotion(trained["model_tag"], package=published["name"],
-                           registry=published["registry"], top_hash=published["top_hash"])
-    result = {"refresh": refreshed, "dataset": built, "train": trained, "publish": published}
+        stop_here_for_tests("publish")
+        promoted = promote_task(settings, trained, published)
+    result = {"refresh": refreshed, "dataset": built, "train": trained, "publish": published,
+              "promotion": promoted and promoted["promotion"],
+              "bento": promoted and promoted["bento"]}
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
           f"{built['crops']} crops; test accuracy {trained['metrics']['accuracy']}")
     print(promotion_line(trained))
     print(f"published {published['name']}@{published['top_hash'][:12]}" if published
           else "not published: the model was not promoted")
+    for line in promotion_lines(promoted):
+        print(line)
     record("retrain", result, report_images(settings))
     return result

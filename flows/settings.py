@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     force_promote: bool = False
     # A model already trained on the same dataset, config and code is reused, not trained again.
     reuse_trained: bool = True
+    # After a promotion, `bentoml build` the Bento of the new model (on in prefect.yaml's
+    # deployments; off for the command line and the tests, where it costs a minute).
+    build_bento: bool = False
 
     model_name: str = "openimager-classifier"
     # "embedded": a local S3 registry kept in registry_dir; or any s3:// bucket.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,9 +148,13 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
     return summary
 
 
-def train(settings: Settings) -> dict:
-    """Train on the crops, score on the test split, register the model with BentoML, and
-    promote it if it scores at least the promoted model on the same test split.
+def train(settings: Settings, promote_now: bool = True) -> dict:
+    """Train on the crops, score on the test split, register the model with BentoML, and pass
+    the gate: promote it if it scores at least the promoted model on the same test split.
+
+    With promote_now the promotion record is written here; without (the retrain flow) the gate
+    only decides and marks the promotion pending, and record_promotion writes the record after
+    the publish. "promoted" in the summary is the gate's verdict either way.
 
     A model already trained on the same dataset with the same configuration and code is reused
     (unless reuse_trained is off): a rerun after a failed publish does not train again.
@@ -186,7 +191,8 @@ def train(settings: Settings) -> dict:
                               int(theirs["image_size"]), settings.batch_size)[metric]
 
     decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric], score,
-                    settings.force_promote, dataset_id=metadata["dataset_id"])
+                    settings.force_promote, promote_now=promote_now,
+                    dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}
@@ -265,3 +271,64 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
                        registry, message, allow_dirty=settings.publish_uncommitted,
                        image_dir=settings.image_dir if settings.publish_images else None)
+
+
+def finish_pending_promotion(settings: Settings) -> dict | None:
+    """Finish the promotion a stopped run decided and published but did not record (see
+    model_store.finish_pending). Opens the registry only when a promotion is pending."""
+    from flows.model_store import finish_pending, pending
+    from flows.publishing.bundle import latest_meta
+
+    if pending(settings.model_name) is None:
+        return None
+    with opened(settings.registry, settings.registry_dir) as registry:
+        newest = latest_meta(settings.package_name, registry)
+        return finish_pending(settings.model_name, newest, settings.package_name, registry)
+
+
+def record_promotion(trained: dict, published: dict) -> dict | None:
+    """After the publish: write the promotion record of a model that passed the gate, naming
+    the package revision it was published in. Returns the record, or None when another model
+    was promoted since the gate decided (by hand, say): that later decision stands."""
+    from flows.model_store import promote, promoted
+
+    tag, decision = trained["model_tag"], trained["promotion"]
+    current = promoted(tag.split(":", 1)[0])
+    if current is not None and current["tag"] not in (tag, decision.get("incumbent_tag")):
+        log.warning("%s is not promoted: %s was promoted after the gate compared it with %s",
+                    tag, current["tag"], decision.get("incumbent_tag"))
+        return None
+    publication = {"package": published["name"], "registry": published["registry"],
+                   "top_hash": published["top_hash"]}
+    if current is not None and current["tag"] == tag:  # keep why and when it was promoted
+        return promote(tag, **publication)
+    return promote(tag, metric=decision["metric"], score=decision["candidate_score"],
+                   reason=decision["reason"], dataset_id=trained["dataset_id"], **publication)
+
+
+def build_bento(tag: str) -> dict:
+    """Build the Bento of the promoted model tag and note its tag in the promotion record.
+    A failed build is logged and returned as the error: the promotion stands."""
+    from flows.model_store import annotate_promotion
+    from flows.model_store import build_bento as build
+
+    started = time.monotonic()
+    try:
+        bento = build(tag, PROJECT_ROOT)
+    except Exception as error:  # noqa: BLE001 - any failure leaves the promotion in place
+        log.error("no Bento of %s: %s (the promotion stands)", tag, error)
+        return {"tag": None, "error": str(error)}
+    annotate_promotion(tag, bento=bento)
+    return {"tag": bento, "error": None, "seconds": round(time.monotonic() - started, 1)}
+
+
+def promote_published(settings: Settings, trained: dict, published: dict) -> dict:
+    """Record the promotion of a published model that passed the gate, then build its Bento
+    if build_bento is on; return (and leave in the workspace) what was recorded and built."""
+    record = record_promotion(trained, published)
+    bento = build_bento(record["tag"]) if record is not None and settings.build_bento else None
+    if bento and bento["tag"]:
+        record = {**record, "bento": bento["tag"]}
+    summary = {"promotion": record, "bento": bento}
+    write_json(summary_path(settings, "promote"), summary)
+    return summary

@@ -20,10 +20,11 @@ def build_task(settings: Settings) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def train_task(settings: Settings) -> dict:
+def train_task(settings: Settings, promote_now: bool = True) -> dict:
     """Fit (or reuse the model already trained on this dataset), evaluate on the test split,
-    register with BentoML, pass the promotion gate."""
-    return stages.train(settings)
+    register with BentoML, pass the promotion gate (recording the promotion at once, or with
+    promote_now off only deciding it, for the retrain flow to record after the publish)."""
+    return stages.train(settings, promote_now)
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -42,7 +43,10 @@ def build_dataset(workspace: str | None = None, max_crops_per_class: int | None 
 def train(workspace: str | None = None, epochs: int | None = None,
           architecture: Architecture | None = None, weights: str | None = None,
           image_size: int | None = None, force_promote: bool | None = None) -> dict:
-    """Train on the last built dataset, register the model, promote it if it is no worse."""
+    """Train on the last built dataset, register the model, promote it if it is no worse.
+
+    This flow publishes nothing, so it records the promotion at once; the publish flow, run
+    after it, adds the package revision to the record."""
     settings = settings_from(workspace=workspace, epochs=epochs, architecture=architecture,
                              weights=weights, image_size=image_size, force_promote=force_promote)
     trained = train_task(settings)

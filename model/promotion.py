@@ -1,6 +1,10 @@
 """The promotion gate (does a newly trained model replace the served one?) and the promotion
 record, the small JSON file that says which model to serve. Imports no store or framework: the
-pipeline writes the record and the service reads it, each passing BentoML's home folder."""
+pipeline writes the record and the service reads it, each passing BentoML's home folder.
+
+Beside the record: the pending marker (a gate's decision whose publish has not completed yet,
+for operators and for the next run to finish) and the history (every record written, one JSON
+line each, so a rollback can carry the older model's publication)."""
 
 from __future__ import annotations
 
@@ -91,3 +95,51 @@ def read_record(home: Path, name: str) -> dict | None:
 def write_record(home: Path, record: dict) -> None:
     """Replace the promotion record of the model that record["tag"] names, atomically."""
     write_json(record_file(home, record["tag"].split(":", 1)[0]), record)
+
+
+def pending_file(home: Path, name: str) -> Path:
+    """Where a promotion decided but not yet published and recorded is marked, beside the record."""
+    return record_file(home, name).with_suffix(".pending.json")
+
+
+def read_pending(home: Path, name: str) -> dict | None:
+    """The pending promotion of name ({"tag", "decided_at", "decision", ...}), or None."""
+    path = pending_file(home, name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_pending(home: Path, pending: dict) -> None:
+    """Mark pending["tag"] as decided for promotion, atomically."""
+    write_json(pending_file(home, pending["tag"].split(":", 1)[0]), pending)
+
+
+def clear_pending(home: Path, name: str) -> None:
+    """Remove the pending marker of name, if any."""
+    pending_file(home, name).unlink(missing_ok=True)
+
+
+def history_file(home: Path, name: str) -> Path:
+    """Every promotion record of name ever written, one JSON line each, oldest first."""
+    return record_file(home, name).with_suffix(".history.jsonl")
+
+
+def append_history(home: Path, record: dict) -> None:
+    """Add a written record to its name's history (a line torn by a crash is skipped on read)."""
+    path = history_file(home, record["tag"].split(":", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+
+def read_history(home: Path, name: str) -> list[dict]:
+    """The promotion records of name, oldest first."""
+    path = history_file(home, name)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the tail of a write cut short
+            continue
+    return records

@@ -136,6 +136,8 @@ def test_the_package_is_in_the_registry_and_the_model_in_the_store(retrained, lo
     models = bentoml.models.list(MODEL)
     assert len(models) == 1 and promoted(MODEL)["tag"] == str(models[0].tag)
     assert promoted(MODEL)["package"] == PACKAGE  # the service can name its bundle
+    # prefect.yaml turns OPENIMAGER_BUILD_BENTO on: the Bento of the promoted model was built.
+    assert promoted(MODEL)["bento"].startswith("openimager:")
 
 
 def test_the_run_left_its_report_and_classification_table(stack, retrained):
