@@ -254,6 +254,6 @@ def ensure(url: str, dest: Path, size: int | None = None, md5: str | None = None
         except MetadataError as error:
             reason = str(error)
             write_json(rejected_path(dest), {"head": head, "reason": reason})
-    log.warning("%s changed upstream, but the new version failed verification (%s); still "
-                "using the verified copy in %s", dest.name, reason, dest.parent)
+    log.warning("%s; the new upstream version failed verification, still using the verified "
+                "copy in %s", reason, dest.parent)
     return stamp
