@@ -105,7 +105,7 @@ class Metadata:
         """Boxes of the given labels per split, from the cache or streamed from the CSVs."""
         found = {}
         for split in self.splits:
-            what = f"boxes of {len(mids)} classes in {split}"
+            what = f"boxes of {len(mids)} label{'s' * (len(mids) != 1)} in {split}"
             if self.use_cache:
                 with self.progress(f"selecting {what}", unit="boxes",
                                    done=f"selected {what}") as advance:
