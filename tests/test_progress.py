@@ -109,9 +109,9 @@ def test_a_refresh_reports_download_verify_cache_and_selection(mirror, tmp_path)
     assert all(LINE.match(line) for line in lines), lines
     steps = [LINE.match(line)["what"] for line in lines]
     name = "validation-annotations-bbox.csv"
-    assert f"downloaded {name}" in steps and f"verified MD5 of {name}" in steps
+    assert f"downloaded {name}" in steps and f"computed MD5 of {name}" in steps
     assert f"parsed {name} into the cache" in steps
-    assert "selected boxes of 1 label in validation" in steps  # Hamburger, a leaf
+    assert "selected boxes of 1 label in validation from the cache" in steps  # a leaf class
     assert any(s.startswith("looked up info of") for s in steps)
     size = amount((tmp_path / "v5" / name).stat().st_size, "B")
     assert any(line.startswith(f"metadata: downloaded {name} ({size}) in ") for line in lines)

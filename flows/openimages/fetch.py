@@ -88,12 +88,13 @@ def transient(error: BaseException | None) -> bool:
                               requests.exceptions.ContentDecodingError))
 
 
-def md5_of(path: Path, progress: Progress = quiet) -> str:
-    """Hex MD5 of a file, read in blocks."""
+def md5_of(path: Path, progress: Progress = quiet, verb: str = "computed") -> str:
+    """Hex MD5 of a file, read in blocks; verb says what the digest is for, in the progress."""
     digest = hashlib.md5()
+    doing = {"computed": "computing", "verified": "verifying"}.get(verb, verb)
     with path.open("rb") as handle, progress(
-            f"verifying MD5 of {_name(path)}", path.stat().st_size,
-            done=f"verified MD5 of {_name(path)}") as advance:
+            f"{doing} MD5 of {_name(path)}", path.stat().st_size,
+            done=f"{verb} MD5 of {_name(path)}") as advance:
         while block := handle.read(BLOCK):
             digest.update(block)
             advance(len(block))
@@ -194,7 +195,7 @@ def fetch(url: str, dest: Path, size: int | None = None, md5: str | None = None,
         if expected is not None and actual_size != expected:
             raise ChecksumError(f"{dest.name} from {url}: expected {expected} bytes, got "
                                 f"{actual_size}")
-        actual_md5 = md5_of(part, progress)
+        actual_md5 = md5_of(part, progress, "verified" if md5 else "computed")
         if md5 is not None and actual_md5 != md5:
             raise ChecksumError(f"{dest.name} from {url}: expected MD5 {md5}, got {actual_md5}")
         stamp = Stamp(url, actual_size, actual_md5, validators["etag"],

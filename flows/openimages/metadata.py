@@ -107,8 +107,8 @@ class Metadata:
         for split in self.splits:
             what = f"boxes of {len(mids)} label{'s' * (len(mids) != 1)} in {split}"
             if self.use_cache:
-                with self.progress(f"selecting {what}", unit="boxes",
-                                   done=f"selected {what}") as advance:
+                with self.progress(f"selecting {what} from the cache", unit="boxes",
+                                   done=f"selected {what} from the cache") as advance:
                     found[split] = cache.boxes_from_cache(self.cache_path("boxes", split), mids)
                     advance(found[split].num_rows)
             else:
@@ -124,10 +124,10 @@ class Metadata:
         """Image info of the given ImageIDs across the splits."""
         parts = []
         for split in self.splits:
-            what = f"info of {len(image_ids)} images in {split}"
+            what = f"info of {len(image_ids)} images"
             if self.use_cache:
-                with self.progress(f"looking up {what}", unit="rows",
-                                   done=f"looked up {what}") as advance:
+                with self.progress(f"looking up {what} in the {split} cache", unit="rows",
+                                   done=f"looked up {what} in the {split} cache") as advance:
                     parts.append(cache.images_from_cache(self.cache_path("images", split),
                                                          image_ids))
                     advance(parts[-1].num_rows)
