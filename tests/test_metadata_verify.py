@@ -151,3 +151,14 @@ def test_only_network_errors_and_server_errors_are_transient():
     assert not transient(MetadataError("x.csv: line 3: expected 13 columns, got 4"))
     assert not transient(ValueError("unknown Open Images class"))
     assert not transient(None)
+
+
+def test_a_local_copy_damaged_since_says_how_to_recover(upstream, tmp_path):
+    root = tmp_path / "meta"
+    store(upstream, root, use_cache=False).refresh()
+    cut_a_row_short(root / BOXES)  # the stamp still vouches for it
+    with pytest.raises(MetadataError, match=f"line 11: .*; delete {root / BOXES} to fetch it"):
+        store(upstream, root).refresh()
+    (root / BOXES).unlink()
+    store(upstream, root).refresh()
+    assert read_stamp(root / BOXES).size == (upstream.root / BOXES).stat().st_size

@@ -51,7 +51,12 @@ class Metadata:
                 target, stamp = self.cache_path(kind, split), self.stamps[(kind, split)]
                 if kind in SCHEMAS and not cache.is_fresh(target, stamp):
                     log.info("building the %s cache of %s", kind, path.name)
-                    self._build(kind, split, path, stamp)
+                    try:
+                        self._build(kind, split, path, stamp)
+                    except csvread.MetadataError as error:
+                        # A copy verified by an older release of this code, or damaged since.
+                        raise csvread.MetadataError(
+                            f"{error}; delete {path} to fetch it again") from error
         return self
 
     def _build(self, kind: str, split: str, csv: Path, stamp: Stamp) -> None:
