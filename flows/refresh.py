@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from flows import stages
 from flows.artifacts import record
 from flows.download_flow import chunk_runner
-from flows.openimages.ontology import UnknownClassError
-from flows.openimages.select import EmptySelection
-from flows.params import Runner, Version, retry_unless, settings_from
-from flows.publishing.registries import EMBEDDED, RegistryError, check_registry
+from flows.openimages.fetch import transient
+from flows.openimages.sources import Transient
+from flows.params import Runner, Version, settings_from
+from flows.publishing.registries import EMBEDDED, check_registry
 from flows.settings import Settings
 
 
+def upstream_failed(task: object, task_run: object, state: State) -> bool:
+    """Retry only what another try can mend: the network or the upstream server (5xx, 429).
+    A malformed or unverifiable file, an unknown class, bad settings, an empty selection or a
+    registry problem fail at once."""
+    error = state.result(raise_on_failure=False) if state.is_failed() else None
+    return isinstance(error, Transient) or transient(error)
+
+
 @task(retries=3, retry_delay_seconds=[5, 30, 120], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_unless(UnknownClassError, RegistryError), cache_policy=NO_CACHE)
+      retry_condition_fn=upstream_failed, cache_policy=NO_CACHE)
 def check_inputs(settings: Settings, registry: bool = False) -> list[str]:
     """Resolve the class names (fetching only the ontology) and, when the run publishes, check
     the registry: a typo or a missing bucket fails the run before any heavy work."""
@@ -27,7 +36,7 @@ def check_inputs(settings: Settings, registry: bool = False) -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=[30, 120], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_unless(EmptySelection), cache_policy=NO_CACHE)
+      retry_condition_fn=upstream_failed, cache_policy=NO_CACHE)
 def refresh_task(settings: Settings) -> dict:
     """Metadata, selection and image download (all network-bound, and resumable); the download
     fans out as chunk tasks of a download-images subflow."""

@@ -21,6 +21,7 @@ from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
 from flows.openimages.releases import KINDS
 from flows.openimages.select import Filters, images_of, select_boxes, summary
+from flows.progress import stepper
 from flows.publishing.bundle import Published, publish
 from flows.publishing.lineage import PROJECT_ROOT, git_commit
 from flows.publishing.registries import opened
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 def metadata(settings: Settings, kinds: tuple[str, ...] = KINDS) -> Metadata:
     """The release's metadata on disk: fetched if missing or changed upstream, then cached."""
     store = Metadata(settings.metadata_url, settings.metadata_dir, settings.openimages_version,
-                     tuple(settings.splits), settings.check_upstream, settings.metadata_cache)
+                     tuple(settings.splits), settings.check_upstream, settings.metadata_cache,
+                     progress=stepper("metadata"))
     return store.refresh(kinds)
 
 

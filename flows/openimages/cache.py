@@ -27,7 +27,7 @@ from flows.openimages.csvread import (
     stream,
     valid_boxes,
 )
-from flows.openimages.fetch import Stamp
+from flows.openimages.fetch import Progress, Stamp, quiet
 from model.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,16 @@ def is_fresh(cache: Path, source: Stamp) -> bool:
 
 
 def _spool(csv: Path, spool: Path, columns: list[str], types: dict[str, pa.DataType],
-           boxes: bool) -> tuple[int, int]:
+           boxes: bool, progress: Progress) -> tuple[int, int]:
     """Stream the CSV into an uncompressed IPC file in file order; return (rows, skipped)."""
     rows = skipped = 0
     spool.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([(c, types[c]) for c in columns])
-    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in stream(csv, columns, types):
+    name = csv.name.removesuffix(".part")
+    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, progress(
+            f"parsing {name} into the cache", csv.stat().st_size,
+            done=f"parsed {name} into the cache") as advance:
+        for batch in stream(csv, columns, types, advance):
             if boxes:
                 ok = valid_boxes(batch)
                 skipped += batch.num_rows - (pc.sum(ok).as_py() or 0)
@@ -75,11 +78,20 @@ def _mapped(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def build_box_cache(csv: Path, source: Stamp, dest: Path) -> dict:
-    """Convert a box CSV into a Parquet file sorted by LabelName; return its sidecar info."""
+def _retire(dest: Path) -> None:
+    """Drop the old sidecar before the new cache moves in: a crash in between must leave a
+    cache that reads as stale, never new rows under the old source's sidecar."""
+    _info_path(dest).unlink(missing_ok=True)
+
+
+def build_box_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = quiet) -> dict:
+    """Convert a box CSV into a Parquet file sorted by LabelName; return its sidecar info.
+
+    Every row is parsed first: a malformed file raises MetadataError and leaves dest as it was.
+    """
     spool = dest.with_name(dest.name + ".spool")
     try:
-        rows, skipped = _spool(csv, spool, BOX_COLUMNS, BOX_TYPES, boxes=True)
+        rows, skipped = _spool(csv, spool, BOX_COLUMNS, BOX_TYPES, True, progress)
         table = _mapped(spool)
         labels = pc.dictionary_encode(table["LabelName"]).combine_chunks()
         # Sort the small dictionary, then the rows by their label's rank: cheap and stable.
@@ -87,6 +99,7 @@ def build_box_cache(csv: Path, source: Stamp, dest: Path) -> dict:
         order = np.argsort(rank[labels.indices.to_numpy()], kind="stable")
         counts = dict(zip(*np.unique(labels.indices.to_numpy(), return_counts=True), strict=True))
         label_counts = {labels.dictionary[int(i)].as_py(): int(n) for i, n in counts.items()}
+        _retire(dest)
         with atomic_path(dest) as tmp, pq.ParquetWriter(
             tmp, table.schema, compression="zstd", use_dictionary=["ImageID", "Source", "LabelName"]
         ) as writer:
@@ -99,20 +112,24 @@ def build_box_cache(csv: Path, source: Stamp, dest: Path) -> dict:
             "rows": rows, "skipped_invalid_boxes": skipped, "label_counts": label_counts}
     if skipped:
         log.warning("%s: skipped %d boxes with coordinates outside 0..1 or min >= max",
-                    csv.name, skipped)
+                    csv.name.removesuffix(".part"), skipped)
     write_json(_info_path(dest), info)
     return info
 
 
-def build_image_cache(csv: Path, source: Stamp, dest: Path) -> dict:
-    """Convert an image-info CSV into an IPC file sorted by ImageID key; return its info."""
+def build_image_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = quiet) -> dict:
+    """Convert an image-info CSV into an IPC file sorted by ImageID key; return its info.
+
+    Every row is parsed first: a malformed file raises MetadataError and leaves dest as it was.
+    """
     spool = dest.with_name(dest.name + ".spool")
     try:
-        rows, _ = _spool(csv, spool, IMAGE_COLUMNS, IMAGE_TYPES, boxes=False)
+        rows, _ = _spool(csv, spool, IMAGE_COLUMNS, IMAGE_TYPES, False, progress)
         table = _mapped(spool)
         keys = image_keys(table["ImageID"])
         order = np.argsort(keys, kind="stable")
         schema = pa.schema([("Key", pa.uint64()), *table.schema])
+        _retire(dest)
         with atomic_path(dest) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, schema) as writer:
             for start in range(0, rows, SORT_CHUNK):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,43 @@ def _line_of(path: Path, text: str) -> int | None:
     return None
 
 
-def stream(path: Path, columns: list[str], types: dict[str, pa.DataType]
-           ) -> Iterator[pa.RecordBatch]:
-    """Yield typed record batches of the given columns; a malformed row raises MetadataError."""
+class _Counted(io.RawIOBase):
+    """A file that reports the bytes read from it, for progress on a parse."""
+
+    def __init__(self, path: Path, advance: Callable[[int], None]) -> None:
+        self._file = path.open("rb", buffering=0)
+        self._advance = advance
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        n = self._file.readinto(buffer) or 0
+        self._advance(n)
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def stream(path: Path, columns: list[str], types: dict[str, pa.DataType],
+           advance: Callable[[int], None] | None = None) -> Iterator[pa.RecordBatch]:
+    """Yield typed record batches of the given columns; a malformed row raises MetadataError.
+
+    Every row is parsed and its column count checked, the columns not kept included; advance
+    gets the bytes read as the parse goes.
+    """
     bad: list[pv.InvalidRow] = []
 
     def reject(row: pv.InvalidRow) -> str:
         bad.append(row)
         return "error"
 
+    source = io.BufferedReader(_Counted(path, advance), BLOCK) if advance else None
     try:
         reader = pv.open_csv(
-            path,
+            source or path,
             read_options=pv.ReadOptions(block_size=BLOCK),
             parse_options=pv.ParseOptions(invalid_row_handler=reject),
             convert_options=pv.ConvertOptions(include_columns=columns, column_types=types),
@@ -64,6 +90,21 @@ def stream(path: Path, columns: list[str], types: dict[str, pa.DataType]
                 f"{row.actual_columns} (truncated or corrupt file?): {row.text[:120]!r}"
             ) from error
         raise MetadataError(f"{path}: {error}") from error
+    finally:
+        if source is not None:
+            source.close()
+
+
+def ends_complete(path: Path) -> None:
+    """Raise MetadataError unless the file ends with a newline, as every published CSV does:
+    a file cut off mid-line can still parse when the cut falls inside the last field."""
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            raise MetadataError(f"{path}: empty file")
+        handle.seek(-1, 2)
+        if handle.read(1) != b"\n":
+            raise MetadataError(f"{path}: the last line has no newline (truncated file?)")
 
 
 def valid_boxes(batch: pa.RecordBatch) -> pa.Array:
@@ -78,7 +119,8 @@ def valid_boxes(batch: pa.RecordBatch) -> pa.Array:
 GREP_LABELS = 8  # up to this many labels, scan bytes for them instead of parsing every row
 
 
-def _grep_lines(path: Path, needles: list[bytes]) -> bytes | None:
+def _grep_lines(path: Path, needles: list[bytes],
+                advance: Callable[[int], None] | None = None) -> bytes | None:
     """The header plus every line containing one of needles, or None if fields are quoted."""
     lines: list[bytes] = []
 
@@ -97,6 +139,8 @@ def _grep_lines(path: Path, needles: list[bytes]) -> bytes | None:
             return None  # quoted fields: a byte scan could miss labels, so parse instead
         rest = b""
         while block := handle.read(SCAN_BLOCK):
+            if advance:
+                advance(len(block))
             block = rest + block
             cut = block.rfind(b"\n") + 1
             scan(block[:cut])
@@ -106,19 +150,21 @@ def _grep_lines(path: Path, needles: list[bytes]) -> bytes | None:
     return header + b"\n".join(lines) + b"\n"
 
 
-def _label_batches(path: Path, mids: list[str]) -> Iterator[pa.RecordBatch]:
+def _label_batches(path: Path, mids: list[str], advance: Callable[[int], None] | None = None
+                   ) -> Iterator[pa.RecordBatch]:
     """Batches holding at least the rows of the given labels (maybe others, filtered later)."""
     if len(mids) <= GREP_LABELS:
-        found = _grep_lines(path, [f",{mid},".encode() for mid in mids])
+        found = _grep_lines(path, [f",{mid},".encode() for mid in mids], advance)
         if found is not None:
             table = pv.read_csv(pa.BufferReader(found), convert_options=pv.ConvertOptions(
                 include_columns=BOX_COLUMNS, column_types=BOX_TYPES))
             yield from table.to_batches()
             return
-    yield from stream(path, BOX_COLUMNS, BOX_TYPES)
+    yield from stream(path, BOX_COLUMNS, BOX_TYPES, advance)
 
 
-def read_boxes(path: Path, mids: list[str]) -> tuple[pa.Table, int]:
+def read_boxes(path: Path, mids: list[str], advance: Callable[[int], None] | None = None
+               ) -> tuple[pa.Table, int]:
     """Read the boxes of the given labels from a box CSV; return (table, invalid boxes skipped).
 
     For a few labels the file is scanned as bytes and only the matching lines are parsed,
@@ -127,7 +173,7 @@ def read_boxes(path: Path, mids: list[str]) -> tuple[pa.Table, int]:
     """
     wanted = pa.array(mids, pa.string())
     kept, skipped = [], 0
-    for batch in _label_batches(path, mids):
+    for batch in _label_batches(path, mids, advance):
         batch = batch.filter(pc.is_in(batch["LabelName"], value_set=wanted))
         ok = valid_boxes(batch)
         skipped += batch.num_rows - pc.sum(ok).as_py() if batch.num_rows else 0
@@ -135,10 +181,11 @@ def read_boxes(path: Path, mids: list[str]) -> tuple[pa.Table, int]:
     return pa.Table.from_batches(kept, schema=_schema(BOX_COLUMNS, BOX_TYPES)), skipped
 
 
-def read_images(path: Path, image_ids: pa.Array) -> pa.Table:
+def read_images(path: Path, image_ids: pa.Array, advance: Callable[[int], None] | None = None
+                ) -> pa.Table:
     """Stream an image-info CSV keeping the rows of the given ImageIDs."""
     kept = [b.filter(pc.is_in(b["ImageID"], value_set=image_ids))
-            for b in stream(path, IMAGE_COLUMNS, IMAGE_TYPES)]
+            for b in stream(path, IMAGE_COLUMNS, IMAGE_TYPES, advance)]
     return pa.Table.from_batches(kept, schema=_schema(IMAGE_COLUMNS, IMAGE_TYPES))
 
 

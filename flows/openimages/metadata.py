@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +11,15 @@ import pyarrow as pa
 import requests
 
 from flows.openimages import cache, csvread
-from flows.openimages.fetch import Stamp, ensure
-from flows.openimages.ontology import Ontology, load_ontology
+from flows.openimages.fetch import Check, Progress, Stamp, ensure, quiet
+from flows.openimages.ontology import Ontology, load_ontology, read_class_descriptions
 from flows.openimages.releases import KINDS, SPLITS, MetadataFile, release_files
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_URL = "https://storage.googleapis.com/openimages"
+SCHEMAS = {"boxes": (csvread.BOX_COLUMNS, csvread.BOX_TYPES),
+           "images": (csvread.IMAGE_COLUMNS, csvread.IMAGE_TYPES)}
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Metadata:
     splits: tuple[str, ...] = SPLITS
     check_upstream: bool = True
     use_cache: bool = True
+    progress: Progress = quiet
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     stamps: dict[tuple[str, str], Stamp] = field(default_factory=dict)
 
@@ -44,13 +48,20 @@ class Metadata:
                 self._ensure(item, session)
         if self.use_cache:
             for (kind, split), path in self.files.items():
-                target = self.cache_path(kind, split)
-                if kind in {"boxes", "images"} and not cache.is_fresh(target, self.stamps[
-                        (kind, split)]):
+                target, stamp = self.cache_path(kind, split), self.stamps[(kind, split)]
+                if kind in SCHEMAS and not cache.is_fresh(target, stamp):
                     log.info("building the %s cache of %s", kind, path.name)
-                    build = cache.build_box_cache if kind == "boxes" else cache.build_image_cache
-                    build(path, self.stamps[(kind, split)], target)
+                    try:
+                        self._build(kind, split, path, stamp)
+                    except csvread.MetadataError as error:
+                        # A copy verified by an older release of this code, or damaged since.
+                        raise csvread.MetadataError(
+                            f"{error}; delete {path} to fetch it again") from error
         return self
+
+    def _build(self, kind: str, split: str, csv: Path, stamp: Stamp) -> None:
+        build = cache.build_box_cache if kind == "boxes" else cache.build_image_cache
+        build(csv, stamp, self.cache_path(kind, split), self.progress)
 
     def _ensure(self, item: MetadataFile, session: requests.Session) -> None:
         # Published checksums describe the official files; a mirror carries files of its own.
@@ -58,8 +69,34 @@ class Metadata:
         dest = self.root / item.path
         self.stamps[(item.kind, item.split)] = ensure(
             f"{self.base_url.rstrip('/')}/{item.path}", dest, size, md5,
-            check_upstream=self.check_upstream, session=session)
+            check_upstream=self.check_upstream, session=session,
+            check=self._check(item, md5 is not None), progress=self.progress)
         self.files[(item.kind, item.split)] = dest
+
+    def _check(self, item: MetadataFile, md5_known: bool) -> Check:
+        """How a new copy of item is verified before it replaces the current one."""
+
+        def check(part: Path, stamp: Stamp) -> None:
+            if item.kind == "hierarchy":
+                if not md5_known:
+                    _check_hierarchy(part)
+                return
+            if not md5_known:
+                csvread.ends_complete(part)
+            if item.kind == "classes":
+                if not read_class_descriptions(part):
+                    raise csvread.MetadataError(f"{part}: no MID,DisplayName rows")
+            elif self.use_cache:  # the cache build parses every row: no second pass needed
+                self._build(item.kind, item.split, part, stamp)
+            elif not md5_known:
+                columns, types = SCHEMAS[item.kind]
+                with self.progress(f"parsing {item.path.rpartition('/')[2]}",
+                                   part.stat().st_size,
+                                   done=f"parsed {item.path.rpartition('/')[2]}") as advance:
+                    for _ in csvread.stream(part, columns, types, advance):
+                        pass
+
+        return check
 
     def cache_path(self, kind: str, split: str) -> Path:
         suffix = "parquet" if kind == "boxes" else "arrow"
@@ -73,21 +110,37 @@ class Metadata:
         """Boxes of the given labels per split, from the cache or streamed from the CSVs."""
         found = {}
         for split in self.splits:
+            what = f"boxes of {len(mids)} label{'s' * (len(mids) != 1)} in {split}"
             if self.use_cache:
-                found[split] = cache.boxes_from_cache(self.cache_path("boxes", split), mids)
+                with self.progress(f"selecting {what} from the cache", unit="boxes",
+                                   done=f"selected {what} from the cache") as advance:
+                    found[split] = cache.boxes_from_cache(self.cache_path("boxes", split), mids)
+                    advance(found[split].num_rows)
             else:
-                found[split], skipped = csvread.read_boxes(self.files[("boxes", split)], mids)
+                path = self.files[("boxes", split)]
+                with self.progress(f"selecting {what} from {path.name}", path.stat().st_size,
+                                   done=f"selected {what} from {path.name}") as advance:
+                    found[split], skipped = csvread.read_boxes(path, mids, advance)
                 if skipped:
                     log.warning("%s: skipped %d invalid boxes", split, skipped)
         return found
 
     def images(self, image_ids: pa.Array) -> pa.Table:
         """Image info of the given ImageIDs across the splits."""
-        parts = [
-            cache.images_from_cache(self.cache_path("images", s), image_ids) if self.use_cache
-            else csvread.read_images(self.files[("images", s)], image_ids)
-            for s in self.splits
-        ]
+        parts = []
+        for split in self.splits:
+            what = f"info of {len(image_ids)} images"
+            if self.use_cache:
+                with self.progress(f"looking up {what} in the {split} cache", unit="rows",
+                                   done=f"looked up {what} in the {split} cache") as advance:
+                    parts.append(cache.images_from_cache(self.cache_path("images", split),
+                                                         image_ids))
+                    advance(parts[-1].num_rows)
+            else:
+                path = self.files[("images", split)]
+                with self.progress(f"looking up {what} in {path.name}", path.stat().st_size,
+                                   done=f"looked up {what} in {path.name}") as advance:
+                    parts.append(csvread.read_images(path, image_ids, advance))
         return pa.concat_tables(parts)
 
     def label_counts(self) -> dict[str, int]:
@@ -98,3 +151,13 @@ class Metadata:
             for label, n in info.get("label_counts", {}).items():
                 counts[label] = counts.get(label, 0) + n
         return counts
+
+
+def _check_hierarchy(path: Path) -> None:
+    """Raise MetadataError unless path holds the class hierarchy's JSON tree."""
+    try:
+        tree = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise csvread.MetadataError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(tree, dict) or "LabelName" not in tree:
+        raise csvread.MetadataError(f"{path}: no LabelName at the root of the hierarchy")
