@@ -161,7 +161,8 @@ class Downloader:
                           "; ".join(errors), attempts[0], start)
             return row
         finally:
-            tmp.unlink(missing_ok=True)
+            if row.get("Status") != "ok":  # landed means renamed: skip a syscall per image
+                tmp.unlink(missing_ok=True)
 
     def _land(self, tmp: Path, dest: Path, journal: mf.Journal, row: dict, source: str,
               fetched: Fetched, attempts: int, start: float) -> dict:

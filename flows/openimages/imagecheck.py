@@ -132,7 +132,7 @@ def jpeg_size(body: bytes) -> tuple[int, int]:
             scans += 1
             found = SCAN_END.search(body, stop)
             if found is None:
-                raise BadImage(f"JPEG cut short at byte {end}: scan data without an EOI marker")
+                raise BadImage(f"JPEG cut short at byte {end}: no EOI marker after the scan data")
             stop = found.start()
         pos = stop
 
@@ -207,7 +207,12 @@ def _scan(segment: bytes, pos: int, frame: dict[int, int], tables: set[tuple[str
     count = segment[0] if segment else 0
     if not 1 <= count <= 4 or len(segment) != 4 + 2 * count:
         raise BadImage(f"JPEG damaged: scan header at byte {pos}")
-    first_coefficient, refining = segment[-3], segment[-1] >> 4
+    first_coefficient, last = segment[-3], segment[-2]
+    refining, shift = segment[-1] >> 4, segment[-1] & 15
+    band = (last != 0) if first_coefficient == 0 else (
+        first_coefficient > last or last > 63 or count != 1)
+    if progressive and (band or (refining and shift != refining - 1) or shift > 13):
+        raise BadImage(f"JPEG damaged: progressive scan at byte {pos} has bad parameters")
     for at in range(1, 1 + 2 * count, 2):
         if segment[at] not in frame:
             raise BadImage(f"JPEG damaged: scan at byte {pos} names an unknown component")
