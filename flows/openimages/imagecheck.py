@@ -1,26 +1,21 @@
 """Checks that a downloaded file is the image it should be, before it enters the store.
 
-`check_image` walks the structure of JPEGs and PNGs instead of decoding them: every segment
-or chunk in bounds, headers consistent, the tables a scan needs defined, the entropy-coded
-data free of invalid markers up to the EOI (PNG: every chunk's CRC, up to IEND). That catches
-what a transfer does to a file (cut short, cut mid-segment, noise, an error page in its place)
-for a few percent of the CPU of a decode. What the walk cannot vouch for (other formats,
-arithmetic or lossless JPEG, 12-bit samples, missing tables, anything unusual) is decoded.
-Bytes after the end marker are accepted, as decoders accept them: phones and cameras append
-data there (MPF previews, maker trailers). Where the published MD5 is known, it proves the
-bytes are the published ones; the structure check proves they are an image.
-"""
+`check_image` walks JPEGs and PNGs instead of decoding them: every segment or chunk in bounds,
+headers consistent, the tables a scan needs defined, the scan data free of invalid markers up
+to the EOI (PNG: every chunk's CRC up to IEND). That catches what a transfer does to a file
+(cut short, noise, an error page instead) for a few percent of a decode's CPU. What the walk
+cannot vouch for (other formats, arithmetic, lossless or 12-bit JPEG, missing tables, stray
+bytes) is decoded. Bytes after the end marker are accepted, as decoders accept them: cameras
+and phones append data there (MPF previews, maker trailers)."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import math
 import re
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
@@ -34,7 +29,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman coding
 OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-SOS, DHT, DQT, DRI, EOI, SOI = 0xDA, 0xC4, 0xDB, 0xDD, 0xD9, 0xD8
+SOS, DHT, DQT, EOI, SOI = 0xDA, 0xC4, 0xDB, 0xD9, 0xD8
 PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
 
 
@@ -75,11 +70,6 @@ def check_image(body: bytes) -> Checked:
         raise BadImage(f"{found.format} of {found.width}x{found.height} pixels, over twice "
                        f"Pillow's limit of {limit}")
     return found
-
-
-def check_file(path: Path) -> Checked:
-    """check_image on a file's bytes."""
-    return check_image(path.read_bytes())
 
 
 def _u16(body: bytes, at: int) -> int:
@@ -287,15 +277,6 @@ def decode_check(body: bytes) -> Checked:
 def md5_base64(hex_digest: str) -> str:
     """An MD5 hex digest in the base64 form Open Images publishes (OriginalMD5)."""
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-def file_md5(path: Path, block: int = 1 << 20) -> str:
-    """The MD5 hex digest of a file."""
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        while data := handle.read(block):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def published(value: object) -> bool:
