@@ -7,11 +7,12 @@ an empty store, and reports images/s and CPU seconds per image (user + system, a
 - seed: one `requests.get` after another (the seed without its one-second rate limiter);
 - pool20: a 20-thread pool, one `requests.get` per image (the peers' way);
 - openimager: `download_images` with its defaults (64 in flight, keep-alive, each file
-  streamed, checked against OriginalSize/OriginalMD5 and decoded before the rename) from the
+  checked against OriginalSize/OriginalMD5 and its JPEG structure before the rename) from the
   Flickr-style URLs, and the same from the CVDF-style bucket through boto3 (`cvdf`).
 
-Then the ratios, and the concurrency bound (requests in flight / latency). A last line
-measures the decode check alone: Pillow's draft mode (1/8 scale) against a full decode.
+Then the ratios of speed and of CPU per image, and the concurrency bound (requests in flight /
+latency). A last line measures the image check alone: the structure walk against Pillow's
+draft-mode (1/8 scale) decode it replaces and a full decode.
 
     python benchmarks/download.py            # 2,000 images, 50 ms latency
     python benchmarks/download.py --quick    # 60 images, 10 ms, for the test suite
@@ -118,36 +119,35 @@ def measure(case: str, url: str, count: int, workdir: Path, server: int) -> dict
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "server_cpu": served}
 
 
-def decode_costs(samples: int = 40) -> str:
-    """The decode check's CPU per image, draft vs full, and how many truncations it catches."""
+def check_costs(samples: int = 40) -> str:
+    """CPU per image of the structure check against decoding, and truncations each catches."""
     from PIL import Image
 
-    from flows.openimages.imagecheck import BadImage, decode_check
+    from flows.openimages.imagecheck import BadImage, check_image, decode_check
     from tests.imageserver import SyntheticImages
 
     synthetic = SyntheticImages()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "image.jpg"
-        bodies = [synthetic.image(n) for n in range(samples)]
+    bodies = [synthetic.image(n) for n in range(samples)]
+    costs = {}
+    for name, check in (("structure", check_image), ("draft", decode_check),
+                        ("full", lambda body: Image.open(io.BytesIO(body)).load())):
         start = cpu_seconds()
         for body in bodies:
-            path.write_bytes(body)
-            decode_check(path)
-        draft = (cpu_seconds() - start) / samples
-        start = cpu_seconds()
-        for body in bodies:
-            with Image.open(io.BytesIO(body)) as image:
-                image.load()
-        full = (cpu_seconds() - start) / samples
-        caught = 0
-        for n, body in enumerate(bodies):  # cut each somewhere between 5% and 99.9%
-            path.write_bytes(body[: int(len(body) * (0.05 + 0.949 * n / samples))])
+            check(body)
+        costs[name] = (cpu_seconds() - start) / samples
+    caught = dict.fromkeys(("structure", "draft"), 0)
+    for n, body in enumerate(bodies):  # cut each somewhere between 5% and 99.9%
+        cut = body[: int(len(body) * (0.05 + 0.949 * n / samples))]
+        for name, check in (("structure", check_image), ("draft", decode_check)):
             try:
-                decode_check(path)
+                check(cut)
             except BadImage:
-                caught += 1
-    return (f"decode check: draft (1/8 scale) {draft * 1e3:.2f} ms CPU/image, full decode "
-            f"{full * 1e3:.2f} ms; truncated copies caught {caught}/{samples}")
+                caught[name] += 1
+    return (f"image check: structure {costs['structure'] * 1e3:.2f} ms CPU/image, draft decode "
+            f"(1/8 scale) {costs['draft'] * 1e3:.2f} ms, full decode {costs['full'] * 1e3:.2f} "
+            f"ms ({costs['draft'] / costs['structure']:.0f}x the structure check); truncated "
+            f"copies caught: structure {caught['structure']}/{samples}, draft decode "
+            f"{caught['draft']}/{samples}")
 
 
 def main() -> None:
@@ -169,7 +169,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openimager-download-bench-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "tests.imageserver", "--latency",
-                               str(latency)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                               str(latency), "--until-stdin-closes"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         url = server.stdout.readline().strip()
         print(f"{count} images of ~150 KB, {latency * 1e3:.0f} ms added latency, "
@@ -195,7 +196,11 @@ def main() -> None:
           f"{rate['openimager'] / bound:.0%} of the concurrency bound {in_flight} in flight / "
           f"{latency * 1e3:.0f} ms = {bound:.0f} images/s (target >= 70%); "
           f"cvdf/pool20 {rate['cvdf'] / rate['pool20']:.1f}x")
-    print(decode_costs(12 if args.quick else 40))
+    cpu = {case: r["cpu"] / r["images"] for case, r in results.items()}
+    print(f"CPU per image: openimager (verified) / pool20 (unverified) "
+          f"{cpu['openimager'] / cpu['pool20']:.2f}x (target <= 1), cvdf / pool20 "
+          f"{cpu['cvdf'] / cpu['pool20']:.2f}x")
+    print(check_costs(12 if args.quick else 40))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

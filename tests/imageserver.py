@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import hashlib
 import io
+import os
 import re
 import socket
 import struct
@@ -286,7 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kb", type=int, default=150, help="size of each synthetic JPEG")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds added per request")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--until-stdin-closes", action="store_true",
+                        help="exit when stdin closes, so the server dies with its parent")
     args = parser.parse_args(argv)
+    if args.until_stdin_closes:
+        threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True,
+                         name="parent-watch").start()
     server = ImageServer(SyntheticImages(args.kb), Faults(latency=args.latency), args.port)
     asyncio.run(_serve_forever(server))
 

@@ -15,5 +15,7 @@ def test_quick_download_benchmark(tmp_path):
     cases = [line.split(":")[0] for line in lines if "images/s" in line and "CPU" in line]
     assert cases == [f"download {c:>10}" for c in ("seed", "pool20", "openimager", "cvdf")]
     assert all(" 60/60 images" in line for line in lines if line.startswith("download"))
-    assert lines[-2].startswith("ratios: openimager/seed")
-    assert lines[-1].startswith("decode check:") and "caught 12/12" in lines[-1]
+    assert lines[-3].startswith("ratios: openimager/seed")
+    assert lines[-2].startswith("CPU per image: openimager (verified) / pool20 (unverified)")
+    assert lines[-1].startswith("image check: structure")
+    assert "caught: structure 12/12, draft decode 12/12" in lines[-1]

@@ -175,8 +175,7 @@ def test_store_is_shared_and_reruns_read_nothing(tmp_path, monkeypatch):
         def no_reading(*args: object) -> None:
             raise AssertionError("a verified image was read again")
 
-        monkeypatch.setattr(downloader, "decode_check", no_reading)
-        monkeypatch.setattr(downloader, "file_md5", no_reading)
+        monkeypatch.setattr(downloader, "check_image", no_reading)
         server.faults.requests.clear()
         again = download_images(image_table(server.url, {**hamburgers, **sandwiches}),
                                 tmp_path, options)
