@@ -141,6 +141,46 @@ def test_packages_survive_restarts_byte_for_byte_and_a_start_replays_no_history(
     assert sizes[0] < 10 * 2**20
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("compact_after", [5, 1000])
+def test_a_running_server_compacts_and_keeps_odd_keys_and_deletes(tmp_path, compact_after):
+    def server(port: int) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.servers.s3server", "-p", str(port), "--state-dir",
+             str(tmp_path), "--compact-after", str(compact_after)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env={**os.environ, **TELEMETRY_OFF})
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", 120, process)
+        return process
+
+    names = [f"dir {i}/ü+%2F?&=#{i}.txt" for i in range(12)]
+    port = free_port()
+    process = server(port)
+    try:
+        s3 = LocalS3(port=port).client()
+        versioned_bucket(s3)
+        written = {n: s3.put_object(Bucket="bkt", Key=n, Body=n.encode())["VersionId"]
+                   for n in names}
+        s3.delete_object(Bucket="bkt", Key=names[0], VersionId=written.pop(names[0]))
+        s3.delete_objects(Bucket="bkt", Delete={"Objects": [{"Key": names[1]}]})  # a marker
+        journal = lines(tmp_path / "s3" / JOURNAL)
+        # Folded into the snapshot as it grew; else one line per change: the bucket twice, 12 puts, 2 deletes.
+        assert journal <= 6 if compact_after == 5 else journal == 16, journal
+    finally:
+        process.terminate()
+        process.wait()
+    process = server(port := free_port())
+    try:
+        s3 = LocalS3(port=port).client()
+        listed = s3.list_object_versions(Bucket="bkt")
+        assert {v["Key"]: v["VersionId"] for v in listed["Versions"]} == written
+        assert [m["Key"] for m in listed["DeleteMarkers"]] == [names[1]]
+        assert s3.get_object(Bucket="bkt", Key=names[5])["Body"].read() == names[5].encode()
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def version_ids(registry: str, top: str) -> dict[str, str]:
     """The object version each file of a package version pins."""
     import quilt3

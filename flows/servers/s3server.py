@@ -127,6 +127,18 @@ def open_state(folder: Path, app: Any) -> StateStore:
     return store
 
 
+def scope(environ: dict) -> tuple[str | None, str | None]:
+    """The bucket and key a path-style request names (None, None when it names neither)."""
+    host = environ.get("HTTP_HOST", "").split(":")[0]
+    if host not in {"127.0.0.1", "localhost"}:  # a virtual-host style name: look everywhere
+        return None, None
+    path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    bucket, _, key = path.lstrip("/").partition("/")
+    if not bucket or bucket == "moto-api":
+        return None, None
+    return bucket, key or None
+
+
 def persisting(app: Any, store: StateStore, compact_after: int) -> Any:
     """Wrap the WSGI app so each write is on disk before its answer leaves."""
     from moto.s3.models import s3_backends
@@ -137,8 +149,10 @@ def persisting(app: Any, store: StateStore, compact_after: int) -> Any:
         response = app(environ, start_response)
         if environ["REQUEST_METHOD"] not in {"GET", "HEAD", "OPTIONS"}:
             with lock:
-                store.record(s3_backends)
+                # Looking at the one key written keeps a write's cost flat as versions pile up.
+                store.record(s3_backends, *scope(environ))
                 if store.journal_lines > compact_after:
+                    store.record(s3_backends)  # everything, in case a path named it otherwise
                     store.compact()
         return response
 

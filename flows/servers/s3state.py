@@ -109,21 +109,28 @@ class StateStore:
             if blob.name not in used:
                 blob.unlink()
 
-    def record(self, backends: dict) -> int:
-        """Append the differences between the backends and the persisted view; return how many."""
+    def record(self, backends: dict, bucket: str | None = None, key: str | None = None) -> int:
+        """Append the differences between the backends and the persisted view, looking only at
+        one bucket or one key of it when given; return how many there were."""
         while True:
             try:
-                buckets, objects = scan(backends)
+                buckets, objects = scan(backends, bucket, key)
                 break
             except RuntimeError:  # another request changed a dict mid-scan: look again
                 continue
+
+        def inside(ident: Id) -> bool:
+            return (bucket is None or ident[0] == bucket) and (key is None or ident[1] == key)
+
         changes = [{"op": "bucket", "name": n, "config": c} for n, c in buckets.items()
                    if self.buckets.get(n) != c]
-        changes += [{"op": "drop_bucket", "name": n} for n in self.buckets if n not in buckets]
-        changes += [{"op": "drop", "id": list(i)} for i in self.objects if i not in objects]
-        for ident, (fingerprint, key) in objects.items():
+        changes += [{"op": "drop_bucket", "name": n} for n in self.buckets
+                    if n not in buckets and bucket in (None, n)]
+        changes += [{"op": "drop", "id": list(i)} for i in self.objects
+                    if i not in objects and inside(i)]
+        for ident, (fingerprint, version) in objects.items():
             if self.objects.get(ident, {}).get("fingerprint") != fingerprint:
-                changes.append({"op": "put", "record": self._stored(ident, fingerprint, key)})
+                changes.append({"op": "put", "record": self._stored(ident, fingerprint, version)})
         if changes:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(self.folder / JOURNAL, "a") as journal:
@@ -181,17 +188,23 @@ class StateStore:
             bucket.keys.setlist(record["key"], [*versions, key])
 
 
-def scan(backends: dict) -> tuple[dict[str, dict], dict[Id, tuple[str, Any]]]:
-    """Every bucket's settings and every object version of the backends, with fingerprints."""
+def scan(backends: dict, only_bucket: str | None = None, only_key: str | None = None
+         ) -> tuple[dict[str, dict], dict[Id, tuple[str, Any]]]:
+    """The settings of every bucket and every object version in the backends (or in one bucket,
+    or one key of it), with the fingerprints that tell a changed version."""
     buckets, objects = {}, {}
     for account, partitions in backends.items():
         for partition, backend in partitions.items():
             for name, bucket in list(backend.buckets.items()):
+                if only_bucket not in (None, name):
+                    continue
                 policy = bucket.policy.decode() if isinstance(bucket.policy, bytes) else None
                 buckets[name] = {"account": account, "partition": partition,
                                  "region": bucket.region_name,
                                  "versioning": bucket.versioning_status, "policy": policy}
-                for key_name, versions in list(bucket.keys.iterlists()):
+                listed = ([(only_key, bucket.keys.getlist(only_key, []))] if only_key
+                          else list(bucket.keys.iterlists()))
+                for key_name, versions in listed:
                     for key in list(versions):
                         etag = getattr(key, "etag", "delete-marker")
                         fingerprint = f"{etag}|{key.last_modified.isoformat()}"
