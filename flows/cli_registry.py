@@ -34,7 +34,13 @@ def newest_versions(registry: str) -> dict[str, str]:
 
 def run_registry_command(args: argparse.Namespace) -> int:
     """Serve the registry, print how to reach it, and wait for SIGINT or SIGTERM."""
-    from flows.publishing.registries import EMBEDDED, access_lines, opened, running_endpoint
+    from flows.publishing.registries import (
+        EMBEDDED,
+        RegistryError,
+        access_lines,
+        opened,
+        running_endpoint,
+    )
     from flows.settings import Settings
 
     state_dir = Settings(**({"workspace": args.workspace} if args.workspace else {})
@@ -53,9 +59,8 @@ def run_registry_command(args: argparse.Namespace) -> int:
                 time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except (RuntimeError, TimeoutError) as error:  # a busy port, mostly
-        print(f"error: the registry did not start ({error}); its log: {state_dir / 's3.log'}; "
-              "another --port may help", file=sys.stderr)
+    except RegistryError as error:  # a busy port, mostly
+        print(f"error: {error} (another --port may help)", file=sys.stderr)
         return 2
     print("registry stopped", file=sys.stderr)
     return 0

@@ -164,7 +164,8 @@ def test_a_running_server_compacts_and_keeps_odd_keys_and_deletes(tmp_path, comp
         s3.delete_object(Bucket="bkt", Key=names[0], VersionId=written.pop(names[0]))
         s3.delete_objects(Bucket="bkt", Delete={"Objects": [{"Key": names[1]}]})  # a marker
         journal = lines(tmp_path / "s3" / JOURNAL)
-        # Folded into the snapshot as it grew; else one line per change: the bucket twice, 12 puts, 2 deletes.
+        # Folded into the snapshot as it grew; else one line per change: the bucket twice,
+        # 12 puts, 2 deletes.
         assert journal <= 6 if compact_after == 5 else journal == 16, journal
     finally:
         process.terminate()
@@ -291,9 +292,14 @@ def test_the_registry_command_serves_what_the_documented_lines_install(tmp_path)
         documented = next(b for b in doc_blocks() if b[0].startswith("export AWS_ENDPOINT"))
         assert printed == [line.replace("9321", str(port)).replace("<top-hash>", first)
                            for line in documented]
-        # While it runs, --registry embedded on the same workspace goes to this server.
+        # While it runs, --registry embedded on the same workspace goes to this server, and a
+        # second server for it is refused in one line.
         with opened(EMBEDDED, state):
             assert os.environ["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{port}"
+        second = subprocess.run([*command.split(), "--port", str(free_port())], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.strip().endswith(f"already served at http://127.0.0.1:{port}")
         run = subprocess.run(["bash", "-euc", "\n".join(printed)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]

@@ -98,8 +98,17 @@ def embedded_server(state_dir: Path, port: int | None = None) -> Iterator[LocalS
         yield LocalS3(port=int(url.rsplit(":", 1)[1]))
         return
     options = {"port": port} if port else {}
-    with LocalS3(log_path=state_dir / "s3.log", state_dir=state_dir, **options) as s3:
+    log = state_dir / "s3.log"
+    try:
+        s3 = LocalS3(log_path=log, state_dir=state_dir, **options).start()
+    except RuntimeError as error:  # the server exited: its last words say why
+        said = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise RegistryError(f"the embedded registry in {state_dir} did not start: "
+                            f"{said[0] if said else error}") from error
+    try:
         yield s3
+    finally:
+        s3.stop()
 
 
 def running_endpoint(state_dir: Path) -> str | None:

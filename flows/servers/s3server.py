@@ -178,6 +178,7 @@ def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
     from werkzeug.serving import run_simple
 
     held = own(folder)
+    (folder / "endpoint").unlink(missing_ok=True)  # a last run's port, until this one listens
     app = DomainDispatcherApplication(create_backend_app)
     store = open_state(folder, app)
     write_atomic(folder / "endpoint", f"http://{host}:{port}\n".encode())
