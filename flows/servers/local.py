@@ -65,18 +65,19 @@ class LocalS3:
     def start(self) -> LocalS3:
         """Start the server, wait until it answers, and restore its recorded state."""
         env = {**os.environ, **TELEMETRY_OFF, **self.env}
-        state = ["--state-dir", str(self.state_dir)] if self.state_dir else []
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            env["S3SERVER_STATE_DIR"] = str(self.state_dir)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flows.servers.s3server", "-H", "127.0.0.1",
-             "-p", str(self.port), *state],
+             "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         try:
             # The state loads before the port opens; migrating an old log can take minutes.
-            wait_http(f"{self.endpoint_url}/moto-api/", 600 if state else 30, self.process)
+            wait_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 30,
+                      self.process)
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.servers.s3server")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=9000)
-    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--state-dir", type=Path, default=os.environ.get("S3SERVER_STATE_DIR"),
+                        help="keep the state here (default: $S3SERVER_STATE_DIR)")
     parser.add_argument("--compact-after", type=int, default=COMPACT_AFTER)
     args = parser.parse_args(argv)
     deterministic_version_ids()
