@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
 from flows.cli_download import add_download_command, run_download_command
+from flows.cli_registry import add_registry_command, run_registry_command
 from flows.preflight import add_check_command, run_check_command
 
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     add_bundle_commands(sub)
     add_download_command(sub)
     add_check_command(sub)
+    add_registry_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flows").setLevel(logging.INFO)
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_download_command(args)
         elif args.command == "check":
             return run_check_command(args)
+        elif args.command == "registry":
+            return run_registry_command(args)
     except user_errors() as error:  # evaluated only when an error propagates
         print(f"error: {error}", file=sys.stderr)
         return 2

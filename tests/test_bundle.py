@@ -104,8 +104,8 @@ def test_the_embedded_registry_survives_a_restart(tmp_path):
 def test_an_endpoint_dying_mid_push_leaves_no_version_and_a_retry_completes(tmp_path,
                                                                            monkeypatch):
     data, model = make_run(tmp_path, files=60)
-    state = tmp_path / "state.jsonl"
-    s3 = LocalS3(state_file=state).start()
+    state = tmp_path / "state"
+    s3 = LocalS3(state_dir=state).start()
     s3.create_bucket("dying")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
     uploads = []
@@ -129,7 +129,7 @@ def test_an_endpoint_dying_mid_push_leaves_no_version_and_a_retry_completes(tmp_
         publish(data, model, META, "test/dying", "s3://dying", "first try")
     monkeypatch.setattr(Session, "create_client", original)
     s3.process.wait()
-    restarted = LocalS3(state_file=state).start()
+    restarted = LocalS3(state_dir=state).start()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", restarted.endpoint_url)
         assert not list(quilt3.list_package_versions("test/dying", registry="s3://dying"))

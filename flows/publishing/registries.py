@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +27,17 @@ def bucket_of(registry: str) -> str:
     return registry[5:].split("/", 1)[0]
 
 
+def refuse_embedded_bucket(registry: str) -> None:
+    """Refuse the embedded registry's bucket when no endpoint points at a local server: the
+    request would go to the AWS bucket of that name, which is somebody else's."""
+    if registry.startswith(f"s3://{EMBEDDED_BUCKET}") and not os.environ.get("AWS_ENDPOINT_URL"):
+        raise RegistryError(f"{registry} is the embedded registry: run `python -m flows registry` "
+                            "and set the AWS_ENDPOINT_URL it prints")
+
+
 def check_registry(registry: str) -> None:
     """Fail with one clear message when credentials are missing or wrong or the bucket absent."""
+    refuse_embedded_bucket(registry)
     import boto3  # only the commands that reach a registry pay for boto3
     from botocore.exceptions import (
         ClientError,
@@ -54,18 +66,19 @@ def check_registry(registry: str) -> None:
 
 
 @contextmanager
-def opened(registry: str, state_dir: Path) -> Iterator[str]:
+def opened(registry: str, state_dir: Path, port: int | None = None) -> Iterator[str]:
     """Yield an s3:// registry URL ready for quilt3; "embedded" starts the local one.
 
     The embedded registry is a local S3 endpoint whose state lives in state_dir and survives
-    restarts; while it runs, the standard AWS variables point quilt3 at it.
+    restarts; when `python -m flows registry` already serves that folder, its server is used.
+    While it runs, the standard AWS variables point quilt3 at it.
     """
     if registry != EMBEDDED:
         check_registry(registry)
         yield registry
         return
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", *LOCAL_CREDENTIALS)}
-    with LocalS3(log_path=state_dir / "s3.log", state_file=state_dir / "s3-state.jsonl") as s3:
+    with embedded_server(state_dir, port) as s3:
         s3.create_bucket(EMBEDDED_BUCKET)
         os.environ.update(LOCAL_CREDENTIALS, AWS_ENDPOINT_URL=s3.endpoint_url)
         try:
@@ -76,3 +89,57 @@ def opened(registry: str, state_dir: Path) -> Iterator[str]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@contextmanager
+def embedded_server(state_dir: Path, port: int | None = None) -> Iterator[LocalS3]:
+    """The server of the embedded registry in state_dir: the running one, or a new one."""
+    if url := running_endpoint(state_dir):
+        yield LocalS3(port=int(url.rsplit(":", 1)[1]))
+        return
+    options = {"port": port} if port else {}
+    log = state_dir / "s3.log"
+    try:
+        s3 = LocalS3(log_path=log, state_dir=state_dir, **options).start()
+    except RuntimeError as error:  # the server exited: its last words say why
+        said = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise RegistryError(f"the embedded registry in {state_dir} did not start: "
+                            f"{said[0] if said else error}") from error
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+def running_endpoint(state_dir: Path) -> str | None:
+    """The endpoint of a server that holds state_dir now, if one does."""
+    lock, endpoint = state_dir / "lock", state_dir / "endpoint"
+    if not lock.exists() or not endpoint.exists():
+        return None
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return endpoint.read_text().strip()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def access_lines(endpoint_url: str, packages: dict[str, str], dest: str = "installed",
+                 registry: str = f"s3://{EMBEDDED_BUCKET}") -> list[str]:
+    """Shell lines that reach a local registry: its environment, then quilt3 commands (CLI and
+    Python) that install each package version named in packages (name -> top hash)."""
+    env = {"AWS_ENDPOINT_URL": endpoint_url, **LOCAL_CREDENTIALS,
+           "QUILT_DISABLE_USAGE_METRICS": "true"}
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    for name, top_hash in packages.items():
+        folder = f"{dest}/{name.replace('/', '_')}"
+        lines.append(f"quilt3 install {name} --registry {registry} --top-hash {top_hash} "
+                     f"--dest {folder}")
+        code = (f"import quilt3; quilt3.Package.install({json.dumps(name)}, "
+                f"registry={json.dumps(registry)}, top_hash={json.dumps(top_hash)}, "
+                f"dest={json.dumps(folder)})")
+        lines.append(f"python -c {shlex.quote(code)}")
+    if not packages:
+        lines.append(f"# no package yet: publish one with --registry {registry} while this runs")
+    return lines

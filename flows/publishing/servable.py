@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from flows.publishing.registries import RegistryError, refuse_embedded_bucket
 from model.atomic import write_json
 
 METADATA_FILE = "openimager-model.json"  # the name service.source reads
@@ -117,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--follow", type=float, metavar="SECONDS",
                         help="keep --dest at the newest revision, checking this often")
     args = parser.parse_args(argv)
+    try:
+        refuse_embedded_bucket(args.registry)
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.follow:
         if args.top_hash:
             parser.error("--follow keeps the newest revision: leave out --top-hash")

@@ -29,16 +29,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a half-written last line (a server killed mid-write) so the log replays."""
-    if not path.exists():
-        path.touch()
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
     """Wait until url answers any HTTP status, or raise with the reason."""
     deadline = time.monotonic() + timeout
@@ -57,14 +47,14 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
 class LocalS3:
     """A moto S3 server in a child process; use as a context manager.
 
-    With a state_file, every request is recorded there and replayed at the next start, so
-    what was stored survives a restart (the log holds every uploaded byte: a local registry,
-    not a large one).
+    With a state_dir, what was stored survives a restart: the server keeps its buckets and
+    object versions there (see flows.servers.s3server), and a registry kept in the older
+    request-log format is migrated at its first start.
     """
 
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
-    state_file: Path | None = None
+    state_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # e.g. moto's own settings
     process: subprocess.Popen | None = None
 
@@ -75,10 +65,9 @@ class LocalS3:
     def start(self) -> LocalS3:
         """Start the server, wait until it answers, and restore its recorded state."""
         env = {**os.environ, **TELEMETRY_OFF, **self.env}
-        if self.state_file:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            _drop_torn_tail(self.state_file)
-            env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.state_file))
+        if self.state_dir:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            env["S3SERVER_STATE_DIR"] = str(self.state_dir)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flows.servers.s3server", "-H", "127.0.0.1",
@@ -86,11 +75,9 @@ class LocalS3:
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         try:
-            wait_http(f"{self.endpoint_url}/moto-api/", process=self.process)
-            if self.state_file and self.state_file.stat().st_size:
-                replay = requests.post(
-                    f"{self.endpoint_url}/moto-api/recorder/replay-recording", timeout=600)
-                replay.raise_for_status()
+            # The state loads before the port opens; migrating an old log can take minutes.
+            wait_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 30,
+                      self.process)
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise

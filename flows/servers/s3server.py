@@ -1,20 +1,38 @@
-"""The local S3 server: moto's, with version ids that come back the same after a replay.
+"""The local S3 server: moto's, with state kept on disk and version ids that never change.
 
-moto draws object version ids at random, so replaying its request log after a restart would
-give every object a new id, and quilt3 manifests, which pin objects by version id, would point
-at nothing. Here the id is a hash of the bucket, the key, the content's ETag and the number of
-earlier versions of that key: the same history replayed gives the same ids. The recording
-itself is serialised, as moto's threaded server otherwise interleaves lines of the log.
+With --state-dir, the buckets and object versions live in that folder (flows.servers.s3state)
+and come back at the next start; quilt3 manifests pin objects by version id, so the ids are
+stored as they were. A registry kept in the older format (every request moto's recorder saw,
+in s3-state.jsonl) is replayed once, in-process, into the new format; the old file stays
+beside it as s3-state.jsonl.migrated. One server at a time owns a state folder.
 
-    python -m flows.servers.s3server -H 127.0.0.1 -p 9000
+moto draws version ids at random; here the id is a hash of the bucket, the key, the content's
+ETag and the number of earlier versions of that key, so replaying an old recording gives the
+ids it gave the first time. moto 5.2 also leaves the checksum out of its answer to
+CompleteMultipartUpload, which quilt3 8 reads for every file above 8 MB: it is added here.
+
+    python -m flows.servers.s3server -H 127.0.0.1 -p 9000 --state-dir workspace/registry
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import fcntl
 import hashlib
+import json
+import os
+import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from flows.servers.s3state import StateStore, write_atomic
+
+LEGACY = "s3-state.jsonl"  # the request log the registry was kept in before
+COMPACT_AFTER = 2000  # journal lines that trigger a new snapshot while running
 
 
 def deterministic_version_ids() -> None:
@@ -48,13 +66,149 @@ def serialised_recording() -> None:
     Recorder._record_request = locked
 
 
+def multipart_checksums() -> None:
+    """Answer CompleteMultipartUpload with the object's composite checksum, as S3 does."""
+    from moto.s3.responses import S3Response
+
+    serialized = S3Response.serialized
+
+    def with_checksum(self: Any, action_result: Any) -> Any:
+        result = action_result.result
+        if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(result, dict):
+            key = self.backend.get_object(result["Bucket"], result["Key"])
+            if key is not None and key.checksum_algorithm and key.checksum_value:
+                value = key.checksum_value
+                if key.checksum_type == "COMPOSITE":
+                    value = f"{value}-{key.checksum_parts}"
+                result[f"Checksum{key.checksum_algorithm.upper()}"] = value
+                result["ChecksumType"] = key.checksum_type
+        return serialized(self, action_result)
+
+    S3Response.serialized = with_checksum
+
+
+def replay_legacy(app: Any, log: Path) -> int:
+    """Send every request of an old recording to app in-process; return how many."""
+    from werkzeug.test import Client
+
+    client = Client(app)
+    count = 0
+    for line in log.read_bytes().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the torn last line of a killed server
+            break
+        body = entry.get("body") or b""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body)
+        headers = {k: v for k, v in entry["headers"].items() if k != "Transfer-Encoding"}
+        url = urlsplit(entry["url"])
+        client.open(url.path, method=entry["method"], query_string=url.query,
+                    headers=headers, data=body)
+        count += 1
+    return count
+
+
+def open_state(folder: Path, app: Any) -> StateStore:
+    """Load the state of folder into moto, migrating an old recording first; compact it."""
+    from moto.s3.models import s3_backends
+
+    store = StateStore(folder / "s3")
+    legacy = folder / LEGACY
+    if not store.exists and legacy.exists():
+        replay_legacy(app, legacy)
+        store.record(s3_backends)
+    else:
+        store.load()
+        store.restore(s3_backends)
+    store.compact()
+    if legacy.exists():  # only now that the snapshot holds everything it did
+        os.replace(legacy, legacy.with_name(LEGACY + ".migrated"))
+    return store
+
+
+def scope(environ: dict) -> tuple[str | None, str | None]:
+    """The bucket and key a path-style request names (None, None when it names neither)."""
+    host = environ.get("HTTP_HOST", "").split(":")[0]
+    if host not in {"127.0.0.1", "localhost"}:  # a virtual-host style name: look everywhere
+        return None, None
+    path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    bucket, _, key = path.lstrip("/").partition("/")
+    if not bucket or bucket == "moto-api":
+        return None, None
+    return bucket, key or None
+
+
+def persisting(app: Any, store: StateStore, compact_after: int) -> Any:
+    """Wrap the WSGI app so each write is on disk before its answer leaves."""
+    from moto.s3.models import s3_backends
+
+    lock = threading.Lock()
+
+    def wsgi(environ: dict, start_response: Any) -> Any:
+        response = app(environ, start_response)
+        if environ["REQUEST_METHOD"] not in {"GET", "HEAD", "OPTIONS"}:
+            with lock:
+                # Looking at the one key written keeps a write's cost flat as versions pile up.
+                store.record(s3_backends, *scope(environ))
+                if store.journal_lines > compact_after:
+                    store.record(s3_backends)  # everything, in case a path named it otherwise
+                    store.compact()
+        return response
+
+    return wsgi
+
+
+def own(folder: Path) -> Any:
+    """Lock folder for this process, or exit saying which server holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / "lock", "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        endpoint = (folder / "endpoint").read_text().strip() if (folder / "endpoint"
+                                                                   ).exists() else "?"
+        sys.exit(f"error: the registry in {folder} is already served at {endpoint}")
+    return handle
+
+
+def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
+    """Serve S3 on host:port with its state kept in folder."""
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    held = own(folder)
+    (folder / "endpoint").unlink(missing_ok=True)  # a last run's port, until this one listens
+    app = DomainDispatcherApplication(create_backend_app)
+    store = open_state(folder, app)
+    write_atomic(folder / "endpoint", f"http://{host}:{port}\n".encode())
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: sys.exit(0))
+    try:
+        run_simple(host, port, persisting(app, store, compact_after), threaded=True,
+                   request_handler=MotoRequestHandler)
+    finally:
+        held.close()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run moto's server with the patches applied."""
+    """Run moto's server with the patches applied, its state in --state-dir if given."""
+    parser = argparse.ArgumentParser(prog="python -m flows.servers.s3server")
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=9000)
+    parser.add_argument("--state-dir", type=Path, default=os.environ.get("S3SERVER_STATE_DIR"),
+                        help="keep the state here (default: $S3SERVER_STATE_DIR)")
+    parser.add_argument("--compact-after", type=int, default=COMPACT_AFTER)
+    args = parser.parse_args(argv)
     deterministic_version_ids()
+    multipart_checksums()
     serialised_recording()
+    if args.state_dir:
+        serve(args.host, args.port, args.state_dir, args.compact_after)
+        return
     from moto.server import main as moto_main
 
-    moto_main(argv)
+    moto_main(["-H", args.host, "-p", str(args.port)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""python -m flows registry: serve a workspace's embedded registry until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_PORT = 9321  # fixed, so the printed AWS_ENDPOINT_URL stays right across restarts
+
+
+def add_registry_command(sub: argparse._SubParsersAction) -> None:
+    """Register `registry` on the main parser."""
+    parser = sub.add_parser("registry", help="serve the embedded registry on 127.0.0.1 and "
+                                             "print how quilt3 reaches it")
+    parser.add_argument("--workspace", type=Path,
+                        help="the workspace whose registry to serve (OPENIMAGER_WORKSPACE, "
+                             "else ./workspace; the demo's is workspace/demo)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--dest", default="installed", help="the folder the printed install "
+                                                            "commands write to")
+
+
+def newest_versions(registry: str) -> dict[str, str]:
+    """Each package of the registry with the top hash of its newest version."""
+    import quilt3
+
+    return {name: quilt3.Package.browse(name, registry=registry).top_hash
+            for name in sorted(quilt3.list_packages(registry=registry))}
+
+
+def run_registry_command(args: argparse.Namespace) -> int:
+    """Serve the registry, print how to reach it, and wait for SIGINT or SIGTERM."""
+    from flows.publishing.registries import (
+        EMBEDDED,
+        RegistryError,
+        access_lines,
+        opened,
+        running_endpoint,
+    )
+    from flows.settings import Settings
+
+    state_dir = Settings(**({"workspace": args.workspace} if args.workspace else {})
+                         ).registry_dir.resolve()
+    if url := running_endpoint(state_dir):
+        print(f"error: the registry in {state_dir} is already served at {url}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly as on Ctrl-C
+    try:
+        with opened(EMBEDDED, state_dir, port=args.port) as registry:
+            endpoint = os.environ["AWS_ENDPOINT_URL"]
+            print(f"serving {registry} from {state_dir} at {endpoint} (Ctrl-C stops it)")
+            print("\n".join(access_lines(endpoint, newest_versions(registry), args.dest)),
+                  flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except RegistryError as error:  # a busy port, mostly
+        print(f"error: {error} (another --port may help)", file=sys.stderr)
+        return 2
+    print("registry stopped", file=sys.stderr)
+    return 0
