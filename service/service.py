@@ -7,7 +7,6 @@ prepared images of concurrent requests into one model call.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -29,11 +28,10 @@ from service.predictor import TUNING, Predictor, json_output
 
 with bentoml.importing():
     import aiohttp
-    import anyio
     import numpy as np
 
     from model.predict import top_k
-    from service.images import BadImage, prepare
+    from service.images import BadImage, Lanes, prepare_all
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
@@ -101,7 +99,7 @@ class Classifier:
         self.lifecycle = Lifecycle.from_env()
         self._lineages: dict[int, dict] = {}  # by model key: labels travel with each model
         self._size: int | None = None  # the input size of the model that answered last
-        self._decoders: anyio.CapacityLimiter | None = None
+        self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
 
     @bentoml.on_startup
     async def drain_on_sigterm(self) -> None:
@@ -132,20 +130,9 @@ class Classifier:
 
     async def prepared(self, paths: list[Path]) -> np.ndarray:
         """Decode uploads in threads (a bounded number at once) into one uint8 batch."""
-        if self._decoders is None:
-            self._decoders = anyio.CapacityLimiter(TUNING.decode_threads)
         # Any size works (the model resizes inside); the served model's own avoids a resize.
         size = self._size or (await self.lineage())["image_size"]
-
-        async def one(index: int, path: Path) -> np.ndarray:
-            try:
-                return await anyio.to_thread.run_sync(
-                    prepare, path, size, self.limits.max_pixels, limiter=self._decoders)
-            except BadImage as error:
-                error.index = index
-                raise
-
-        return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
+        return await prepare_all(paths, size, self.limits, self._lanes)
 
     async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
