@@ -108,7 +108,7 @@ def uploads(folder: Path, scale: float) -> list[tuple[str, Path]]:
             Image.merge("RGBA", [*rgb(w, h).split(), pattern(w, h)]), {})),
         "PNG 16-bit grey": ("png", full, lambda w, h: (
             Image.fromarray(np.asarray(pattern(w, h)).astype(np.uint16) * 257), {})),
-        "GIF": ("gif", full, lambda w, h: (rgb(w, h).convert("P"), {})),
+        "GIF": ("gif", full, lambda w, h: (pattern(w, h).point(lambda v: v // 32 * 32), {})),
         "BMP 1-bit": ("bmp", full, lambda w, h: (pattern(w, h).convert("1"), {})),
         "WebP": ("webp", full // 4, lambda w, h: (rgb(w, h), {"quality": 80, "method": 0})),
     }

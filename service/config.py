@@ -42,7 +42,7 @@ class Limits:
     # Formats whose decoders cannot scale down (all but baseline JPEG) fill a buffer of the
     # full size before any reduction: a lower limit keeps one decode within 0.5 s of CPU and
     # 200 MB (see benchmarks/upload.py).
-    max_full_decode_pixels: int = 24_000_000
+    max_full_decode_pixels: int = 16_000_000
     max_batch_images: int = 32
     max_top: int = 100
 

@@ -197,10 +197,14 @@ def reduced_rgb(image: Image.Image, size: int) -> Image.Image:
     rows = max(1, STRIP_PIXELS // (image.width * fy)) * fy
     out: Image.Image | None = None
     for top in range(0, image.height, rows):
-        strip = reducible(image.crop((0, top, image.width, min(image.height, top + rows))))
+        box = (0, top, image.width, min(image.height, top + rows))
+        if image.mode in ("L", "RGB", "CMYK"):
+            part = image.reduce((fx, fy), box)  # reads the strip in place
+        else:
+            part = reducible(image.crop(box)).reduce((fx, fy))
         if out is None:
-            out = Image.new(strip.mode, (-(-image.width // fx), -(-image.height // fy)))
-        out.paste(strip.reduce((fx, fy)), (0, top // fy))
+            out = Image.new(part.mode, (-(-image.width // fx), -(-image.height // fy)))
+        out.paste(part, (0, top // fy))
     assert out is not None  # an open image has at least one row
     # Transparency is flattened on the reduced image: the same result (reduce averages
     # premultiplied colours), on a fraction of the pixels.

@@ -7,18 +7,24 @@ prepared images of concurrent requests into one model call.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from fastapi import FastAPI
 from pydantic import Field
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 
 from service.config import Lifecycle, Limits
 from service.guard import UPLOAD_STATE, UploadGuard
@@ -79,12 +85,24 @@ async def http_error(request: Request, error: Exception) -> Response:
                         status_code=status)
 
 
-# Mounted at "/" below; BentoML matches these routes only, so its own stay intact.
-web_app = Starlette(routes=[
-    Route("/model", model_info, methods=["GET"]),
-    Route("/ui", page, methods=["GET"]),
-    Route("/ui/", to_page, methods=["GET"]),
-], exception_handlers={HTTPException: http_error})
+# Mounted at "/" below; BentoML matches these routes only, so its own stay intact. A FastAPI
+# app (not a plain Starlette one) because BentoML 1.4 merges only a mounted FastAPI app's
+# OpenAPI paths into /docs.json; its own /docs and /openapi.json are off (BentoML has both).
+web_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers={HTTPException: http_error})
+web_app.add_api_route(
+    "/model", model_info, methods=["GET"], response_class=JSONResponse, tags=["Service APIs"],
+    summary="The served model's lineage", description=inspect.getdoc(model_info),
+    responses={200: {"description": "tag, classes (name, mid), image_size, architecture, "
+                     "dataset_id, git_commit, metrics, package, top_hash, promoted_at, "
+                     "loaded_at, reload_seconds, follows_promotions, last_reload_error",
+                     "content": {"application/json": {"schema": {"type": "object"}}}},
+               503: {"description": "the model is loading, or failed to load"}})
+web_app.add_api_route(
+    "/ui", page, methods=["GET"], response_class=HTMLResponse, tags=["Service APIs"],
+    summary="The classification page", description=inspect.getdoc(page),
+    responses={200: {"description": "an HTML page", "content": {"text/html": {}}}})
+web_app.add_api_route("/ui/", to_page, methods=["GET"], include_in_schema=False)
 
 
 @bentoml.asgi_app(web_app, path="/")
