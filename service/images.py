@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -245,19 +247,38 @@ _trim = None
 
 class Lanes:
     """How many uploads one HTTP worker decodes at once, large ones in a narrower lane of
-    their own: a burst of large uploads then waits for itself, never in front of small ones."""
+    their own: a burst of large uploads then waits for itself, never in front of small ones.
+    After each large decode its lane rests as long as the decode took CPU, so large uploads
+    take at most half a core per lane whatever their rate."""
 
     def __init__(self, threads: int, large_threads: int, large_pixels: int = LARGE_PIXELS
                  ) -> None:
         self.threads, self.large_threads, self.large_pixels = threads, large_threads, large_pixels
         self._limiters: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter] | None = None
 
-    def limiter(self, pixels: int) -> anyio.CapacityLimiter:
-        """The lane of a decode producing this many pixels (limiters made in the event loop)."""
-        if self._limiters is None:
+    async def run(self, pixels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """Run a decode producing this many pixels in its lane."""
+        if self._limiters is None:  # made in the event loop that uses them
             self._limiters = (anyio.CapacityLimiter(self.threads),
                               anyio.CapacityLimiter(self.large_threads))
-        return self._limiters[pixels > self.large_pixels]
+        if pixels <= self.large_pixels:
+            return await anyio.to_thread.run_sync(decode, limiter=self._limiters[0])
+        async with self._limiters[1]:
+            result, cpu_seconds = await anyio.to_thread.run_sync(timed, decode)
+            await rest(cpu_seconds)
+        return result
+
+
+def timed(decode: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    """The decode's result and the CPU seconds its thread spent on it."""
+    start = time.thread_time()
+    result = decode()
+    return result, time.thread_time() - start
+
+
+async def rest(seconds: float) -> None:
+    """Keep a large decode's lane idle this long."""
+    await anyio.sleep(seconds)
 
 
 async def prepare_all(paths: list[Path], size: int, limits: Limits, lanes: Lanes) -> np.ndarray:
@@ -267,8 +288,7 @@ async def prepare_all(paths: list[Path], size: int, limits: Limits, lanes: Lanes
         try:
             # The header alone says the cost; only the decode itself waits for its lane.
             pixels = await anyio.to_thread.run_sync(decode_cost, path, size, limits)
-            return await anyio.to_thread.run_sync(prepare, path, size, limits,
-                                                  limiter=lanes.limiter(pixels))
+            return await lanes.run(pixels, partial(prepare, path, size, limits))
         except BadImage as error:
             error.index = index
             raise

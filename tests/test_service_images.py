@@ -222,6 +222,12 @@ def test_large_decodes_wait_in_their_own_lane(tmp_path, monkeypatch):
         return np.zeros((size, size, 3), np.uint8)
 
     monkeypatch.setattr(images, "prepare", slow_prepare)
+    rests: list[float] = []
+
+    async def rest(seconds):
+        rests.append(seconds)
+
+    monkeypatch.setattr(images, "rest", rest)
     lanes = images.Lanes(threads=2, large_threads=1)
     order: list[str] = []
 
@@ -241,6 +247,7 @@ def test_large_decodes_wait_in_their_own_lane(tmp_path, monkeypatch):
     anyio.run(main)
     assert order[0] == "small" and len(order) == 4
     assert most[0] == 1
+    assert len(rests) == 3  # each large decode, and only those, is followed by a rest
 
 
 def test_memory_goes_back_after_a_large_decode(tmp_path, monkeypatch):
