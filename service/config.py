@@ -39,6 +39,10 @@ class Limits:
     max_upload_bytes: int = 10 * MIB  # one /classify request
     max_batch_upload_bytes: int = 50 * MIB  # one /classify_batch request, all files together
     max_pixels: int = 40_000_000  # width x height of one image: decompression bombs stop here
+    # Formats whose decoders cannot scale down (all but baseline JPEG) fill a buffer of the
+    # full size before any reduction: a lower limit keeps one decode within 0.5 s of CPU and
+    # 200 MB (see benchmarks/upload.py).
+    max_full_decode_pixels: int = 16_000_000
     max_batch_images: int = 32
     max_top: int = 100
 
@@ -50,6 +54,8 @@ class Limits:
             max_batch_upload_bytes=int(
                 env_number("OPENIMAGER_MAX_BATCH_UPLOAD_MB", 50, 0.001) * MIB),
             max_pixels=env_int("OPENIMAGER_MAX_PIXELS", 40_000_000),
+            max_full_decode_pixels=env_int("OPENIMAGER_MAX_FULL_DECODE_PIXELS",
+                                           cls.max_full_decode_pixels),
             max_batch_images=env_int("OPENIMAGER_MAX_BATCH_IMAGES", 32),
         )
 
@@ -63,6 +69,7 @@ class Tuning:
     intra_op_threads: int  # TensorFlow threads per model worker for one op
     inter_op_threads: int  # TensorFlow ops run side by side per model worker
     decode_threads: int  # images decoded at once per HTTP worker
+    large_decode_threads: int  # of which large images (service.images.LARGE_PIXELS) at most
     max_batch_size: int
     max_latency_ms: int  # a request queued longer than this is shed (503)
 
@@ -81,6 +88,10 @@ class Tuning:
                                      max(1, (cores - workers) // model_workers)),
             inter_op_threads=env_int("OPENIMAGER_TF_INTER_THREADS", 1),
             decode_threads=env_int("OPENIMAGER_DECODE_THREADS", cores),
+            # Large decodes have a lane of their own, narrower than the small one: a burst of
+            # them leaves cores and memory to everything else.
+            large_decode_threads=env_int("OPENIMAGER_LARGE_DECODE_THREADS",
+                                         max(1, cores // 2)),
             max_batch_size=env_int("OPENIMAGER_MAX_BATCH_SIZE", 32, minimum=2),
             max_latency_ms=env_int("OPENIMAGER_MAX_LATENCY_MS", 5000),
         )

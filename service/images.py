@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import ctypes
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
+import anyio
 import numpy as np
 from PIL import Image, ImageOps
 
-MAX_PIXELS = 40_000_000
+from service.config import Limits
+
+MAX_PIXELS = Limits.max_pixels
+# Decodes over this many pixels go through their own, narrower lane (Lanes) and give their
+# memory back afterwards.
+LARGE_PIXELS = 4_000_000
+REDUCING_GAP = 3  # box-reduce to 3x the model's size, then resize: as good as a full resize
+STRIP_PIXELS = 1_000_000  # pixels converted at once while reducing
 # Pillow plugin names. Restricting Image.open to these keeps every other decoder (TIFF, PSD,
 # EPS via Ghostscript, ...) away from untrusted bytes. Phones' multi-picture JPEGs open
 # through the JPEG plugin as format "MPO".
@@ -33,9 +45,20 @@ class BadImage(ValueError):
         self.index = 0  # which upload of a batch, set by the service
 
 
+def as_limits(limits: Limits | int | None) -> Limits:
+    """Limits from Limits, a plain pixel limit for every format, or None (the defaults)."""
+    if isinstance(limits, Limits):
+        return limits
+    if limits is None:
+        return Limits()
+    return Limits(max_pixels=limits, max_full_decode_pixels=limits)
+
+
 @contextmanager
-def opened(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
-    """Open an upload lazily (header only), refusing empty files, other formats and bombs."""
+def opened(path: Path, limits: Limits | int | None = None) -> Iterator[Image.Image]:
+    """Open an upload lazily (header only), refusing empty files, other formats and images
+    over the pixel limit of their format (decompression bombs among them)."""
+    limits = as_limits(limits)
     if not path.exists() or path.stat().st_size == 0:
         raise BadImage("the uploaded file is empty", code="empty_file")
     # Our own limit below replaces Pillow's (a warning, then an error without the size).
@@ -45,15 +68,25 @@ def opened(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator[Image.Image]:
     except Exception as error:  # noqa: BLE001 - hostile headers raise many types
         raise client_error(error, f"not a {FORMAT_NAMES} image", "not_an_image") from None
     with image:
-        if image.width * image.height > max_pixels:
-            raise too_many_pixels(image, max_pixels)
+        limit = pixel_limit(image, limits)
+        if image.width * image.height > limit:
+            raise too_many_pixels(image, limit)
         yield image
 
 
-def too_many_pixels(image: Image.Image, max_pixels: int) -> BadImage:
-    """The error for an image over the pixel limit (a decompression bomb, or just huge)."""
-    return BadImage(f"image has {image.width}x{image.height} pixels, over the {max_pixels} "
-                    "pixel limit", status=413, code="too_many_pixels")
+def too_many_pixels(image: Image.Image, limit: int) -> BadImage:
+    """The error for an image over its format's pixel limit (a bomb, or just huge)."""
+    kind = "a baseline JPEG" if decodes_small(image) else f"a {kind_name(image)} image"
+    return BadImage(f"image has {image.width}x{image.height} pixels, over the {limit} pixel "
+                    f"limit for {kind}; send it scaled down (the model uses a few hundred "
+                    "pixels a side)", status=413, code="too_many_pixels")
+
+
+def kind_name(image: Image.Image) -> str:
+    """The format as users know it, for messages."""
+    if image.format in ("JPEG", "MPO"):
+        return "progressive JPEG" if image.info.get("progressive") else "JPEG"
+    return {"WEBP": "WebP"}.get(image.format or "", image.format or "unknown")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -94,15 +127,170 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
 
 
-def prepare(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decodes_small(image: Image.Image) -> bool:
+    """Whether the decoder itself can scale down: baseline JPEG only (libjpeg's 1/2..1/8).
+
+    A progressive JPEG keeps every DCT coefficient of the full image in memory until its
+    last scan, whatever the output scale, so it costs like a full decode.
+    """
+    return image.format in ("JPEG", "MPO") and not image.info.get("progressive")
+
+
+def pixel_limit(image: Image.Image, limits: Limits) -> int:
+    """The most pixels accepted for this image's format."""
+    if decodes_small(image):
+        return limits.max_pixels
+    # Pillow's WebP decoder holds four frame-sized RGBA buffers (16 bytes a pixel), where a
+    # PNG, GIF or BMP decode holds one of at most 4.
+    share = 4 if image.format == "WEBP" else 1
+    return min(limits.max_pixels, limits.max_full_decode_pixels // share)
+
+
+def decoded_pixels(image: Image.Image, size: int) -> int:
+    """How many pixels the decoder will produce for a size x size output (before any work)."""
+    if not decodes_small(image):
+        return image.width * image.height
+    scale = 1
+    while scale < 8 and image.width // (scale * 2) >= size and image.height // (scale * 2) >= size:
+        scale *= 2
+    return -(-image.width // scale) * -(-image.height // scale)
+
+
+def decode_cost(path: Path, size: int, limits: Limits | None = None) -> int:
+    """Pixels a decode of this upload to size x size will produce; checks the header only."""
+    limits = as_limits(limits)
+    with opened(path, limits) as image:
+        return decoded_pixels(image, size)
+
+
+def prepare(path: Path, size: int, limits: Limits | int | None = None) -> np.ndarray:
     """Decode an upload once, straight to the model's size x size RGB input (uint8)."""
-    with opened(path, max_pixels) as image, decoding_errors():
+    limits = as_limits(limits)
+    with opened(path, limits) as image, decoding_errors():
         if image.format in ("JPEG", "MPO"):
-            # Let libjpeg scale down by 1/2..1/8 while decoding: big photos cost a fraction.
+            # libjpeg writes 1/2..1/8 scale (a progressive JPEG still holds all coefficients).
             image.draft("RGB", (size, size))
         image.load()
         turn = UPRIGHT.get(image.getexif().get(ORIENTATION, 1))
-        resized = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+        large = image.width * image.height > LARGE_PIXELS
+        small = reduced_rgb(image, size)
+        if small is not image:
+            image.close()  # the full-size buffer goes now, before the resize
+        resized = small.resize((size, size), Image.Resampling.BILINEAR)
         # The output is square, so turning after resizing is the same, on fewer pixels.
         upright = resized.transpose(turn) if turn is not None else resized
-        return np.asarray(upright, dtype=np.uint8)
+        pixels = np.asarray(upright, dtype=np.uint8)
+    if large:
+        release_memory()
+    return pixels
+
+
+def reduced_rgb(image: Image.Image, size: int) -> Image.Image:
+    """The image in RGB, box-averaged down to at least REDUCING_GAP x size on each side.
+
+    It works in strips, so no full-size copy is ever made besides the decoded image itself
+    (a 40 Mpx PNG converted whole to RGB would take 160 MB more), and the resize that follows
+    reads a few hundred thousand pixels instead of millions.
+    """
+    fx = max(1, image.width // (size * REDUCING_GAP))
+    fy = max(1, image.height // (size * REDUCING_GAP))
+    if fx == fy == 1:
+        return to_rgb(image)
+    rows = max(1, STRIP_PIXELS // (image.width * fy)) * fy
+    out: Image.Image | None = None
+    for top in range(0, image.height, rows):
+        box = (0, top, image.width, min(image.height, top + rows))
+        if image.mode in ("L", "RGB", "CMYK"):
+            part = image.reduce((fx, fy), box)  # reads the strip in place
+        else:
+            part = reducible(image.crop(box)).reduce((fx, fy))
+        if out is None:
+            out = Image.new(part.mode, (-(-image.width // fx), -(-image.height // fy)))
+        out.paste(part, (0, top // fy))
+    assert out is not None  # an open image has at least one row
+    # Transparency is flattened on the reduced image: the same result (reduce averages
+    # premultiplied colours), on a fraction of the pixels.
+    return to_rgb(out)
+
+
+def reducible(strip: Image.Image) -> Image.Image:
+    """A strip in a mode Image.reduce takes, keeping its transparency."""
+    if strip.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(strip) >> 8).astype(np.uint8), "L")
+    if strip.mode == "1":
+        return strip.convert("L")
+    if strip.mode in ("P", "PA"):
+        transparent = strip.mode == "PA" or "transparency" in strip.info
+        return strip.convert("RGBA" if transparent else "RGB")
+    return strip
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the system after a large decode.
+
+    glibc keeps freed blocks of Pillow's large buffers in its arenas (its mmap threshold grows
+    with every large free), so without this an HTTP worker stays at its peak after a burst of
+    large uploads.
+    """
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
+
+
+class Lanes:
+    """How many uploads one HTTP worker decodes at once, large ones in a narrower lane of
+    their own: a burst of large uploads then waits for itself, never in front of small ones.
+    After each large decode its lane rests as long as the decode took CPU, so large uploads
+    take at most half a core per lane whatever their rate."""
+
+    def __init__(self, threads: int, large_threads: int, large_pixels: int = LARGE_PIXELS
+                 ) -> None:
+        self.threads, self.large_threads, self.large_pixels = threads, large_threads, large_pixels
+        self._limiters: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter] | None = None
+
+    async def run(self, pixels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """Run a decode producing this many pixels in its lane."""
+        if self._limiters is None:  # made in the event loop that uses them
+            self._limiters = (anyio.CapacityLimiter(self.threads),
+                              anyio.CapacityLimiter(self.large_threads))
+        if pixels <= self.large_pixels:
+            return await anyio.to_thread.run_sync(decode, limiter=self._limiters[0])
+        async with self._limiters[1]:
+            result, cpu_seconds = await anyio.to_thread.run_sync(timed, decode)
+            await rest(cpu_seconds)
+        return result
+
+
+def timed(decode: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    """The decode's result and the CPU seconds its thread spent on it."""
+    start = time.thread_time()
+    result = decode()
+    return result, time.thread_time() - start
+
+
+async def rest(seconds: float) -> None:
+    """Keep a large decode's lane idle this long."""
+    await anyio.sleep(seconds)
+
+
+async def prepare_all(paths: list[Path], size: int, limits: Limits, lanes: Lanes) -> np.ndarray:
+    """Decode uploads in threads, each in its lane, into one uint8 batch (upload order)."""
+
+    async def one(index: int, path: Path) -> np.ndarray:
+        try:
+            # The header alone says the cost; only the decode itself waits for its lane.
+            pixels = await anyio.to_thread.run_sync(decode_cost, path, size, limits)
+            return await lanes.run(pixels, partial(prepare, path, size, limits))
+        except BadImage as error:
+            error.index = index
+            raise
+
+    return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))

@@ -7,19 +7,24 @@ prepared images of concurrent requests into one model call.
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from fastapi import FastAPI
 from pydantic import Field
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 
 from service.config import Lifecycle, Limits
 from service.guard import UPLOAD_STATE, UploadGuard
@@ -29,11 +34,10 @@ from service.predictor import TUNING, Predictor, json_output
 
 with bentoml.importing():
     import aiohttp
-    import anyio
     import numpy as np
 
     from model.predict import top_k
-    from service.images import BadImage, prepare
+    from service.images import BadImage, Lanes, prepare_all
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
@@ -81,12 +85,24 @@ async def http_error(request: Request, error: Exception) -> Response:
                         status_code=status)
 
 
-# Mounted at "/" below; BentoML matches these routes only, so its own stay intact.
-web_app = Starlette(routes=[
-    Route("/model", model_info, methods=["GET"]),
-    Route("/ui", page, methods=["GET"]),
-    Route("/ui/", to_page, methods=["GET"]),
-], exception_handlers={HTTPException: http_error})
+# Mounted at "/" below; BentoML matches these routes only, so its own stay intact. A FastAPI
+# app (not a plain Starlette one) because BentoML 1.4 merges only a mounted FastAPI app's
+# OpenAPI paths into /docs.json; its own /docs and /openapi.json are off (BentoML has both).
+web_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers={HTTPException: http_error})
+web_app.add_api_route(
+    "/model", model_info, methods=["GET"], response_class=JSONResponse, tags=["Service APIs"],
+    summary="The served model's lineage", description=inspect.getdoc(model_info),
+    responses={200: {"description": "tag, classes (name, mid), image_size, architecture, "
+                     "dataset_id, git_commit, metrics, package, top_hash, promoted_at, "
+                     "loaded_at, reload_seconds, follows_promotions, last_reload_error",
+                     "content": {"application/json": {"schema": {"type": "object"}}}},
+               503: {"description": "the model is loading, or failed to load"}})
+web_app.add_api_route(
+    "/ui", page, methods=["GET"], response_class=HTMLResponse, tags=["Service APIs"],
+    summary="The classification page", description=inspect.getdoc(page),
+    responses={200: {"description": "an HTML page", "content": {"text/html": {}}}})
+web_app.add_api_route("/ui/", to_page, methods=["GET"], include_in_schema=False)
 
 
 @bentoml.asgi_app(web_app, path="/")
@@ -101,7 +117,7 @@ class Classifier:
         self.lifecycle = Lifecycle.from_env()
         self._lineages: dict[int, dict] = {}  # by model key: labels travel with each model
         self._size: int | None = None  # the input size of the model that answered last
-        self._decoders: anyio.CapacityLimiter | None = None
+        self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
 
     @bentoml.on_startup
     async def drain_on_sigterm(self) -> None:
@@ -132,20 +148,9 @@ class Classifier:
 
     async def prepared(self, paths: list[Path]) -> np.ndarray:
         """Decode uploads in threads (a bounded number at once) into one uint8 batch."""
-        if self._decoders is None:
-            self._decoders = anyio.CapacityLimiter(TUNING.decode_threads)
         # Any size works (the model resizes inside); the served model's own avoids a resize.
         size = self._size or (await self.lineage())["image_size"]
-
-        async def one(index: int, path: Path) -> np.ndarray:
-            try:
-                return await anyio.to_thread.run_sync(
-                    prepare, path, size, self.limits.max_pixels, limiter=self._decoders)
-            except BadImage as error:
-                error.index = index
-                raise
-
-        return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))
+        return await prepare_all(paths, size, self.limits, self._lanes)
 
     async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
