@@ -107,6 +107,8 @@ def quiet_tracebacks() -> None:
     """Drop the traceback from log records of expected errors (Prefect logs each failed task
     run with one); the record's message, which names the error, stays."""
     make = logging.getLogRecordFactory()
+    if getattr(make, "quiets_expected", False):  # main() may run many times in one process
+        return
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = make(*args, **kwargs)
@@ -114,6 +116,7 @@ def quiet_tracebacks() -> None:
             record.exc_info = None
         return record
 
+    factory.quiets_expected = True
     logging.setLogRecordFactory(factory)
 
 
