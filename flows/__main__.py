@@ -1,42 +1,30 @@
-"""Command line: python -m flows {demo,retrain,promote,download,classes,install,...} ..."""
+"""Command line: python -m flows COMMAND ... (every stage, the whole job, bundles, classes).
+
+Exit codes: 0 done; 1 not reproduced (reproduce) or images failed (refresh, download);
+2 bad input or settings; 3 an unreachable or failing upstream or registry. --debug shows the
+traceback of an error instead of its one-line summary.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from flows.cli_bundle import BUNDLE_COMMANDS, add_bundle_commands, run_bundle_command
+from flows.cli_bundle import add_bundle_commands, run_bundle_command
 from flows.cli_download import add_download_command, run_download_command
+from flows.cli_errors import guarded
 from flows.cli_registry import add_registry_command, run_registry_command
+from flows.cli_stages import VERSIONS, add_stage_commands, run_stage_command, split_names
 from flows.preflight import add_check_command, run_check_command
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run one command."""
-    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_other_commands(sub: argparse._SubParsersAction) -> None:
+    """demo, promote and classes."""
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
     demo.add_argument("--workspace", type=Path, default=Path("workspace/demo"))
     demo.add_argument("--epochs", type=int, default=8)
-    run = sub.add_parser("retrain", help="refresh, crop, train and publish (OPENIMAGER_* apply)")
-    run.add_argument("--classes", nargs="+")
-    run.add_argument("--exclude-classes", nargs="+")
-    run.add_argument("--openimages-version", choices=["v4", "v5", "v6", "v7"])
-    run.add_argument("--workspace")
-    run.add_argument("--metadata-url")
-    run.add_argument("--image-endpoint-url")
-    run.add_argument("--max-images-per-class", type=int)
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--registry")
-    run.add_argument("--package-name")
-    run.add_argument("--architecture", choices=["seed-cnn", "transfer"])
-    run.add_argument("--force-promote", action="store_true", default=None,
-                     help="serve the new model even if it scores below the promoted one")
-    run.add_argument("--build-bento", action="store_true", default=None,
-                     help="build the Bento of a newly promoted model (OPENIMAGER_BUILD_BENTO)")
     promote = sub.add_parser("promote", help="make a stored model the served one (an older tag "
                                              "rolls back)")
     promote.add_argument("tag", help="name:version in the BentoML store")
@@ -45,64 +33,74 @@ def main(argv: list[str] | None = None) -> int:
     classes.add_argument("--tree", action="store_true", help="print the subtree of each match")
     classes.add_argument("--workspace")
     classes.add_argument("--metadata-url")
-    classes.add_argument("--openimages-version")
-    add_bundle_commands(sub)
-    add_download_command(sub)
-    add_check_command(sub)
-    add_registry_command(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("flows").setLevel(logging.INFO)
+    classes.add_argument("--openimages-version", choices=VERSIONS)
+    classes.add_argument("--splits", type=split_names, action="extend",
+                         help="the splits whose box counts are shown")
 
-    try:
-        if args.command == "demo":
-            from flows.demo import report, run_demo
 
-            print(report(run_demo(args.workspace.resolve(), epochs=args.epochs)))
-        elif args.command == "retrain":
-            from flows.retrain import retrain
+def run_other_command(args: argparse.Namespace) -> int:
+    """Run demo, promote or classes."""
+    if args.command == "demo":
+        from flows.demo import report, run_demo
 
-            options = {k: v for k, v in vars(args).items() if k != "command"}
-            print(json.dumps(retrain(**options), indent=2, default=str))
-        elif args.command == "promote":
-            return promote_command(args.tag)
-        elif args.command == "classes":
-            print(classes_report(args))
-        elif args.command in BUNDLE_COMMANDS:
-            return run_bundle_command(args)
-        elif args.command == "download":
-            return run_download_command(args)
-        elif args.command == "check":
-            return run_check_command(args)
-        elif args.command == "registry":
-            return run_registry_command(args)
-    except user_errors() as error:  # evaluated only when an error propagates
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print(report(run_demo(args.workspace.resolve(), epochs=args.epochs)))
+    elif args.command == "promote":
+        return promote_command(args.tag)
+    else:
+        print(classes_report(args))
     return 0
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors a user can cause and mend, reported in one line instead of a traceback."""
-    # Imported here, not at the top: `--help` and `classes` should not load pandas for them.
-    from flows.openimages.ontology import UnknownClassError
-    from flows.openimages.select import EmptySelection
-    from flows.publishing.registries import RegistryError
-    from flows.publishing.secretscan import SecretFound
+# Each entry adds its subcommands to the parser and runs them. Command modules import only
+# argparse at the top, so `--help` loads no heavy library.
+COMMANDS = (
+    (add_stage_commands, run_stage_command),
+    (add_download_command, run_download_command),
+    (add_bundle_commands, run_bundle_command),
+    (add_other_commands, run_other_command),
+    (add_check_command, run_check_command),
+    (add_registry_command, run_registry_command),
+)
 
-    return UnknownClassError, EmptySelection, RegistryError, SecretFound
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in two lines like every other error (not the full usage)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message}\n  see `{self.prog} --help`\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of every command; each subcommand knows its runner (args.run)."""
+    main_parser = Parser(prog="python -m flows", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    main_parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = main_parser.add_subparsers(dest="command", required=True)
+    for add, run in COMMANDS:
+        before = set(sub.choices)
+        add(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(run=run)
+            # SUPPRESS: `python -m flows --debug CMD` is not reset by the subcommand's default
+            sub.choices[name].add_argument("--debug", action="store_true",
+                                           default=argparse.SUPPRESS, help="show tracebacks")
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command; return its exit code."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flows").setLevel(logging.INFO)
+    return guarded(lambda: args.run(args), debug=args.debug)
 
 
 def promote_command(tag: str) -> int:
     """Write the promotion record of a stored model, as the retrain flow does after a publish;
-    say what it replaced. Exit code 2 when tag is not in the BentoML store."""
-    from flows.model_store import UnknownModel, promote_stored  # BentoML loads only here
+    say what it replaced. An unknown tag is UnknownModel (exit 2)."""
+    from flows.model_store import promote_stored  # BentoML loads only here
 
-    try:
-        record, before = promote_stored(tag)
-    except UnknownModel as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    record, before = promote_stored(tag)
     if before is None:
         replaced = "nothing was promoted before"
     elif before["tag"] == record["tag"]:
@@ -124,7 +122,7 @@ def classes_report(args: argparse.Namespace) -> str:
     from flows.stages import metadata
 
     settings = settings_from(workspace=args.workspace, metadata_url=args.metadata_url,
-                             openimages_version=args.openimages_version)
+                             openimages_version=args.openimages_version, splits=args.splits)
     store = metadata(settings, kinds=("classes", "hierarchy"))
     onto, counts = store.ontology(), store.label_counts()
     matches = search(onto, args.query)

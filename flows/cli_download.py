@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from flows.cli_stages import add_selection_options
+
 SOURCES = ["cvdf", "flickr", "thumbnail"]
 
 
@@ -17,12 +19,8 @@ def add_download_command(sub: argparse._SubParsersAction) -> None:
     """Register the download command on the main parser."""
     parser = sub.add_parser("download", help="select classes and download their images "
                                              "(resumable; OPENIMAGER_* apply)")
-    parser.add_argument("--classes", nargs="+")
-    parser.add_argument("--exclude-classes", nargs="+")
-    parser.add_argument("--openimages-version", choices=["v4", "v5", "v6", "v7"])
+    add_selection_options(parser)
     parser.add_argument("--workspace")
-    parser.add_argument("--metadata-url")
-    parser.add_argument("--max-images-per-class", type=int)
     parser.add_argument("--image-source", choices=SOURCES)
     parser.add_argument("--fallback-sources", nargs="+", choices=SOURCES,
                         dest="image_fallback_sources", help="tried in order after --image-source")
@@ -38,7 +36,8 @@ def run_download_command(args: argparse.Namespace) -> int:
     from flows import stages
     from flows.params import settings_from
 
-    settings = settings_from(**{k: v for k, v in vars(args).items() if k != "command"})
+    settings = settings_from(**{k: v for k, v in vars(args).items()
+                                if k not in {"command", "run", "debug"}})
     summary = stages.refresh(settings)
     print(json.dumps({k: summary[k] for k in ("images", "downloads")}, indent=2))
     print(f"store: {settings.image_dir}; manifest of this selection: "

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OFFICIAL_METADATA_URL = "https://storage.googleapis.com/openimages"
 FlagRule = Literal["any", "exclude", "only"]
 Version = Literal["v4", "v5", "v6", "v7"]
 Architecture = Literal["transfer", "seed-cnn"]
 Runner = Literal["threads", "dask"]
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 CVDF_BUCKET = "open-images-dataset"
 
 
@@ -24,8 +27,9 @@ class Settings(BaseSettings):
     workspace: Path = Path("workspace")
     metadata_url: str = OFFICIAL_METADATA_URL
     openimages_version: Version = "v6"
-    splits: list[Literal["train", "validation", "test"]] = Field(
-        default_factory=lambda: ["train", "validation", "test"])
+    # NoDecode: the environment gives "train,validation" (or JSON), parsed by split_list.
+    splits: Annotated[list[Split], NoDecode] = Field(default_factory=lambda: list(SPLITS),
+                                                     min_length=1)
     check_upstream: bool = True  # ask upstream (ETag, Last-Modified, size) before reusing files
     metadata_cache: bool = True  # select from the columnar cache instead of streaming the CSVs
 
@@ -112,6 +116,12 @@ class Settings(BaseSettings):
     publish_uncommitted: bool = True  # warn, not refuse, when the checkout has changes
     package_name: str = "openimager/classifier"
 
+    @field_validator("splits", mode="before")
+    @classmethod
+    def split_list(cls, value: object) -> object:
+        """Accept "train,validation" and '["train"]' as well as a list."""
+        return parse_splits(value) if isinstance(value, str) else value
+
     @property
     def metadata_dir(self) -> Path:
         return self.workspace / "metadata"
@@ -131,3 +141,12 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.workspace / "model"
+
+
+def parse_splits(text: str) -> list[str]:
+    """Split names from "train,validation", "train validation" or a JSON list; an empty list
+    or an unknown name is left for the Settings validation to name."""
+    text = text.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part for part in text.replace(",", " ").split() if part]

@@ -66,7 +66,10 @@ def validate_classes(settings: Settings) -> list[str]:
 
 
 def select(settings: Settings) -> pd.DataFrame:
-    """Select the boxes of the requested classes and write the selection to the workspace."""
+    """Select the boxes of the requested classes and write the selection to the workspace.
+    The class names are resolved first, from the two small class files: a misspelt name
+    fails before the box and image files (gigabytes upstream) are fetched."""
+    validate_classes(settings)
     store = metadata(settings)
     boxes = select_boxes(store, store.ontology(), settings.classes, filters(settings))
     write_parquet(settings.workspace / "selection.parquet", boxes)

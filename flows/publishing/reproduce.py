@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from flows.publishing.bundle import install
-from flows.publishing.registries import opened
+from flows.publishing.bundle import install, latest_meta
+from flows.publishing.registries import EMBEDDED, RegistryError, opened
+
+
+class ReproduceError(ValueError):
+    """The reproduction cannot start as asked (a folder in the way); the message says why."""
+
+
+class NotReproduced(RuntimeError):
+    """The bundle's code could not retrain the model; the message says where it stopped."""
 
 
 @dataclass
@@ -78,21 +88,52 @@ def environment_differences(lock: Path, python_version: Path | None = None) -> l
 
 def retrain_bundle(bundle: Path, out: Path) -> dict:
     """Train again from the bundle's data with its own code and recorded settings."""
+    bundle, out = bundle.resolve(), out.resolve()  # the child runs in bundle/code
     config = json.loads((bundle / "model" / "metrics.json").read_text())["config"]
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "flows", "train-dataset", "--dataset-dir", str(bundle / "data"),
          "--out", str(out), "--config", json.dumps(config)],
-        cwd=bundle / "code", check=True,
+        cwd=bundle / "code", check=False,
     )
+    if done.returncode != 0:
+        raise NotReproduced(f"retraining with the bundled code in {bundle / 'code'} exited "
+                            f"with {done.returncode} (its output is above)")
     return json.loads((out / "metrics.json").read_text())
 
 
-def reproduce(name: str, registry: str, top_hash: str | None, dest: Path, state_dir: Path,
-              tolerance: float = 0.02) -> Reproduction:
-    """Install a package version into dest (fresh), retrain from it and compare metrics."""
+def fresh_dest(base: Path, name: str) -> Path:
+    """A new folder for one reproduction under base: <name>-<UTC time>, never reused."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return base / f"{name.replace('/', '_')}-{stamp}"
+
+
+def prepare_dest(dest: Path, force: bool = False) -> Path:
+    """dest, absolute and empty: with force an existing one is emptied, else it must be."""
+    dest = dest.resolve()
     if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty: reproduce installs into a fresh folder")
-    with opened(registry, state_dir) as url:
+        if not force:
+            raise ReproduceError(f"{dest} is not empty: pass another --dest, or --force to "
+                                 "replace what is there")
+        shutil.rmtree(dest)
+    return dest
+
+
+def require_package(name: str, registry: str, url: str, state_dir: Path) -> None:
+    """Fail in one line, naming the registry and what to pass, when it has no such package."""
+    if latest_meta(name, url) is not None:
+        return
+    if registry == EMBEDDED:
+        raise RegistryError(f"the embedded registry in {state_dir} has no package {name}: pass "
+                            "--workspace of the run that published it, or --registry s3://BUCKET")
+    raise RegistryError(f"{registry} has no package {name}: check the name and --registry")
+
+
+def reproduce(name: str, registry: str, top_hash: str | None, dest: Path, state_dir: Path,
+              tolerance: float = 0.02, force: bool = False) -> Reproduction:
+    """Install a package version into dest (fresh), retrain from it and compare metrics."""
+    dest = prepare_dest(dest, force)
+    with opened(registry, state_dir.resolve()) as url:
+        require_package(name, registry, url, state_dir.resolve())
         top_hash = install(name, url, top_hash, dest)
     published = json.loads((dest / "model" / "metrics.json").read_text())
     result = Reproduction(top_hash, dest, tolerance=tolerance, published=published)

@@ -1,0 +1,137 @@
+"""Expected failures of `python -m flows`: which exit code each error type means, and the one or
+two lines a user sees instead of a traceback (`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+NOT_REPRODUCED = 1  # also: some images failed to download (rerun to retry them)
+BAD_INPUT = 2  # bad input or settings: fix the command line or the OPENIMAGER_* variable
+UPSTREAM = 3  # an unreachable or failing upstream (metadata mirror, image source, registry)
+INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A problem with the command line or the workspace that the command itself found."""
+
+
+class Expected(NamedTuple):
+    """One kind of expected failure: where its class lives, its exit code, what to do."""
+
+    module: str
+    name: str
+    code: int
+    hint: str | Callable[[BaseException], str] = ""
+    applies: Callable[[BaseException], bool] = lambda error: True
+
+
+def _http_hint(error: BaseException) -> str:
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status == 404:
+        return ("the server has no such file: check --metadata-url and --openimages-version, "
+                "or leave the split out with --splits (OPENIMAGER_SPLITS)")
+    return "the server refused the request: check --metadata-url, or try again later"
+
+
+def _connection_text(error: BaseException) -> str:
+    url = getattr(getattr(error, "request", None), "url", None)
+    return f"cannot reach {url}" if url else f"cannot connect: {error}"
+
+
+# Looked up in order, first match wins. A class is imported only if its module is already
+# loaded: an error of a module that never loaded cannot have been raised, and a failing
+# command loads nothing new.
+EXPECTED: tuple[Expected, ...] = (
+    Expected("flows.cli_errors", "UsageError", BAD_INPUT),
+    Expected("pydantic_core", "ValidationError", BAD_INPUT,
+             "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
+    Expected("pydantic_settings", "SettingsError", BAD_INPUT,
+             "list settings are JSON, e.g. OPENIMAGER_CLASSES='[\"Hamburger\"]'"),
+    Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT,
+             "`python -m flows classes TEXT` searches the class names"),
+    Expected("flows.openimages.select", "EmptySelection", BAD_INPUT,
+             "choose other classes or loosen the box filters"),
+    Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
+    Expected("flows.model_store", "UnknownModel", BAD_INPUT),
+    Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
+    # bundle.publish raises a bare RuntimeError for this refusal (see the report to the lead).
+    Expected("builtins", "RuntimeError", BAD_INPUT,
+             applies=lambda error: str(error).startswith("uncommitted changes")),
+    Expected("flows.publishing.reproduce", "NotReproduced", NOT_REPRODUCED),
+    Expected("flows.publishing.registries", "RegistryError", UPSTREAM),
+    Expected("flows.publishing.bundle", "PublishError", UPSTREAM),
+    Expected("flows.openimages.csvread", "MetadataError", UPSTREAM,
+             "the upstream file is malformed: fix or replace it on the mirror, then rerun"),
+    Expected("flows.openimages.fetch", "ChecksumError", UPSTREAM,
+             "the download did not verify; rerun, or check the mirror's copy"),
+    Expected("requests", "HTTPError", UPSTREAM, _http_hint),
+    Expected("requests", "ConnectionError", UPSTREAM,
+             "check --metadata-url (OPENIMAGER_METADATA_URL) and the network"),
+    Expected("requests", "Timeout", UPSTREAM, "the server did not answer in time; try again"),
+)
+
+
+def expected(error: BaseException) -> Expected | None:
+    """The table's entry for an error, or None for an unexpected one."""
+    for entry in EXPECTED:
+        module = sys.modules.get(entry.module)
+        kind = getattr(module, entry.name, None) if module else None
+        if kind is not None and isinstance(error, kind) and entry.applies(error):
+            return entry
+    return None
+
+
+def message(error: BaseException, entry: Expected) -> str:
+    """What went wrong (and where) on the first line, what to do on the second."""
+    if entry.name == "ValidationError":
+        text = "bad setting: " + "; ".join(_setting_problem(item) for item in error.errors())
+    elif entry.name == "ConnectionError":
+        text = _connection_text(error)
+    else:
+        text = str(error) or type(error).__name__
+    hint = entry.hint(error) if callable(entry.hint) else entry.hint
+    return f"error: {text}" + (f"\n  {hint}" if hint else "")
+
+
+def _setting_problem(item: dict) -> str:
+    field = str(item["loc"][0]) if item["loc"] else ""
+    where = (f"OPENIMAGER_{field.upper()} / --{field.replace('_', '-')}" if field
+             else "settings")
+    return f"{where}: {item['msg']} (got {item.get('input')!r})"
+
+
+def quiet_tracebacks() -> None:
+    """Drop the traceback from log records of expected errors (Prefect logs each failed task
+    run with one); the record's message, which names the error, stays."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "quiets_expected", False):  # main() may run many times in one process
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if record.exc_info and record.exc_info[1] is not None and expected(record.exc_info[1]):
+            record.exc_info = None
+        return record
+
+    factory.quiets_expected = True
+    logging.setLogRecordFactory(factory)
+
+
+def guarded(command: Callable[[], int], debug: bool = False) -> int:
+    """Run a command; an expected error prints its lines and returns its exit code."""
+    if not debug:
+        quiet_tracebacks()
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:
+        entry = expected(error)
+        if entry is None or debug:
+            raise
+        print(message(error, entry), file=sys.stderr)
+        return entry.code
