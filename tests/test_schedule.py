@@ -174,3 +174,14 @@ def test_a_retrain_on_a_dask_cluster_completes_and_used_it(stack, retrained, tmp
     logs = stack.log_text()
     assert re.search(r"images handled on \d Dask worker\(s\) \(tcp://127\.0\.0\.1:", logs)
     assert re.search(r"images cropped on \d Dask worker\(s\) \(tcp://127\.0\.0\.1:", logs)
+
+
+def test_docs_scheduling_shows_the_commands_run_here() -> None:
+    """docs/scheduling.md's blocks are the commands the tests above run."""
+    text = (ROOT / "docs" / "scheduling.md").read_text()
+    for command in ("make prefect-server", "make deploy", "make worker",
+                    ".venv/bin/prefect deployment run retrain/weekly-retrain --param "
+                    "max_images_per_class=25",
+                    ".venv/bin/prefect deployment run retrain/weekly-retrain --param "
+                    "task_runner=dask"):
+        assert command in text, command
