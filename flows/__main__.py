@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
-    demo.add_argument("--workspace", type=Path, default=Path("workspace/demo"))
+    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, workspace/demo")
     demo.add_argument("--epochs", type=int, default=8)
     run = sub.add_parser("retrain", help="refresh, crop, train and publish (OPENIMAGER_* apply)")
     run.add_argument("--classes", nargs="+")
@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from flows.demo import report, run_demo
 
-            print(report(run_demo(args.workspace.resolve(), epochs=args.epochs)))
+            print(report(run_demo(args.workspace, epochs=args.epochs)))
         elif args.command == "retrain":
             from flows.retrain import retrain
+            from flows.runtime import prepare_run
 
+            prepare_run()
             options = {k: v for k, v in vars(args).items() if k != "command"}
             print(json.dumps(retrain(**options), indent=2, default=str))
         elif args.command == "promote":

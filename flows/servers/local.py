@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from flows.servers import lifeline
+
 # Credentials for the local endpoint only; moto accepts any.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "openimager-local", "AWS_SECRET_ACCESS_KEY": "local",
                      "AWS_DEFAULT_REGION": "us-east-1"}
@@ -80,7 +82,7 @@ class LocalS3:
             _drop_torn_tail(self.state_file)
             env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.state_file))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = lifeline.popen(
             [sys.executable, "-m", "flows.servers.s3server", "-H", "127.0.0.1",
              "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -169,7 +171,7 @@ class BentoServer:
         if self.model_tag:  # else the promoted model, or the newest
             env["OPENIMAGER_MODEL_TAG"] = self.model_tag
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
+        self.process = lifeline.popen(
             [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier",
              "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
