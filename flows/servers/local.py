@@ -41,7 +41,7 @@ def _drop_torn_tail(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
-def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
     """Wait until url answers any HTTP status, or raise with the reason."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
