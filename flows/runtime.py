@@ -6,10 +6,12 @@ import os
 
 from flows.servers import lifeline
 
-# Prefect waits 20 s for its ephemeral API by default; a fresh database on a busy 2-core
-# machine needs longer, and the run then fails before its first task.
+# Prefect waits 20 s for its ephemeral API by default, and a run fails before its first task
+# when the server is slower. On a fresh database it took 20 s on an idle 2-core machine and
+# 180 s with four busy loops beside it. Prefect notices a server that died at startup only
+# when it waited this long, so the bound is generous, not endless.
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-STARTUP_TIMEOUT_SECONDS = 120
+STARTUP_TIMEOUT_SECONDS = 600
 
 
 def prepare_run() -> None:

@@ -45,10 +45,11 @@ def kill_and_check(process: subprocess.Popen, mark: str) -> None:
     assert tree, "the run had started no process yet"
     process.kill()
     process.wait()
-    deadline = time.monotonic() + SETTLE
-    while (remaining := left_behind(tree, mark)) and time.monotonic() < deadline:
+    killed = time.monotonic()
+    while (remaining := left_behind(tree, mark)) and time.monotonic() < killed + SETTLE:
         time.sleep(0.2)
     assert remaining == [], f"still running {SETTLE:.0f} s after kill -9: {remaining}"
+    print(f"{len(tree)} processes gone {time.monotonic() - killed:.1f} s after kill -9 ({mark})")
 
 
 def start_python(code: str, mark: str, **env: str) -> subprocess.Popen:
@@ -69,7 +70,7 @@ SERVERS = textwrap.dedent("""
     # started by someone else's code, without the run's mark in its environment
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                      env={"PATH": os.environ["PATH"]})
-    time.sleep(2)  # the watchdog's next look at the process table
+    time.sleep(3)  # the watchdog's next look at the process table
     print("ready", flush=True)
 """)
 
@@ -107,18 +108,23 @@ PREFECT_TIMEOUT = """
 
 
 @pytest.mark.parametrize("setup, expected", [
-    ({}, "120 120"),
+    ({}, "600 600"),
     ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7"}, "7 7"),
     ({"profile": "33"}, "33 33"),
+    ({"toml": "44"}, "44 44"),
     ({"PREFECT_API_URL": "http://127.0.0.1:9/api"}, "20 20"),  # no ephemeral server then
 ])
 def test_prefect_gets_time_to_start_unless_the_user_chose(tmp_path, setup, expected):
+    setup = dict(setup)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path)
     if "profile" in setup:  # as docs/operations.md shows
         subprocess.run([str(Path(sys.executable).parent / "prefect"), "config", "set",
                         f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS={setup.pop('profile')}"],
                        env=env, check=True, capture_output=True, timeout=300)
+    if "toml" in setup:
+        (tmp_path / "prefect.toml").write_text(
+            f"[server.ephemeral]\nstartup_timeout_seconds = {setup.pop('toml')}\n")
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(PREFECT_TIMEOUT)], cwd=tmp_path,
                           env={**env, **setup, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=300)
@@ -175,7 +181,9 @@ def test_kill_9_of_the_demo_leaves_nothing_behind(demo_workspace, tmp_path):
     kill_and_check(demo.process, "refresh")
 
     demo = Demo(["--workspace", str(demo_workspace)], "train", tmp_path / "prefect-2")
-    demo.wait_for("training", lambda: any(line.startswith("Epoch 1/") for line in demo.lines))
+    # Keras' TensorBoard callback makes its run's folder when training begins.
+    demo.wait_for("training", lambda: any((demo_workspace / "model" / "logs").glob("*")))
+    assert not (demo_workspace / "model" / "model.keras").exists()
     kill_and_check(demo.process, "train")
 
 
@@ -188,11 +196,11 @@ def test_the_demo_runs_to_the_end_on_a_loaded_machine_then_dies_whole(demo_works
     try:
         demo = Demo(["--workspace", str(demo_workspace)], "serve", tmp_path / "prefect")
         # bentoml serve starts only after the retrain flow returned
-        demo.wait_for("serving", lambda: demo.running("bentoml serve",
-                                                      "_bentoml_impl.worker.service"))
+        demo.wait_for("the end of its flow", lambda: demo.running("bentoml serve"))
     finally:
         for busy in load:
             busy.kill()
             busy.wait()
-    assert any("promotion recorded" in line or "published" in line for line in demo.lines)
+    assert any("published" in line for line in demo.lines)
+    demo.wait_for("serving", lambda: demo.running("_bentoml_impl.worker.service"))
     kill_and_check(demo.process, "serve")

@@ -6,7 +6,7 @@ run's process to end, however it ends, then stops what the run left behind:
 
 - every process carrying the run's mark in its environment (children started here get it,
   and their own children, such as bentoml's workers or Prefect's server, inherit it);
-- every descendant of the run it saw in its last look at the process table (twice a second),
+- every descendant of the run it saw in its last look at the process table (once a second),
   which also covers children started before the watchdog or without the mark.
 
 PR_SET_PDEATHSIG is not used: it fires when the spawning *thread* ends, and Prefect starts
@@ -31,7 +31,7 @@ from pathlib import Path
 
 MARK = "OPENIMAGER_LIFELINE"  # in the environment of every process a run starts
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL of what a dead run left behind
-LOOK_EVERY = 0.5  # seconds between two looks at the run's descendants
+LOOK_EVERY = 1.0  # seconds between two looks at the run's descendants (~0.5 % of a core)
 
 _lock = threading.Lock()
 _installed: dict[int, str] = {}  # pid of the run -> its mark (a forked child installs anew)
@@ -44,9 +44,11 @@ def install() -> str:
         if pid not in _installed:
             mark = f"{pid}-{uuid.uuid4().hex[:12]}"
             env = {k: v for k, v in os.environ.items() if k != MARK}
-            subprocess.Popen([sys.executable, "-I", str(Path(__file__).resolve()), str(pid), mark],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+            if Path("/proc/self/stat").exists():  # Linux: elsewhere servers stop only on exit
+                subprocess.Popen(
+                    [sys.executable, "-I", str(Path(__file__).resolve()), str(pid), mark],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    start_new_session=True, env=env)
             _installed[pid] = mark
             # Processes that others start from here (Prefect's server) inherit the mark too.
             os.environ[MARK] = mark

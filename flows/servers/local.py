@@ -177,7 +177,7 @@ class BentoServer:
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            wait_ready(f"{self.url}/readyz", 180, self.process)
+            wait_ready(f"{self.url}/readyz", 600, self.process)  # ends early if it dies
         except BaseException:
             self.__exit__()
             raise
