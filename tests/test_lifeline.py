@@ -153,7 +153,7 @@ class Demo:
         found = []
         for pid in descendants(self.process.pid, processes()):
             with contextlib.suppress(OSError):
-                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode())
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " "))
         return all(any(part in cmd for cmd in found) for part in parts)
 
     def wait_for(self, what: str, ready) -> None:
