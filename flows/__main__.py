@@ -23,7 +23,7 @@ from flows.preflight import add_check_command, run_check_command
 def add_other_commands(sub: argparse._SubParsersAction) -> None:
     """demo, promote and classes."""
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
-    demo.add_argument("--workspace", type=Path, default=Path("workspace/demo"))
+    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, workspace/demo")
     demo.add_argument("--epochs", type=int, default=8)
     promote = sub.add_parser("promote", help="make a stored model the served one (an older tag "
                                              "rolls back)")
@@ -43,7 +43,7 @@ def run_other_command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from flows.demo import report, run_demo
 
-        print(report(run_demo(args.workspace.resolve(), epochs=args.epochs)))
+        print(report(run_demo(args.workspace, epochs=args.epochs)))
     elif args.command == "promote":
         return promote_command(args.tag)
     else:

@@ -181,7 +181,9 @@ def retrain_command(args: argparse.Namespace) -> int:
     if args.splits:  # not a flow parameter: the flow reads it from the environment
         os.environ["OPENIMAGER_SPLITS"] = ",".join(settings.splits)
     from flows.retrain import retrain
+    from flows.runtime import prepare_run
 
+    prepare_run()
     options = {k: v for k, v in vars(args).items()
                if k not in {"command", "run", "debug", "splits"}}
     print(json.dumps(retrain(**options), indent=2, default=str))

@@ -11,12 +11,24 @@ import pandas as pd
 import requests
 
 from flows.publishing.lineage import PROJECT_ROOT
+from flows.runtime import prepare_run
 from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3
 from flows.servers.mirror import StaticHTTP
-from flows.settings import CVDF_BUCKET
+from flows.settings import CVDF_BUCKET, Settings
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 DEMO_CLASSES = ["Hamburger", "Sandwich", "Car"]
+DEMO_WORKSPACE = Path("workspace/demo")
+
+
+def demo_workspace(flag: Path | None = None) -> Path:
+    """The demo's workspace: --workspace, else OPENIMAGER_WORKSPACE, else workspace/demo."""
+    if flag is not None:
+        return flag.resolve()
+    settings = Settings()
+    # The settings' own default (workspace/) would mix the demo's files with a real run's.
+    chosen = "workspace" in settings.model_fields_set
+    return (settings.workspace if chosen else DEMO_WORKSPACE).resolve()
 
 
 def pick_test_crop(workspace: Path) -> tuple[Path, str]:
@@ -26,16 +38,19 @@ def pick_test_crop(workspace: Path) -> tuple[Path, str]:
     return workspace / "dataset" / "crops" / row.CropPath, row.Class
 
 
-def run_demo(workspace: Path, classes: list[str] | None = None, epochs: int = 8,
+def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: int = 8,
              image_size: int = 96, s3: LocalS3 | None = None) -> dict:
     """Refresh, crop, train, publish and serve on the sample; return what happened.
 
-    Starts its own S3 endpoint unless given one that already holds the sample images.
+    Starts its own S3 endpoint unless given one that already holds the sample images;
+    workspace None: OPENIMAGER_WORKSPACE, else workspace/demo.
     """
     from flows.retrain import retrain  # Prefect loads only when the demo runs
 
     os.environ.update(TELEMETRY_OFF)
     os.environ.update(LOCAL_CREDENTIALS)
+    prepare_run()
+    workspace = demo_workspace(workspace)
     logs = workspace / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from flows.servers import lifeline
+
 # Credentials for the local endpoint only; moto accepts any.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "openimager-local", "AWS_SECRET_ACCESS_KEY": "local",
                      "AWS_DEFAULT_REGION": "us-east-1"}
@@ -29,7 +31,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
     """Wait until url answers any HTTP status, or raise with the reason."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,14 +71,14 @@ class LocalS3:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             env["S3SERVER_STATE_DIR"] = str(self.state_dir)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = lifeline.popen(
             [sys.executable, "-m", "flows.servers.s3server", "-H", "127.0.0.1",
              "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         try:
             # The state loads before the port opens; migrating an old log can take minutes.
-            wait_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 30,
+            wait_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 120,
                       self.process)
         except BaseException:
             self.stop()  # never leave a half-started server behind
@@ -156,13 +158,13 @@ class BentoServer:
         if self.model_tag:  # else the promoted model, or the newest
             env["OPENIMAGER_MODEL_TAG"] = self.model_tag
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
+        self.process = lifeline.popen(
             [sys.executable, "-m", "bentoml", "serve", "service.service:Classifier",
              "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            wait_ready(f"{self.url}/readyz", 180, self.process)
+            wait_ready(f"{self.url}/readyz", 600, self.process)  # ends early if it dies
         except BaseException:
             self.__exit__()
             raise
