@@ -277,3 +277,23 @@ def test_published_is_said_only_when_a_revision_was_pushed():
     assert publish_line({**done, "pushed": True}).startswith(f"published a/b@{'f' * 64}")
     line = publish_line({**done, "pushed": False})
     assert line.startswith(f"unchanged: {'f' * 64}") and "published" not in line
+
+
+def test_training_records_the_commit_and_its_uncommitted_changes(tmp_path):
+    from flows.publishing.lineage import code_state
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*run, "init", "-q"], check=True)
+    (repo / "train.py").write_text("a = 1\n")
+    subprocess.run([*run, "add", "train.py"], check=True)
+    subprocess.run([*run, "commit", "-q", "-m", "one"], check=True)
+    commit = git_commit(repo)
+    assert code_state(repo) == {"git_commit": commit, "git_dirty": False, "git_changes": []}
+    (repo / "train.py").write_text("a = 2\n")
+    (repo / "scratch.txt").write_text("untracked files are not the code that ran\n")
+    assert code_state(repo) == {"git_commit": commit, "git_dirty": True,
+                                "git_changes": ["train.py"]}
+    assert code_state(tmp_path / "elsewhere") == {"git_commit": "unknown", "git_dirty": None,
+                                                  "git_changes": []}
