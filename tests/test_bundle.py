@@ -297,3 +297,48 @@ def test_training_records_the_commit_and_its_uncommitted_changes(tmp_path):
                                 "git_changes": ["train.py"]}
     assert code_state(tmp_path / "elsewhere") == {"git_commit": "unknown", "git_dirty": None,
                                                   "git_changes": []}
+
+
+def doc_commands() -> list[str]:
+    """The command lines of docs/publishing.md's code blocks."""
+    text = (PROJECT_ROOT / "docs" / "publishing.md").read_text()
+    blocks = text.split("```")[1::2]
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith(("python ", "cp ", "quilt3 "))]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tmp_path):
+    import sys
+
+    from model.train import TrainConfig, train
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    config = TrainConfig(architecture="seed-cnn", weights=None, image_size=32, epochs=1,
+                         tensorboard=False)
+    result = train(table, sample_workspace / "dataset" / "crops", tmp_path / "model", config)
+    workspace = tmp_path / "workspace" / "demo"
+    meta = {**META, "package": "openimager/classifier", "classes": result.class_names,
+            "class_mids": dict.fromkeys(result.class_names, "/m/x"), "metrics": result.metrics}
+    with opened("embedded", workspace / "registry") as registry:
+        done = publish(sample_workspace / "dataset", tmp_path / "model", meta,
+                       "openimager/classifier", registry, "docs")
+    commands = doc_commands()
+    run = [c for c in commands if not c.startswith("quilt3 ")]  # the one needing AWS
+    assert len(run) == 3 and len(commands) == 4
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    # Absolute folders: reproduce hands its paths to a process with another working folder.
+    places = {"<hash>": done.top_hash, "workspace/demo": str(workspace),
+              "--dest reproduced": f"--dest {tmp_path / 'reproduced'}",
+              "python ": f"{sys.executable} "}
+    for command in run:
+        line = command
+        for word, value in places.items():
+            line = line.replace(word, value)
+        out = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
+    assert (tmp_path / "bundle" / "code" / "requirements.lock").exists()
+    assert "REPRODUCED: test accuracy" in out.stdout
+    assert (tmp_path / "reproduced" / "reproduced" / "model.keras").exists()
