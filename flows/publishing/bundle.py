@@ -105,11 +105,13 @@ class PublishError(RuntimeError):
     """A push did not complete; nothing in the registry points at what it left behind."""
 
 
-def fingerprint(staging: Path, meta: dict) -> str:
-    """What makes a bundle different: every file staged to publish, and its metadata."""
-    described = {k: v for k, v in meta.items() if k != "fingerprint"}
-    return sha256_text(tree_digest(staging) + json.dumps(described, sort_keys=True,
-                                                         default=str))
+def fingerprint(staging: Path, name: str) -> str:
+    """What makes a bundle different: every file staged to publish (the README included).
+
+    Not the metadata: the publish flow rebuilds parts of it (the filters) from its own
+    settings, which would make a new revision of the same files.
+    """
+    return sha256_text(f"{name}\0{tree_digest(staging)}")
 
 
 def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
@@ -175,7 +177,7 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
         lock = staging / "env" / "requirements.lock"
         meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,
                 "model_sha256": sha256_file(staging / "model" / "model.keras")}
-        meta["fingerprint"] = fingerprint(staging, meta)
+        meta["fingerprint"] = fingerprint(staging, name)
         latest = latest_meta(name, registry)
         if latest and latest[1].get("fingerprint") == meta["fingerprint"]:
             log.info("%s is unchanged since %s: nothing pushed", name, latest[0][:12])
