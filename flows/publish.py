@@ -28,6 +28,15 @@ def promote_task(settings: Settings, trained: dict, published: dict) -> dict:
     return stages.promote_published(settings, trained, published)
 
 
+def publish_line(published: dict) -> str:
+    """What the publish did: pushed a new revision, or found the newest one identical."""
+    where = f"{published['name']}@{published['top_hash']} to {published['registry']}"
+    if published.get("pushed", True):
+        return f"published {where}"
+    return (f"unchanged: {published['top_hash']} ({published['name']} in "
+            f"{published['registry']} already holds this bundle; nothing pushed)")
+
+
 def promotion_lines(promoted: dict | None) -> list[str]:
     """What a run's promotion step recorded and built, in words."""
     if promoted is None:
@@ -53,7 +62,7 @@ def publish(registry: str | None = None, package_name: str | None = None,
     trained = trained or stages.last_summary(settings, "train")
     built = built or stages.last_summary(settings, "build")
     published = publish_task(settings, trained, built)
-    print(f"published {published['name']}@{published['top_hash']} to {published['registry']}")
+    print(publish_line(published))
     promoted = promote_task(settings, trained, published) if trained["promoted"] else None
     for line in promotion_lines(promoted):
         print(line)

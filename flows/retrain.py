@@ -22,7 +22,8 @@ from flows import stages
 from flows.artifacts import record
 from flows.fanout import shared_cluster
 from flows.params import Architecture, Runner, Version, report_images, settings_from
-from flows.publish import promote_task, promotion_lines, publish_task
+from flows.publish import promote_task, promotion_lines, publish_line, publish_task
+from flows.publishing.lineage import refuse_uncommitted
 from flows.refresh import check_inputs, refresh_task
 from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
@@ -73,6 +74,7 @@ def retrain(
         architecture=architecture, registry=registry, package_name=package_name,
         force_promote=force_promote, task_runner=task_runner, build_bento=build_bento,
     )
+    refuse_uncommitted(settings.publish_uncommitted)  # before any download or training
     check_inputs(settings, registry=True)
     finished = finish_pending_task(settings)
     if finished:
@@ -95,8 +97,7 @@ def retrain(
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
           f"{built['crops']} crops; test accuracy {trained['metrics']['accuracy']}")
     print(promotion_line(trained))
-    print(f"published {published['name']}@{published['top_hash'][:12]}" if published
-          else "not published: the model was not promoted")
+    print(publish_line(published) if published else "not published: the model was not promoted")
     for line in promotion_lines(promoted):
         print(line)
     record("retrain", result, report_images(settings))

@@ -23,7 +23,7 @@ from flows.openimages.releases import KINDS
 from flows.openimages.select import Filters, images_of, select_boxes, summary
 from flows.progress import stepper
 from flows.publishing.bundle import Published, publish
-from flows.publishing.lineage import PROJECT_ROOT, git_commit
+from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.publishing.registries import opened
 from flows.settings import Settings
 from model.atomic import write_json, write_parquet
@@ -173,7 +173,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     # Every training knob is a setting of the same name (OPENIMAGER_EPOCHS, _WEIGHTS, ...).
     config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
                             if f.name in Settings.model_fields})
-    commit = git_commit()
+    code = code_state()  # the commit, and any changes the model is trained with
     key = hashlib.sha256(json.dumps([dataset_id(table), asdict(config), training_code(),
                                      settings.openimages_version]).encode()).hexdigest()[:16]
     found = find_trained(settings.model_name, "train", key) if settings.reuse_trained else None
@@ -182,8 +182,8 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
         restore_model(tag, settings.model_dir)
         log.info("%s was trained on this dataset with this config and code: reused", tag)
     else:
-        metadata = _fit(settings, table, config, commit)
-        labels = {"dataset": metadata["dataset_id"], "commit": commit[:12],
+        metadata = _fit(settings, table, config, code)
+        labels = {"dataset": metadata["dataset_id"], "commit": code["git_commit"][:12],
                   "architecture": config.architecture, "train": key}
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
@@ -228,7 +228,7 @@ def last_summary(settings: Settings, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _fit(settings: Settings, table: pd.DataFrame, config: object, commit: str) -> dict:
+def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) -> dict:
     """Fit a model into the model folder; return its training summary."""
     from model.train import train as fit
 
@@ -243,7 +243,7 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, commit: str) -
         "weights": result.metrics["weights"],
         "dataset_id": dataset_id(table),
         "openimages_version": settings.openimages_version,
-        "git_commit": commit,
+        **code,
         "metrics": {k: result.metrics[k] for k in
                     ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
                      "confusion_matrix")},
@@ -266,6 +266,9 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "openimages_version": settings.openimages_version,
         "metrics": trained["metrics"],
         "git_commit": trained["git_commit"],
+        # None: trained before this was recorded, or outside a git checkout.
+        "dirty": trained.get("git_dirty"),
+        "git_changes": trained.get("git_changes") or [],
         "model_tag": trained["model_tag"],
         "filters": asdict(filters(settings)),
         "train_config": trained.get("config"),

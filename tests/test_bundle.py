@@ -2,14 +2,22 @@
 
 import json
 import os
+import subprocess
 import threading
 
 import pandas as pd
 import pytest
 import quilt3
 
-from flows.publishing.bundle import PublishError, install, publish
-from flows.publishing.lineage import git_commit
+from flows.publish import publish_line
+from flows.publishing.bundle import PublishError, install, publish, stage_bundle
+from flows.publishing.lineage import (
+    ENV_FILES,
+    PROJECT_ROOT,
+    LineageError,
+    UncommittedChanges,
+    git_commit,
+)
 from flows.publishing.registries import RegistryError, check_registry, opened
 from flows.publishing.secretscan import SecretFound, find_secrets
 from flows.servers.local import LocalS3
@@ -19,8 +27,13 @@ META = {
     "class_mids": {"Car": "/m/0k4j", "Hamburger": "/m/0cdn1"},
     "crops_per_class": {"Car": 1, "Hamburger": 1}, "dataset_id": "abc",
     "metrics": {"accuracy": 0.5, "macro_f1": 0.5, "test_examples": 2},
-    "git_commit": "x", "model_tag": "openimager-classifier:test",
+    "git_commit": git_commit(), "model_tag": "openimager-classifier:test",
 }
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                          check=True).stdout.decode()
 
 
 def make_run(tmp_path, files: int = 3):
@@ -165,28 +178,167 @@ def test_wrong_credentials_are_one_clear_error(monkeypatch):
             check_registry("s3://some-bucket")
 
 
-def test_source_photos_go_along_only_when_asked(registry_env, tmp_path):
+def test_code_is_the_commit_the_model_was_trained_at(registry_env, tmp_path):
+    data, model = make_run(tmp_path)
+    trained_at = git("rev-parse", "HEAD~1").strip()  # not the checkout's HEAD
+    meta = {**META, "git_commit": trained_at}
+    done = publish(data, model, meta, "test/lineage", registry_env, "at HEAD~1")
+    got = tmp_path / "got"
+    install("test/lineage", registry_env, done.top_hash, got)
+    assert (got / "code" / "COMMIT").read_text().strip() == trained_at
+    assert f"the code at commit `{trained_at}`" in (got / "README.md").read_text()
+    pkg = quilt3.Package.browse("test/lineage", registry=registry_env, top_hash=done.top_hash)
+    assert pkg.meta["git_commit"] == trained_at and not pkg.meta.get("dirty")
+    for path in ("flows/publishing/bundle.py", "flows/stages.py"):
+        assert (got / "code" / path).read_text() == git("show", f"{trained_at}:{path}")
+    assert (got / "env" / "requirements.lock").read_text() == git(
+        "show", f"{trained_at}:requirements.lock")
+    assert not (got / "code" / "UNCOMMITTED.md").exists()
+
+
+def test_a_commit_the_checkout_lacks_is_one_clear_error(registry_env, tmp_path):
+    data, model = make_run(tmp_path)
+    with pytest.raises(LineageError, match="trained at commit 0123456789ab, which the checkout"):
+        publish(data, model, {**META, "git_commit": "0123456789ab" * 3 + "0123"},
+                "test/nocommit", registry_env, "x")
+
+
+def test_the_bundle_leaves_out_what_retraining_does_not_need(tmp_path):
+    data, model = make_run(tmp_path)
+    staged = stage_bundle(data, model, META, tmp_path / "staged")
+    code = staged / "code"
+    for gone in ("data/sample", "tests", "benchmarks", "docs/sample-card", *ENV_FILES):
+        assert not (code / gone).exists(), gone
+    for kept in ("flows/__main__.py", "model/train.py", "service/service.py", "Makefile"):
+        assert (code / kept).exists(), kept
+    assert sorted(p.name for p in (staged / "env").iterdir()) == sorted(
+        [*ENV_FILES, "python-version.txt"])
+
+
+def test_a_model_trained_on_a_dirty_tree_is_marked_and_can_be_refused(registry_env,
+                                                                      tmp_path):
+    data, model = make_run(tmp_path)
+    meta = {**META, "dirty": True, "git_changes": ["model/train.py"]}
+    with pytest.raises(UncommittedChanges, match=r"uncommitted changes \(model/train.py\)"):
+        publish(data, model, meta, "test/dirty", registry_env, "x", allow_dirty=False)
+    assert "test/dirty" not in list(quilt3.list_packages(registry=registry_env))
+
+    done = publish(data, model, meta, "test/dirty", registry_env, "dirty")
+    pkg = quilt3.Package.browse("test/dirty", registry=registry_env, top_hash=done.top_hash)
+    assert pkg.meta["dirty"] is True and pkg.meta["git_commit"] == META["git_commit"]
+    got = tmp_path / "got"
+    install("test/dirty", registry_env, done.top_hash, got)
+    assert "`model/train.py`" in (got / "code" / "UNCOMMITTED.md").read_text()
+    assert "code/UNCOMMITTED.md" in (got / "README.md").read_text()
+
+
+def test_retrain_refuses_uncommitted_changes_before_any_work(tmp_path, monkeypatch):
+    import flows.publishing.lineage
+    from flows.retrain import retrain
+
+    monkeypatch.setattr(flows.publishing.lineage, "git_changes", lambda root: ["flows/x.py"])
+    monkeypatch.setenv("OPENIMAGER_PUBLISH_UNCOMMITTED", "false")
+    workspace = tmp_path / "ws"
+    # An unreachable mirror: had the flow gone on, it would fail on the download instead.
+    with pytest.raises(UncommittedChanges, match=r"uncommitted changes in .*\(flows/x.py\)"):
+        retrain.fn(workspace=str(workspace), metadata_url="http://127.0.0.1:9/none",
+                   registry="s3://not-reached")
+    assert not workspace.exists()
+
+
+def test_source_photos_go_along_only_when_asked_and_count_in_the_fingerprint(registry_env,
+                                                                             tmp_path):
     data, model = make_run(tmp_path)
     store = tmp_path / "images" / "train"
     store.mkdir(parents=True)
-    (store / "a_0.jpg").write_bytes(b"photo")  # no crop comes from this one
     pd.DataFrame({"CropPath": ["Car/a_0.jpg"], "ImageID": ["0000000000000001"], "Author": "a",
                   "License": "l", "OriginalLandingURL": "u"}).to_parquet(data / "crops.parquet")
     (store / "0000000000000001.jpg").write_bytes(b"source photo")
-    without = publish(data, model, META, "test/photos", registry_env, "no photos")
-    with_photos = publish(data, model, {**META, "dataset_id": "with"}, "test/photos",
-                          registry_env, "photos", image_dir=tmp_path / "images")
-    install("test/photos", registry_env, without.top_hash, tmp_path / "a")
-    install("test/photos", registry_env, with_photos.top_hash, tmp_path / "b")
+    (store / "a_0.jpg").write_bytes(b"photo")  # no crop comes from this one
+    plain = publish(data, model, META, "test/fp", registry_env, "no photos")
+    photos = publish(data, model, META, "test/fp", registry_env, "photos",
+                     image_dir=tmp_path / "images")
+    assert photos.pushed and photos.top_hash != plain.top_hash
+    install("test/fp", registry_env, plain.top_hash, tmp_path / "a")
+    install("test/fp", registry_env, photos.top_hash, tmp_path / "b")
     assert not (tmp_path / "a" / "data" / "images").exists()
     assert [p.name for p in (tmp_path / "b" / "data" / "images" / "train").iterdir()] == [
         "0000000000000001.jpg"]
+    again = publish(data, model, META, "test/fp", registry_env, "photos again",
+                    image_dir=tmp_path / "images")
+    assert not again.pushed and again.top_hash == photos.top_hash
+    (store / "0000000000000001.jpg").write_bytes(b"another photo")
+    assert publish(data, model, META, "test/fp", registry_env, "new photo",
+                   image_dir=tmp_path / "images").pushed
 
 
-def test_uncommitted_changes_can_be_refused(registry_env, tmp_path, monkeypatch):
-    import flows.publishing.bundle
+def test_published_is_said_only_when_a_revision_was_pushed():
+    done = {"name": "a/b", "registry": "s3://r", "top_hash": "f" * 64}
+    assert publish_line({**done, "pushed": True}).startswith(f"published a/b@{'f' * 64}")
+    line = publish_line({**done, "pushed": False})
+    assert line.startswith(f"unchanged: {'f' * 64}") and "published" not in line
 
-    monkeypatch.setattr(flows.publishing.bundle, "git_dirty", lambda: True)
-    data, model = make_run(tmp_path)
-    with pytest.raises(RuntimeError, match="uncommitted changes"):
-        publish(data, model, META, "test/dirty", registry_env, "x", allow_dirty=False)
+
+def test_training_records_the_commit_and_its_uncommitted_changes(tmp_path):
+    from flows.publishing.lineage import code_state
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*run, "init", "-q"], check=True)
+    (repo / "train.py").write_text("a = 1\n")
+    subprocess.run([*run, "add", "train.py"], check=True)
+    subprocess.run([*run, "commit", "-q", "-m", "one"], check=True)
+    commit = git_commit(repo)
+    assert code_state(repo) == {"git_commit": commit, "git_dirty": False, "git_changes": []}
+    (repo / "train.py").write_text("a = 2\n")
+    (repo / "scratch.txt").write_text("untracked files are not the code that ran\n")
+    assert code_state(repo) == {"git_commit": commit, "git_dirty": True,
+                                "git_changes": ["train.py"]}
+    assert code_state(tmp_path / "elsewhere") == {"git_commit": "unknown", "git_dirty": None,
+                                                  "git_changes": []}
+
+
+def doc_commands() -> list[str]:
+    """The command lines of docs/publishing.md's code blocks."""
+    text = (PROJECT_ROOT / "docs" / "publishing.md").read_text()
+    blocks = text.split("```")[1::2]
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith(("python ", "cp ", "quilt3 "))]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tmp_path):
+    import sys
+
+    from model.train import TrainConfig, train
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    config = TrainConfig(architecture="seed-cnn", weights=None, image_size=32, epochs=1,
+                         tensorboard=False)
+    result = train(table, sample_workspace / "dataset" / "crops", tmp_path / "model", config)
+    workspace = tmp_path / "workspace" / "demo"
+    meta = {**META, "package": "openimager/classifier", "classes": result.class_names,
+            "class_mids": dict.fromkeys(result.class_names, "/m/x"), "metrics": result.metrics}
+    with opened("embedded", workspace / "registry") as registry:
+        done = publish(sample_workspace / "dataset", tmp_path / "model", meta,
+                       "openimager/classifier", registry, "docs")
+    commands = doc_commands()
+    run = [c for c in commands if not c.startswith("quilt3 ")]  # the one needing AWS
+    assert len(run) == 3 and len(commands) == 4
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    # Absolute folders: reproduce hands its paths to a process with another working folder.
+    places = {"<hash>": done.top_hash, "workspace/demo": str(workspace),
+              "--dest reproduced": f"--dest {tmp_path / 'reproduced'}",
+              "python ": f"{sys.executable} "}
+    for command in run:
+        line = command
+        for word, value in places.items():
+            line = line.replace(word, value)
+        out = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
+    assert (tmp_path / "bundle" / "code" / "requirements.lock").exists()
+    assert "REPRODUCED: test accuracy" in out.stdout
+    assert (tmp_path / "reproduced" / "reproduced" / "model.keras").exists()

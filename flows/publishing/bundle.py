@@ -14,16 +14,15 @@ import pandas as pd
 
 from flows.publishing.lineage import (
     PROJECT_ROOT,
+    UncommittedChanges,
     export_source,
-    git_dirty,
     sha256_file,
     sha256_text,
+    tree_digest,
 )
 from flows.publishing.secretscan import refuse_secrets
 
 log = logging.getLogger(__name__)
-
-ENV_FILES = ("requirements.lock", "pyproject.toml", "Dockerfile", "bentofile.yaml")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,8 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
                  root: Path = PROJECT_ROOT, image_dir: Path | None = None) -> Path:
     """Lay out data/, model/, code/, env/ and README.md under staging; return staging.
 
-    With image_dir, the source photos of the crops go along under data/images/.
+    code/ and env/ come from the commit the model was trained at (meta's git_commit); with
+    image_dir, the source photos of the crops go along under data/images/.
     """
     shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
     if image_dir is not None:
@@ -49,12 +49,9 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     for path in [model_dir / "model.keras", model_dir / "metrics.json",
                  *sorted(model_dir.glob("*.png"))]:
         shutil.copy2(path, staging / "model" / path.name)
-    export_source(staging / "code", root)
     env = staging / "env"
-    env.mkdir(parents=True, exist_ok=True)
-    for name in ENV_FILES:
-        if (root / name).exists():
-            shutil.copy2(root / name, env / name)
+    export_source(staging / "code", meta["git_commit"], root, env=env,
+                  changes=meta.get("git_changes") if meta.get("dirty") else None)
     (env / "python-version.txt").write_text(platform.python_version() + "\n")
     (staging / "README.md").write_text(readme(meta) + attribution(dataset_dir))
     return staging
@@ -64,10 +61,13 @@ def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
     counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
                        for c, n in meta["crops_per_class"].items())
+    dirty = (" (trained with uncommitted changes to it, listed in `code/UNCOMMITTED.md`)"
+             if meta.get("dirty") else "")
     return f"""# {meta['package']}
 
 An image classifier for Open Images classes {', '.join(meta['classes'])}, published with the
-data it was trained on, the code at commit `{meta['git_commit']}` and its pinned environment.
+data it was trained on, the code at commit `{meta['git_commit']}`{dirty} and its pinned
+environment.
 
 | class | MID | crops |
 |---|---|---|
@@ -81,10 +81,13 @@ Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 - `data/`: crops per class, `crops.parquet` (source image, box, split, author, licence),
   `selection.parquet` (the selected boxes)
 - `model/`: `model.keras` (takes raw RGB pixels), `metrics.json`
-- `code/`: the project source at that commit; `env/`: the lock file, Dockerfile, Python version
+- `code/`: the project source at that commit (`COMMIT`), without its tests, benchmarks and
+  synthetic sample
+- `env/`: that commit's `requirements.lock`, `pyproject.toml`, `Dockerfile` and
+  `bentofile.yaml` (copy them into `code/` for a full checkout), and the Python version
 
 ## Reproduce
-With this project checked out (`code/` here is that checkout at the commit above):
+From a checkout of this project (the retrain itself runs this bundle's `code/`):
 ```
 python -m flows reproduce {meta['package']} --registry {meta['registry']} --top-hash <hash>
 ```
@@ -102,10 +105,13 @@ class PublishError(RuntimeError):
     """A push did not complete; nothing in the registry points at what it left behind."""
 
 
-def fingerprint(meta: dict) -> str:
-    """What makes a bundle different: its data, model, code and environment."""
-    keys = ("dataset_id", "model_sha256", "git_commit", "lock_sha256", "package")
-    return sha256_text(json.dumps({k: meta.get(k) for k in keys}, sort_keys=True))
+def fingerprint(staging: Path, name: str) -> str:
+    """What makes a bundle different: every file staged to publish (the README included).
+
+    Not the metadata: the publish flow rebuilds parts of it (the filters) from its own
+    settings, which would make a new revision of the same files.
+    """
+    return sha256_text(f"{name}\0{tree_digest(staging)}")
 
 
 def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
@@ -149,23 +155,29 @@ def copy_source_images(dataset_dir: Path, image_dir: Path, dest: Path) -> int:
 def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry: str,
             message: str, allow_dirty: bool = True, image_dir: Path | None = None
             ) -> Published:
-    """Push the bundle to an S3 registry and return its top hash; unchanged bundles are kept."""
+    """Push the bundle to an S3 registry and return its top hash; when the newest version
+    has the same fingerprint, push nothing and return that version (pushed false)."""
     import quilt3
     from botocore.exceptions import BotoCoreError, ClientError
     from quilt3.util import QuiltException
 
-    if git_dirty() and not allow_dirty:
-        raise RuntimeError("uncommitted changes: code/ would not match the running code; "
-                           "commit them, or set OPENIMAGER_PUBLISH_UNCOMMITTED=true")
-    if git_dirty():
-        log.warning("UNCOMMITTED CHANGES: code/ holds the last commit, not the code that ran")
+    if meta.get("dirty"):
+        changes = ", ".join(meta.get("git_changes") or []) or "files not recorded"
+        if not allow_dirty:
+            raise UncommittedChanges(
+                f"{meta['model_tag']} was trained with uncommitted changes ({changes}); train "
+                "it again from a clean checkout, or set OPENIMAGER_PUBLISH_UNCOMMITTED=true to "
+                "publish it marked dirty")
+        log.warning("UNCOMMITTED CHANGES: %s was trained with changes to %s; code/ holds "
+                    "commit %s without them (see code/UNCOMMITTED.md)", meta["model_tag"],
+                    changes, meta["git_commit"][:12])
     with tempfile.TemporaryDirectory(prefix="openimager-bundle-") as tmp:
         staging = stage_bundle(dataset_dir, model_dir, meta, Path(tmp), image_dir=image_dir)
         refuse_secrets(staging)
         lock = staging / "env" / "requirements.lock"
         meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,
                 "model_sha256": sha256_file(staging / "model" / "model.keras")}
-        meta["fingerprint"] = fingerprint(meta)
+        meta["fingerprint"] = fingerprint(staging, name)
         latest = latest_meta(name, registry)
         if latest and latest[1].get("fingerprint") == meta["fingerprint"]:
             log.info("%s is unchanged since %s: nothing pushed", name, latest[0][:12])
