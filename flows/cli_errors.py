@@ -57,9 +57,8 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
     Expected("flows.model_store", "UnknownModel", BAD_INPUT),
     Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
-    # bundle.publish raises a bare RuntimeError for this refusal (see the report to the lead).
-    Expected("builtins", "RuntimeError", BAD_INPUT,
-             applies=lambda error: str(error).startswith("uncommitted changes")),
+    # Uncommitted changes refused, or the training commit missing from this checkout.
+    Expected("flows.publishing.lineage", "LineageError", BAD_INPUT),
     Expected("flows.publishing.reproduce", "NotReproduced", NOT_REPRODUCED),
     Expected("flows.publishing.registries", "RegistryError", UPSTREAM),
     Expected("flows.publishing.bundle", "PublishError", UPSTREAM),

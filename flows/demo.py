@@ -67,6 +67,7 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
         )
         if result["publish"]:
             result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
+            result["publish"]["access"] = registry_access(workspace, result["publish"])
         crop, truth = pick_test_crop(workspace)
         with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log") as server:
             with crop.open("rb") as handle:
@@ -80,6 +81,8 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
 
 def report(result: dict) -> str:
     """The demo's closing summary."""
+    from flows.publish import publish_line  # the flow module: Prefect loads with it
+
     refreshed, built, trained = result["refresh"], result["dataset"], result["train"]
     published, served = result["publish"], result["serve"]
     lines = ["", "== openimager demo (synthetic sample data) =="]
@@ -94,10 +97,24 @@ def report(result: dict) -> str:
         f"crops); model {trained['model_tag']}",
         f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
         f"({trained['promotion_reason']})",
-        f"published: {published['name']} top hash {published['top_hash']} "
-        f"in {published['registry']} ({published.get('where', 'S3')})" if published
+        f"{publish_line(published)} ({published.get('where', 'S3')})" if published
         else "published: nothing (the model was not promoted)",
         f"POST {served['url']} with a held-out {served['true_class']} crop:",
         json.dumps(served["answer"], indent=2),
     ]
+    if published and published.get("access"):
+        lines += ["", "The registry stopped with the demo. To install the package with plain "
+                      "quilt3, serve it in another shell:", *published["access"]]
     return "\n".join(lines)
+
+
+def registry_access(workspace: Path, published: dict) -> list[str]:
+    """The command that serves the demo's registry again, and the lines that then install the
+    published version with plain quilt3 (what `python -m flows registry` prints)."""
+    from flows.cli_registry import DEFAULT_PORT
+    from flows.publishing.registries import access_lines
+
+    endpoint = f"http://127.0.0.1:{DEFAULT_PORT}"
+    return [f"  python -m flows registry --workspace {workspace}",
+            *(f"  {line}" for line in access_lines(
+                endpoint, {published["name"]: published["top_hash"]}))]

@@ -137,3 +137,15 @@ def test_debug_shows_the_traceback(tmp_path):
     url = f"http://127.0.0.1:{closed_port()}/openimages"
     done = flows("--debug", "select", "--workspace", "ws", "--metadata-url", url, cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+def test_refused_uncommitted_changes_are_bad_input_without_a_traceback(capsys) -> None:
+    from flows.cli_errors import BAD_INPUT, guarded
+    from flows.publishing.lineage import UncommittedChanges
+
+    def refuse() -> int:
+        raise UncommittedChanges("uncommitted changes in /src (a.py): commit them")
+
+    assert guarded(refuse, debug=False) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: uncommitted changes") and "Traceback" not in err
