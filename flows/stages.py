@@ -274,6 +274,8 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "train_config": trained.get("config"),
     }
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
+    if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
+        meta["workspace"] = str(Path(settings.workspace).resolve())
     with opened(settings.registry, settings.registry_dir) as registry:
         meta["registry"] = settings.registry
         return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,

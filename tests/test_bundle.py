@@ -342,3 +342,15 @@ def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tm
     assert (tmp_path / "bundle" / "code" / "requirements.lock").exists()
     assert "REPRODUCED: test accuracy" in out.stdout
     assert (tmp_path / "reproduced" / "reproduced" / "model.keras").exists()
+
+
+def test_the_package_readme_names_the_workspace_of_an_embedded_registry() -> None:
+    """Its reproduce command must work as written from any folder: the embedded registry lives
+    in the workspace that published to it."""
+    from flows.publishing.bundle import readme
+
+    embedded = readme({**META, "registry": "embedded", "workspace": "/srv/my ws"})
+    assert ("python -m flows reproduce test/bundle --registry embedded --workspace '/srv/my ws' "
+            "--top-hash <hash>") in embedded
+    s3 = readme({**META, "registry": "s3://bucket"})
+    assert "--workspace" not in s3 and "--registry s3://bucket --top-hash" in s3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
 
 def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
+    # The embedded registry lives in the workspace that published to it.
+    where = f" --workspace {shlex.quote(meta['workspace'])}" if meta.get("workspace") else ""
     counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
                        for c, n in meta["crops_per_class"].items())
     dirty = (" (trained with uncommitted changes to it, listed in `code/UNCOMMITTED.md`)"
@@ -89,7 +92,7 @@ Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 ## Reproduce
 From a checkout of this project (the retrain itself runs this bundle's `code/`):
 ```
-python -m flows reproduce {meta['package']} --registry {meta['registry']} --top-hash <hash>
+python -m flows reproduce {meta['package']} --registry {meta['registry']}{where} --top-hash <hash>
 ```
 installs this version afresh, checks the environment against `env/requirements.lock`,
 retrains from `data/` with the recorded settings and seed, and compares the test accuracy.
