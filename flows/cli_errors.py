@@ -49,7 +49,7 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("pydantic_core", "ValidationError", BAD_INPUT,
              "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
     Expected("pydantic_settings", "SettingsError", BAD_INPUT,
-             "list settings are JSON, e.g. OPENIMAGER_CLASSES='[\"Hamburger\"]'"),
+             "lists are comma-separated or JSON, e.g. OPENIMAGER_CLASSES=Hamburger,Sandwich"),
     Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT,
              "`python -m flows classes TEXT` searches the class names"),
     Expected("flows.openimages.select", "EmptySelection", BAD_INPUT,

@@ -44,8 +44,8 @@ def load_settings(overrides: Mapping[str, str] | None = None) -> tuple[Settings 
         return Settings(**(overrides or {})), []
     except ValidationError as error:
         return None, [_validation_message(item) for item in error.errors()]
-    except SettingsError as error:  # e.g. a list setting that is not JSON
-        return None, [f"{error} (list settings are JSON, e.g. '[\"Hamburger\"]')"]
+    except SettingsError as error:  # e.g. a list setting that is broken JSON
+        return None, [f"{error} (list settings are a,b or JSON)"]
 
 
 def _validation_message(item: Mapping) -> str:

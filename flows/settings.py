@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     check_upstream: bool = True  # ask upstream (ETag, Last-Modified, size) before reusing files
     metadata_cache: bool = True  # select from the columnar cache instead of streaming the CSVs
 
-    classes: list[str] = Field(default_factory=lambda: ["Hamburger", "Sandwich"])
-    exclude_classes: list[str] = Field(default_factory=list)
+    # NoDecode on every list: the environment may give "a,b" as well as JSON (list_items).
+    classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["Hamburger", "Sandwich"])
+    exclude_classes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     include_subclasses: bool = True
     relabel_subclasses: bool = True
     depiction: FlagRule = "exclude"
@@ -50,8 +52,8 @@ class Settings(BaseSettings):
 
     image_source: Literal["cvdf", "flickr", "thumbnail"] = "cvdf"
     # Tried in order for an image image_source cannot deliver, e.g. ["flickr", "thumbnail"].
-    image_fallback_sources: list[Literal["cvdf", "flickr", "thumbnail"]] = Field(
-        default_factory=list)
+    image_fallback_sources: Annotated[list[Literal["cvdf", "flickr", "thumbnail"]], NoDecode] = (
+        Field(default_factory=list))
     image_bucket: str = CVDF_BUCKET
     # Explicit, so an AWS_ENDPOINT_URL meant for the registry never redirects image downloads.
     image_endpoint_url: str = "https://s3.amazonaws.com"
@@ -63,7 +65,8 @@ class Settings(BaseSettings):
     download_deadline: float = 300.0  # longest time for one response, however it trickles
     download_chunk_images: int = 500  # images per chunk; one Prefect task each
     download_verify: bool = False  # re-read and re-check every image already in the store
-    download_placeholder_md5s: list[str] = Field(default_factory=list)  # "photo unavailable"
+    download_placeholder_md5s: Annotated[list[str], NoDecode] = Field(
+        default_factory=list)  # "photo unavailable"
     download_parallel_chunks: int = 2  # chunks at once on the thread runner
     # Where the Prefect flows run their chunk tasks (downloads and crops): threads in the
     # flow's process, or Dask: the scheduler at dask_address, else a loopback LocalCluster.
@@ -122,6 +125,13 @@ class Settings(BaseSettings):
         """Accept "train,validation" and '["train"]' as well as a list."""
         return parse_splits(value) if isinstance(value, str) else value
 
+    @field_validator("classes", "exclude_classes", "image_fallback_sources",
+                     "download_placeholder_md5s", mode="before")
+    @classmethod
+    def list_items(cls, value: object) -> object:
+        """Accept "Hamburger,Ice cream" and '["Hamburger"]' as well as a list."""
+        return parse_list(value) if isinstance(value, str) else value
+
     @property
     def metadata_dir(self) -> Path:
         return self.workspace / "metadata"
@@ -141,6 +151,14 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.workspace / "model"
+
+
+def parse_list(text: str) -> list[str]:
+    """Items from a JSON list or "a,b": commas only, as class names hold spaces."""
+    text = text.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def parse_splits(text: str) -> list[str]:

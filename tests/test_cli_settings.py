@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from flows.__main__ import main, parser
 from flows.cli_errors import BAD_INPUT, UPSTREAM, UsageError, expected, guarded, message
 from flows.openimages.ontology import UnknownClassError
+from flows.publishing.lineage import UncommittedChanges
 from flows.settings import Settings
 
 
@@ -34,7 +35,8 @@ def test_errors_map_to_their_exit_codes():
     assert expected(UnknownClassError("x")).code == BAD_INPUT
     assert expected(UsageError("x")).code == BAD_INPUT
     assert expected(requests.ConnectionError("x")).code == UPSTREAM
-    assert expected(RuntimeError("uncommitted changes: ...")).code == BAD_INPUT
+    assert expected(UncommittedChanges("uncommitted changes: ...")).code == BAD_INPUT
+    assert expected(RuntimeError("uncommitted changes: ...")) is None
     assert expected(RuntimeError("something else")) is None
     assert expected(KeyError("a bug")) is None
 
@@ -90,3 +92,15 @@ def test_logged_expected_errors_lose_their_traceback_not_their_message(caplog):
     quiet, loud = caplog.records[-2:]
     assert quiet.exc_info is None and "unknown Open Images class" in quiet.getMessage()
     assert loud.exc_info is not None
+
+
+@pytest.mark.parametrize(("variable", "text", "expected"), [
+    ("OPENIMAGER_CLASSES", "Hamburger, Ice cream", ["Hamburger", "Ice cream"]),
+    ("OPENIMAGER_CLASSES", '["Hamburger", "Ice cream"]', ["Hamburger", "Ice cream"]),
+    ("OPENIMAGER_EXCLUDE_CLASSES", "Submarine sandwich", ["Submarine sandwich"]),
+    ("OPENIMAGER_IMAGE_FALLBACK_SOURCES", "flickr,thumbnail", ["flickr", "thumbnail"]),
+])
+def test_every_list_setting_takes_commas_or_json(variable, text, expected, monkeypatch):
+    monkeypatch.setenv(variable, text)
+    field = variable.removeprefix("OPENIMAGER_").lower()
+    assert getattr(Settings(), field) == expected

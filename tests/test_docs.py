@@ -1,7 +1,8 @@
 """The README and docs/: every link resolves, and every command block says who runs it.
 
 A fenced block of commands is preceded by an HTML comment saying either which test runs it
-(`<!-- run by tests/test_x.py -->`, and that test reads this page) or what it needs that a
+(`<!-- run by tests/test_x.py -->`, and that test reads this page), which test runs the same
+command (`<!-- same as tests/test_x.py -->`), or what it needs that a
 test machine lacks (`<!-- needs internet -->`, `<!-- needs a cloud account -->`, ...), or that
 it is not a command (`<!-- example -->`: configuration, output). A block whose first line is a
 `# needs ...` comment carries its own mark. A page whose every block a test runs says so once,
@@ -18,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```")
-MARK = re.compile(r"<!-- (run by (?P<test>tests/\S+\.py)|needs [^>]+|example)\b[^>]*-->")
+MARK = re.compile(r"<!-- (run by (?P<test>tests/\S+\.py)|same as (?P<same>tests/\S+\.py)"
+                  r"|needs [^>]+|example)\b[^>]*-->")
 PAGE_MARK = re.compile(r"<!-- every block run by (?P<test>tests/\S+\.py) -->")
 LINK = re.compile(r"\]\((?!https?://|mailto:)(?P<target>[^)#\s]+)(#[^)]*)?\)")
 
@@ -56,6 +58,8 @@ def test_every_block_says_who_runs_it(page: Path) -> None:
             test = ROOT / mark["test"]
             if not test.exists() or page.name not in test.read_text():
                 wrong.append(f"line {line}: {mark['test']} does not read {page.name}")
+        elif mark["same"] and not (ROOT / mark["same"]).exists():
+            wrong.append(f"line {line}: {mark['same']} does not exist")
     assert not unmarked, f"{page.name}: blocks without a run-by/needs/example mark at {unmarked}"
     assert not wrong, "\n".join(wrong)
 

@@ -1,6 +1,5 @@
 """The whole job on the sample through real servers, ending with an HTTP classification."""
 
-import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +7,6 @@ import pytest
 import quilt3
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.__main__ import main
 from flows.demo import report, run_demo
 from flows.publishing.registries import opened
 
@@ -58,22 +56,3 @@ def test_the_published_package_installs_by_top_hash(demo, tmp_path):
     assert (dest / "data" / "crops.parquet").exists()
     installed = pd.read_parquet(dest / "data" / "crops.parquet")
     assert len(installed) == result["dataset"]["crops"]
-
-
-def readme_command(prefix: str) -> list[str]:
-    """The README's command line that starts with prefix, split into words."""
-    readme = (ROOT / "README.md").read_text()
-    line = next(row for row in readme.splitlines() if row.startswith(prefix))
-    return shlex.split(line.split("#")[0])
-
-
-def test_the_readme_reproduce_command_rebuilds_the_model(demo, tmp_path, capsys):
-    workspace, result = demo
-    words = readme_command("python -m flows reproduce")
-    words = [result["publish"]["top_hash"] if w == "<hash>" else w for w in words]
-    words[words.index("--workspace") + 1] = str(workspace)
-    code = main([*words[3:], "--dest", str(tmp_path / "again")])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "\nREPRODUCED: test accuracy" in f"\n{out}"
-    assert (tmp_path / "again" / "reproduced" / "model.keras").exists()

@@ -123,10 +123,14 @@ def test_unreadable_settings_are_named(clean_env: None, monkeypatch: pytest.Monk
     assert "'many'" in found[1]
 
 
-def test_list_settings_must_be_json(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENIMAGER_CLASSES", "Hamburger")
+def test_list_settings_take_commas_and_name_a_bad_item(clean_env: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENIMAGER_CLASSES", "Hamburger,Ice cream")
+    settings, found = preflight.load_settings()
+    assert found == [] and settings.classes == ["Hamburger", "Ice cream"]
+    monkeypatch.setenv("OPENIMAGER_IMAGE_FALLBACK_SOURCES", "flickr,ftp")
     _, (found,) = preflight.load_settings()
-    assert "classes" in found and "JSON" in found
+    assert "OPENIMAGER_IMAGE_FALLBACK_SOURCES" in found and "ftp" in found
 
 
 def test_flags_override_the_environment(clean_env: None) -> None:
