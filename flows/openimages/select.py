@@ -1,19 +1,26 @@
-"""Selecting the boxes of the requested classes, filtered and limited, with their images' info."""
+"""Selecting the boxes of the requested classes, filtered and limited, with their images' info.
+
+The selection itself is pyarrow and numpy: importing pandas alone costs about as much as a
+warm selection of a few classes, so it is loaded only for callers that want a DataFrame.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.openimages.csvread import image_keys
 from flows.openimages.ontology import Ontology, label_map
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FlagRule = Literal["any", "exclude", "only"]
 FLAG_COLUMNS = {"depiction": "IsDepiction", "group_of": "IsGroupOf", "occluded": "IsOccluded",
@@ -75,10 +82,9 @@ def _filter(table: pa.Table, filters: Filters) -> pa.Table:
     return table.filter(mask)
 
 
-def seeded_order(image_ids: pd.Series, seed: int) -> np.ndarray:
-    """A pseudo-random but reproducible rank per image, from its id and the seed."""
+def _mix(keys: np.ndarray, seed: int) -> np.ndarray:
     salt = np.uint64(int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "big"))
-    x = image_keys(pa.array(image_ids, pa.string())) ^ salt
+    x = keys ^ salt
     # splitmix64 finaliser: spreads nearby ids over the whole range.
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -86,62 +92,142 @@ def seeded_order(image_ids: pd.Series, seed: int) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def limit_images(boxes: pd.DataFrame, limit: int | None, balance: bool, seed: int
-                 ) -> pd.DataFrame:
+def seeded_order(image_ids: pa.Array | pa.ChunkedArray | Sequence[str], seed: int) -> np.ndarray:
+    """A pseudo-random but reproducible rank per image, from its id and the seed."""
+    if not isinstance(image_ids, pa.Array | pa.ChunkedArray):
+        image_ids = pa.array(image_ids, pa.string())
+    return _mix(image_keys(image_ids), seed)
+
+
+def limit_images(boxes: pa.Table, limit: int | None, balance: bool, seed: int) -> pa.Table:
     """Keep whole images, in seeded order, until every class has limit images.
 
     An image holding two selected classes counts for both, so a class can pass its limit by
     the images it shares with a class that still needed them.
     """
-    per_class = boxes.groupby("Class").ImageID.nunique()
+    classes = pc.dictionary_encode(boxes["Class"]).combine_chunks()
+    box_keys = image_keys(boxes["ImageID"])
+    pairs = np.unique(np.stack([box_keys, classes.indices.to_numpy().astype(np.uint64)]), axis=1)
+    per_class = np.bincount(pairs[1].astype(np.int64), minlength=len(classes.dictionary))
     if balance:
         limit = min(limit or math.inf, int(per_class.min()))
     if limit is None or limit >= per_class.max():
         return boxes
-    pairs = boxes[["ImageID", "Class"]].drop_duplicates()
-    classes_of = pairs.groupby("ImageID").Class.agg(tuple)
-    ranked = classes_of.iloc[np.argsort(seeded_order(classes_of.index.to_series(), seed))]
-    counts = dict.fromkeys(per_class.index, 0)
-    keep = []
-    for image_id, classes in ranked.items():
-        if any(counts[c] < limit for c in classes):
-            keep.append(image_id)
-            for c in classes:
+    images, starts = np.unique(pairs[0], return_index=True)  # pairs are sorted by image
+    classes_of = np.split(pairs[1].astype(np.int64), starts[1:])
+    counts = [0] * len(per_class)
+    keep = np.zeros(len(images), dtype=bool)
+    # Sequential by nature (an image's classes decide the next one's fate), but only over
+    # images, and only when a limit applies.
+    for i in np.argsort(_mix(images, seed)).tolist():
+        mine = classes_of[i].tolist()
+        if any(counts[c] < limit for c in mine):
+            keep[i] = True
+            for c in mine:
                 counts[c] += 1
-    return boxes[boxes.ImageID.isin(keep)]
+    return boxes.filter(pa.array(np.isin(box_keys, images[keep])))
+
+
+def _lookup(values: pa.ChunkedArray, table: dict[str, str]) -> pa.Array:
+    """values mapped through table, vectorised (every value must be a key)."""
+    keys = pa.array(list(table), pa.string())
+    return pc.take(pa.array(list(table.values()), pa.string()),
+                   pc.index_in(values, value_set=keys))
+
+
+def _left_join_info(boxes: pa.Table, info: pa.Table) -> pa.Table:
+    """Append each box's image info (nulls when the image has none), keeping the box order."""
+    keys = image_keys(info["ImageID"])
+    _, first = np.unique(keys, return_index=True)  # the first row of each image, as pandas'
+    info = info.take(pa.array(np.sort(first)))     # drop_duplicates keeps
+    keys = image_keys(info["ImageID"])
+    order = np.argsort(keys)
+    wanted = image_keys(boxes["ImageID"])
+    at = np.minimum(np.searchsorted(keys[order], wanted), max(len(keys) - 1, 0))
+    found = keys[order][at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    rows = info.take(pa.array(order[at], pa.int64(), mask=~found))
+    for name in IMAGE_INFO[1:]:
+        boxes = boxes.append_column(name, rows[name])
+    return boxes
+
+
+def select_table(source: Source, ontology: Ontology, classes: list[str],
+                 filters: Filters) -> pa.Table:
+    """One row per selected box with its class and its image's info, sorted by ImageID and
+    BoxID; raises EmptySelection. pyarrow only: no pandas import on this path."""
+    requested = [ontology.resolve(name) for name in classes]
+    excluded = [ontology.resolve(name) for name in filters.exclude_classes]
+    mapping = label_map(ontology, requested, filters.include_subclasses, excluded)
+    parts = []
+    for split, table in source.boxes(sorted(mapping)).items():
+        part = _filter(table, filters)
+        parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
+    if not sum(part.num_rows for part in parts):
+        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
+    boxes = pa.concat_tables(parts).combine_chunks()
+    labels = boxes["LabelName"]
+    names = {mid: ontology.name(mid) for mid in {*mapping.values(), *mapping}}
+    class_mid = _lookup(labels, mapping) if filters.relabel else labels
+    boxes = (boxes.append_column("ClassMID", class_mid)
+             .append_column("Class", _lookup(class_mid, names))
+             .append_column("LabelDisplayName", _lookup(labels, names)))
+    boxes = limit_images(boxes, filters.max_images_per_class, filters.balance, filters.seed)
+    ids = pc.unique(boxes["ImageID"])
+    info = source.images(ids.take(pc.sort_indices(ids))).select(IMAGE_INFO)
+    boxes = _left_join_info(boxes, info)
+    text, numbers = _box_ids(boxes)
+    boxes = boxes.append_column("BoxID", text)
+    return boxes.take(pa.array(np.lexsort((numbers, image_keys(boxes["ImageID"])))))
 
 
 def select_boxes(source: Source, ontology: Ontology, classes: list[str],
                  filters: Filters) -> pd.DataFrame:
-    """One row per selected box with its class and its image's info; raises EmptySelection."""
-    requested = [ontology.resolve(name) for name in classes]
-    excluded = [ontology.resolve(name) for name in filters.exclude_classes]
-    mapping = label_map(ontology, requested, filters.include_subclasses, excluded)
-    frames = []
-    for split, table in source.boxes(sorted(mapping)).items():
-        part = _filter(table, filters).to_pandas()
-        part.insert(1, "Subset", split)
-        frames.append(part)
-    boxes = pd.concat(frames, ignore_index=True)
-    boxes["ClassMID"] = boxes.LabelName.map(mapping) if filters.relabel else boxes.LabelName
-    boxes["Class"] = boxes.ClassMID.map(ontology.name)
-    boxes["LabelDisplayName"] = boxes.LabelName.map(ontology.name)
-    if boxes.empty:
-        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
-    boxes = limit_images(boxes, filters.max_images_per_class, filters.balance, filters.seed)
-    ids = pa.array(np.sort(boxes.ImageID.unique()), pa.string())
-    info = source.images(ids).to_pandas()[IMAGE_INFO].drop_duplicates("ImageID")
-    boxes = boxes.merge(info, on="ImageID", how="left")
-    boxes["BoxID"] = box_ids(boxes)
-    return boxes.sort_values(["ImageID", "BoxID"]).reset_index(drop=True)
+    """select_table as a pandas DataFrame."""
+    return select_table(source, ontology, classes, filters).to_pandas()
 
 
-def box_ids(boxes: pd.DataFrame) -> pd.Series:
+def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Coordinates as Python's "{:.6f}" writes them.
+
+    A float32 times 10**6 is exact in float64 (24 + 14 significant bits), so rint (half to
+    even) rounds exactly as the formatting of the exact value does; other types and unusual
+    values take Python's own formatting.
+    """
+    x = column.to_numpy().astype(np.float64)  # nulls become NaN, formatted as pandas did
+    if column.type != pa.float32() or not (np.abs(x) < 1e9).all():
+        return pa.array([f"{v:.6f}" for v in x.tolist()], pa.string())
+    whole, part = np.divmod(np.rint(np.abs(x) * 1e6).astype(np.int64), 1_000_000)
+    sign = pc.if_else(pa.array(np.signbit(x)), "-", "")
+    return pc.binary_join_element_wise(
+        sign, pc.cast(pa.array(whole), pa.string()), ".",
+        pc.utf8_lpad(pc.cast(pa.array(part), pa.string()), width=6, padding="0"), "")
+
+
+def _box_ids(boxes: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """The BoxIDs (10 hex digits of a SHA-1 of the box) and the same digits as integers."""
+    keys = pc.binary_join_element_wise(
+        boxes["ImageID"], boxes["LabelName"],
+        *(_fixed6(boxes[c]) for c in ("XMin", "XMax", "YMin", "YMax")), "|")
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    sha1 = hashlib.sha1
+    # One hash call per box is the only per-row Python left: hashlib has no batch API.
+    digests = b"".join([sha1(k).digest()[:5] for k in keys.cast(pa.binary()).to_pylist()])
+    n = len(keys)
+    offsets = np.arange(0, 10 * n + 1, 10, dtype=np.int32)
+    text = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(digests.hex().encode())])
+    raw = np.frombuffer(digests, dtype=np.uint8).reshape(n, 5).astype(np.uint64)
+    numbers = np.zeros(n, dtype=np.uint64)
+    for column in range(5):
+        numbers = (numbers << np.uint64(8)) | raw[:, column]
+    return text, numbers
+
+
+def box_ids(boxes: pa.Table | pd.DataFrame) -> pa.Array:
     """A stable id per box: the same box gets the same id in every selection."""
-    keys = (boxes.ImageID + "|" + boxes.LabelName + "|" + boxes.XMin.map("{:.6f}".format) + "|"
-            + boxes.XMax.map("{:.6f}".format) + "|" + boxes.YMin.map("{:.6f}".format) + "|"
-            + boxes.YMax.map("{:.6f}".format))
-    return keys.map(lambda k: hashlib.sha1(k.encode()).hexdigest()[:10])
+    if not isinstance(boxes, pa.Table):
+        boxes = pa.Table.from_pandas(boxes, preserve_index=False)
+    return _box_ids(boxes)[0]
 
 
 def summary(boxes: pd.DataFrame) -> pd.DataFrame:
