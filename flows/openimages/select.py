@@ -143,8 +143,10 @@ def _left_join_info(boxes: pa.Table, info: pa.Table) -> pa.Table:
     keys = image_keys(info["ImageID"])
     order = np.argsort(keys)
     wanted = image_keys(boxes["ImageID"])
-    at = np.minimum(np.searchsorted(keys[order], wanted), max(len(keys) - 1, 0))
-    found = keys[order][at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    if not len(keys):  # no image has info: every box gets nulls (a null index takes a null)
+        order, keys = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64)
+    at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+    found = (keys[order][at] == wanted) & (info.num_rows > 0)
     rows = info.take(pa.array(order[at], pa.int64(), mask=~found))
     for name in IMAGE_INFO[1:]:
         boxes = boxes.append_column(name, rows[name])
@@ -206,7 +208,7 @@ def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 def _box_ids(boxes: pa.Table) -> tuple[pa.Array, np.ndarray]:
     """The BoxIDs (10 hex digits of a SHA-1 of the box) and the same digits as integers."""
     keys = pc.binary_join_element_wise(
-        boxes["ImageID"], boxes["LabelName"],
+        boxes["ImageID"].cast(pa.string()), boxes["LabelName"].cast(pa.string()),
         *(_fixed6(boxes[c]) for c in ("XMin", "XMax", "YMin", "YMax")), "|")
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
     sha1 = hashlib.sha1
