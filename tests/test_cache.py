@@ -140,3 +140,26 @@ def test_image_lookup_parses_everything_when_a_record_spans_lines(tmp_path, monk
     found = read_images(csv, pa.array([ids[7], ids[8]])).sort_by("ImageID")
     assert found["Title"].to_pylist() == ["a title\nover two lines", "title 8"]
     assert scans  # the byte scan saw the open quote and handed over to the parser
+
+
+def test_a_build_in_many_small_passes_writes_the_same_cache(box_csv, tmp_path, monkeypatch):
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(3000)]
+    image_csv = write_images(tmp_path / "images.csv", ids)
+
+    def build(name):
+        return (cache.build_box_cache(box_csv, stamp_of(box_csv), tmp_path / f"{name}.parquet"),
+                cache.build_image_cache(image_csv, stamp_of(image_csv), tmp_path / f"{name}.arrow"))
+
+    whole = build("a")
+    passes = []
+    original = cache._passes
+    monkeypatch.setattr(cache, "_passes", lambda spool, masks: passes.append(len(masks))
+                        or original(spool, masks))
+    monkeypatch.setattr(cache, "PASS_BYTES", 20_000)  # a few hundred rows a pass
+    assert build("b") == whole
+    assert min(passes) > 5
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    read = [pa.ipc.open_file(pa.memory_map(str(tmp_path / f"{n}.arrow"))).read_all()
+            for n in "ab"]
+    assert read[1].equals(read[0]) and read[0]["Key"].to_pylist() == sorted(
+        int(i, 16) for i in ids)
