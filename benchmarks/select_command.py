@@ -22,13 +22,14 @@ def main() -> int:
     parser.add_argument("--workspace")
     args = parser.parse_args()
 
-    import pyarrow.parquet as pq
+    from collections import Counter
+
+    import pyarrow.compute as pc
 
     from flows.openimages.metadata import Metadata
-    from flows.openimages.select import Filters, select_table
+    from flows.openimages.select import Filters, select_batches, write_selection
     from flows.progress import stepper
     from flows.settings import Settings
-    from model.atomic import atomic_path
 
     settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
     store = Metadata(settings.metadata_url, settings.metadata_dir, settings.openimages_version,
@@ -42,13 +43,20 @@ def main() -> int:
         min_box_fraction=settings.min_box_fraction,
         max_images_per_class=settings.max_images_per_class, balance=settings.balance_classes,
         seed=settings.selection_seed)
-    boxes = select_table(store, store.ontology(), settings.classes, filters)
+    per_class: Counter[str] = Counter()
+
+    def counted(batches):
+        for batch in batches:
+            for count in pc.value_counts(batch["Class"]).to_pylist():
+                per_class[count["values"]] += count["counts"]
+            yield batch
+
     dest = settings.workspace / "selection.parquet"
-    with atomic_path(dest) as tmp:
-        pq.write_table(boxes, tmp)
-    for row in boxes.group_by("Class").aggregate([("BoxID", "count")]).to_pylist():
-        print(f"{row['Class']}\t{row['BoxID_count']} boxes")
-    print(f"selection: {dest} ({boxes.num_rows} boxes)")
+    rows = write_selection(counted(select_batches(store, store.ontology(), settings.classes,
+                                                  filters)), dest)
+    for name, boxes in sorted(per_class.items()):
+        print(f"{name}\t{boxes} boxes")
+    print(f"selection: {dest} ({rows} boxes)")
     return 0
 
 

@@ -9,11 +9,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from flows.openimages.csvread import BOX_COLUMNS, BOX_TYPES
 from flows.openimages.ontology import load_ontology
-from flows.openimages.select import EmptySelection, Filters, box_ids, select_boxes, summary
+from flows.openimages.select import (
+    EmptySelection,
+    Filters,
+    box_ids,
+    select_batches,
+    select_boxes,
+    select_table,
+    summary,
+    write_selection,
+)
 from tests.test_ontology import META
 
 HAMBURGER, SANDWICH, SUBMARINE, CAR = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/0k4j"
@@ -191,3 +201,28 @@ def test_the_selection_runs_without_importing_pandas_itself():
         "print('pandas' in {n.split('.')[0] for n in sys.modules})")],
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_batches_of_any_size_make_the_same_selection_and_file(onto, tmp_path):
+    rows = [{"ImageID": img(i % 97), "LabelName": [CAR, HAMBURGER, SUBMARINE][i % 3],
+             "XMin": (i % 50) / 100} for i in range(1000)]
+    source = FakeSource(rows)
+    whole = select_table(source, onto, ["Car", "Sandwich"], Filters())
+    batches = list(select_batches(source, onto, ["Car", "Sandwich"], Filters(), rows=7))
+    assert max(b.num_rows for b in batches) == 7
+    assert pa.Table.from_batches(batches).equals(whole)
+    dest = tmp_path / "selection.parquet"
+    assert write_selection(iter(batches), dest) == whole.num_rows
+    assert pq.read_table(dest).equals(whole)
+
+
+def test_a_selection_that_fails_midway_leaves_no_file(onto, tmp_path):
+    source = FakeSource([{"ImageID": img(i), "LabelName": CAR} for i in range(20)])
+
+    def broken():
+        yield from select_batches(source, onto, ["Car"], Filters(), rows=5)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_selection(broken(), tmp_path / "selection.parquet")
+    assert list(tmp_path.iterdir()) == []

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flows.openimages.csvread import image_keys
 from flows.openimages.ontology import Ontology, label_map
+from model.atomic import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,6 +30,7 @@ FLAG_COLUMNS = {"depiction": "IsDepiction", "group_of": "IsGroupOf", "occluded":
                 "truncated": "IsTruncated", "inside": "IsInside"}
 IMAGE_INFO = ["ImageID", "OriginalURL", "OriginalLandingURL", "Thumbnail300KURL", "Rotation",
               "OriginalMD5", "OriginalSize", "License", "Author", "AuthorProfileURL"]
+BATCH_ROWS = 262_144
 
 
 class EmptySelection(ValueError):
@@ -99,20 +103,23 @@ def seeded_order(image_ids: pa.Array | pa.ChunkedArray | Sequence[str], seed: in
     return _mix(image_keys(image_ids), seed)
 
 
-def limit_images(boxes: pa.Table, limit: int | None, balance: bool, seed: int) -> pa.Table:
-    """Keep whole images, in seeded order, until every class has limit images.
+def limit_images(image_ids: pa.ChunkedArray | pa.Array, classes: pa.ChunkedArray | pa.Array,
+                 limit: int | None, balance: bool, seed: int) -> np.ndarray | None:
+    """Which boxes to keep (a mask; None: all) so that whole images, in seeded order, are
+    kept until every class has limit images.
 
     An image holding two selected classes counts for both, so a class can pass its limit by
     the images it shares with a class that still needed them.
     """
-    classes = pc.dictionary_encode(boxes["Class"]).combine_chunks()
-    box_keys = image_keys(boxes["ImageID"])
-    pairs = np.unique(np.stack([box_keys, classes.indices.to_numpy().astype(np.uint64)]), axis=1)
-    per_class = np.bincount(pairs[1].astype(np.int64), minlength=len(classes.dictionary))
+    codes = pc.dictionary_encode(classes)
+    codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+    box_keys = image_keys(image_ids)
+    pairs = np.unique(np.stack([box_keys, codes.indices.to_numpy().astype(np.uint64)]), axis=1)
+    per_class = np.bincount(pairs[1].astype(np.int64), minlength=len(codes.dictionary))
     if balance:
         limit = min(limit or math.inf, int(per_class.min()))
     if limit is None or limit >= per_class.max():
-        return boxes
+        return None
     images, starts = np.unique(pairs[0], return_index=True)  # pairs are sorted by image
     classes_of = np.split(pairs[1].astype(np.int64), starts[1:])
     counts = [0] * len(per_class)
@@ -125,67 +132,105 @@ def limit_images(boxes: pa.Table, limit: int | None, balance: bool, seed: int) -
             keep[i] = True
             for c in mine:
                 counts[c] += 1
-    return boxes.filter(pa.array(np.isin(box_keys, images[keep])))
+    return np.isin(box_keys, images[keep])
 
 
-def _lookup(values: pa.ChunkedArray, table: dict[str, str]) -> pa.Array:
+def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, str]) -> pa.Array:
     """values mapped through table, vectorised (every value must be a key)."""
     keys = pa.array(list(table), pa.string())
     return pc.take(pa.array(list(table.values()), pa.string()),
                    pc.index_in(values, value_set=keys))
 
 
-def _left_join_info(boxes: pa.Table, info: pa.Table) -> pa.Table:
+def _unique_info(info: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The first row of each image (as pandas' drop_duplicates keeps), sorted by ImageID key;
+    and those keys."""
+    keys, first = np.unique(image_keys(info["ImageID"]), return_index=True)
+    return info.take(pa.array(first)), keys
+
+
+def _join_info(boxes: pa.Table, info: pa.Table, keys: np.ndarray) -> pa.Table:
     """Append each box's image info (nulls when the image has none), keeping the box order."""
-    keys = image_keys(info["ImageID"])
-    _, first = np.unique(keys, return_index=True)  # the first row of each image, as pandas'
-    info = info.take(pa.array(np.sort(first)))     # drop_duplicates keeps
-    keys = image_keys(info["ImageID"])
-    order = np.argsort(keys)
     wanted = image_keys(boxes["ImageID"])
-    if not len(keys):  # no image has info: every box gets nulls (a null index takes a null)
-        order, keys = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64)
-    at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
-    found = (keys[order][at] == wanted) & (info.num_rows > 0)
-    rows = info.take(pa.array(order[at], pa.int64(), mask=~found))
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    rows = info.take(pa.array(at, pa.int64(), mask=~found))  # a null index takes a null row
     for name in IMAGE_INFO[1:]:
         boxes = boxes.append_column(name, rows[name])
     return boxes
 
 
-def select_table(source: Source, ontology: Ontology, classes: list[str],
-                 filters: Filters) -> pa.Table:
-    """One row per selected box with its class and its image's info, sorted by ImageID and
-    BoxID; raises EmptySelection. pyarrow only: no pandas import on this path."""
+def _boxes_of(source: Source, mids: list[str], filters: Filters) -> pa.Table:
+    parts = []
+    for split, table in source.boxes(mids).items():
+        part = _filter(table, filters)
+        parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
+    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
+
+
+def select_batches(source: Source, ontology: Ontology, classes: list[str], filters: Filters,
+                   rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The selection in batches of up to rows boxes: one row per selected box with its class
+    and its image's info, sorted by ImageID and BoxID; raises EmptySelection.
+
+    The image info, repeated for every box of an image, is most of a selection's size, so it
+    is joined a batch at a time: writing a class of 2 M boxes never holds all of it at once.
+    """
     requested = [ontology.resolve(name) for name in classes]
     excluded = [ontology.resolve(name) for name in filters.exclude_classes]
     mapping = label_map(ontology, requested, filters.include_subclasses, excluded)
-    parts = []
-    for split, table in source.boxes(sorted(mapping)).items():
-        part = _filter(table, filters)
-        parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
-    if not sum(part.num_rows for part in parts):
-        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
-    boxes = pa.concat_tables(parts).combine_chunks()
-    labels = boxes["LabelName"]
     names = {mid: ontology.name(mid) for mid in {*mapping.values(), *mapping}}
-    class_mid = _lookup(labels, mapping) if filters.relabel else labels
-    boxes = (boxes.append_column("ClassMID", class_mid)
-             .append_column("Class", _lookup(class_mid, names))
-             .append_column("LabelDisplayName", _lookup(labels, names)))
-    boxes = limit_images(boxes, filters.max_images_per_class, filters.balance, filters.seed)
-    ids = pc.unique(boxes["ImageID"])
-    info = source.images(ids.take(pc.sort_indices(ids))).select(IMAGE_INFO)
-    boxes = _left_join_info(boxes, info)
+    boxes = _boxes_of(source, sorted(mapping), filters)
+    if not boxes.num_rows:
+        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
+
+    def class_mids(labels: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        return _lookup(labels, mapping) if filters.relabel else labels
+
+    if filters.max_images_per_class is not None or filters.balance:
+        keep = limit_images(boxes["ImageID"], _lookup(class_mids(boxes["LabelName"]), names),
+                            filters.max_images_per_class, filters.balance, filters.seed)
+        boxes = boxes if keep is None else boxes.filter(pa.array(keep))
     text, numbers = _box_ids(boxes)
-    boxes = boxes.append_column("BoxID", text)
-    return boxes.take(pa.array(np.lexsort((numbers, image_keys(boxes["ImageID"])))))
+    order = np.lexsort((numbers, image_keys(boxes["ImageID"])))
+    boxes = boxes.append_column("BoxID", text).take(pa.array(order))
+    ids = pc.unique(boxes["ImageID"])  # already sorted
+    info, keys = _unique_info(source.images(ids).select(IMAGE_INFO))
+    for start in range(0, boxes.num_rows, rows):
+        part = boxes.slice(start, rows)
+        box_id, part = part["BoxID"], part.drop_columns(["BoxID"])
+        class_mid = class_mids(part["LabelName"])
+        part = (part.append_column("ClassMID", class_mid)
+                .append_column("Class", _lookup(class_mid, names))
+                .append_column("LabelDisplayName", _lookup(part["LabelName"], names)))
+        yield from _join_info(part, info, keys).append_column("BoxID", box_id).to_batches()
+
+
+def select_table(source: Source, ontology: Ontology, classes: list[str],
+                 filters: Filters) -> pa.Table:
+    """The whole selection as one table (see select_batches)."""
+    return pa.Table.from_batches(list(select_batches(source, ontology, classes, filters)))
 
 
 def select_boxes(source: Source, ontology: Ontology, classes: list[str],
                  filters: Filters) -> pd.DataFrame:
-    """select_table as a pandas DataFrame."""
+    """The whole selection as a pandas DataFrame (see select_batches)."""
     return select_table(source, ontology, classes, filters).to_pandas()
+
+
+def write_selection(batches: Iterable[pa.RecordBatch], dest: Path) -> int:
+    """Write a selection's batches to a Parquet file atomically, one at a time; return rows."""
+    rows, writer = 0, None
+    with atomic_path(dest) as tmp:
+        try:
+            for batch in batches:
+                writer = writer or pq.ParquetWriter(tmp, batch.schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
 
 
 def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
