@@ -145,7 +145,10 @@ def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, str]) -> pa.Arr
 def _unique_info(info: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """The first row of each image (as pandas' drop_duplicates keeps), sorted by ImageID key;
     and those keys."""
-    keys, first = np.unique(image_keys(info["ImageID"]), return_index=True)
+    keys = image_keys(info["ImageID"])
+    if (keys[1:] > keys[:-1]).all():  # as the cache returns them: no copy of the largest part
+        return info, keys
+    keys, first = np.unique(keys, return_index=True)
     return info.take(pa.array(first)), keys
 
 
@@ -258,8 +261,11 @@ def _box_ids(boxes: pa.Table) -> tuple[pa.Array, np.ndarray]:
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
     sha1 = hashlib.sha1
     # One hash call per box is the only per-row Python left: hashlib has no batch API.
-    digests = b"".join([sha1(k).digest()[:5] for k in keys.cast(pa.binary()).to_pylist()])
     n = len(keys)
+    binary = keys.cast(pa.binary())
+    digests = b"".join([  # a slice at a time: a Python bytes object per box is 90 bytes
+        b"".join([sha1(k).digest()[:5] for k in binary.slice(start, BATCH_ROWS).to_pylist()])
+        for start in range(0, n, BATCH_ROWS)])
     offsets = np.arange(0, 10 * n + 1, 10, dtype=np.int32)
     text = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
                                                   pa.py_buffer(digests.hex().encode())])
