@@ -1,11 +1,20 @@
 """The columnar cache: same rows as the CSVs, laid out so few classes read little, kept fresh."""
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flows.openimages import cache
-from flows.openimages.csvread import MetadataError, image_keys, read_boxes, read_images
+from flows.openimages import cache, csvread
+from flows.openimages.csvread import (
+    IMAGE_COLUMNS,
+    IMAGE_TYPES,
+    MetadataError,
+    image_keys,
+    read_boxes,
+    read_images,
+    stream,
+)
 from flows.openimages.fetch import Stamp
 from tests.csvfiles import box_row, write_boxes, write_images
 
@@ -82,3 +91,75 @@ def test_image_ids_must_be_hex():
         15, 2**64 - 1]
     with pytest.raises(MetadataError, match="16 hexadecimal"):
         image_keys(pa.array(["not-an-image-id!"]))
+
+
+def test_boxes_from_cache_reads_only_the_row_groups_of_the_labels(box_csv, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "ROW_GROUP", 100)
+    dest = tmp_path / "boxes.parquet"
+    cache.build_box_cache(box_csv, stamp_of(box_csv), dest)
+    read = []
+    original = pq.ParquetFile.read_row_groups
+
+    def recorded(self, groups, **options):
+        read.extend(groups)
+        return original(self, groups, **options)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", recorded)
+    found = cache.boxes_from_cache(dest, ["/m/h1", "/m/c3"])
+    assert set(found["LabelName"].to_pylist()) == {"/m/c3", "/m/h1"}
+    assert found.num_rows == 200 and 2 <= len(read) <= 4
+
+
+@pytest.mark.parametrize("style", ["plain", "quoted", "crlf", "no final newline"])
+def test_image_lookup_scans_bytes_and_agrees_with_a_full_parse(tmp_path, style):
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(2000)]
+    csv = write_images(tmp_path / "images.csv", ids)
+    text = csv.read_text()
+    if style == "quoted":  # every field in quotes, as some CSV writers do
+        text = "\n".join([text.splitlines()[0]] + [",".join(f'"{f}"' for f in line.split(","))
+                                                    for line in text.splitlines()[1:]]) + "\n"
+    elif style == "crlf":
+        text = text.replace("\n", "\r\n")
+    elif style == "no final newline":
+        text = text.rstrip("\n")
+    csv.write_text(text)
+    wanted = pa.array([ids[0], ids[1999], ids[700], "ffffffffffffffff"])
+    scanned = read_images(csv, wanted).sort_by("ImageID")
+    parsed = pa.Table.from_batches(
+        list(stream(csv, IMAGE_COLUMNS, IMAGE_TYPES))).sort_by("ImageID")
+    assert scanned.num_rows == 3
+    assert scanned.equals(parsed.filter(pc.is_in(parsed["ImageID"], value_set=wanted)))
+
+
+def test_image_lookup_parses_everything_when_a_record_spans_lines(tmp_path, monkeypatch):
+    ids = [f"{i:016x}" for i in range(50)]
+    csv = write_images(tmp_path / "images.csv", ids)
+    csv.write_text(csv.read_text().replace("title 7,", '"a title\nover two lines",'))
+    scans = []
+    monkeypatch.setattr(csvread, "stream", lambda *a, **k: scans.append(a) or stream(*a, **k))
+    found = read_images(csv, pa.array([ids[7], ids[8]])).sort_by("ImageID")
+    assert found["Title"].to_pylist() == ["a title\nover two lines", "title 8"]
+    assert scans  # the byte scan saw the open quote and handed over to the parser
+
+
+def test_a_build_in_many_small_passes_writes_the_same_cache(box_csv, tmp_path, monkeypatch):
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(3000)]
+    image_csv = write_images(tmp_path / "images.csv", ids)
+
+    def build(name):
+        return (cache.build_box_cache(box_csv, stamp_of(box_csv), tmp_path / f"{name}.parquet"),
+                cache.build_image_cache(image_csv, stamp_of(image_csv), tmp_path / f"{name}.arrow"))
+
+    whole = build("a")
+    passes = []
+    original = cache._passes
+    monkeypatch.setattr(cache, "_passes", lambda spool, masks: passes.append(len(masks))
+                        or original(spool, masks))
+    monkeypatch.setattr(cache, "PASS_BYTES", 20_000)  # a few hundred rows a pass
+    assert build("b") == whole
+    assert min(passes) > 5
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    read = [pa.ipc.open_file(pa.memory_map(str(tmp_path / f"{n}.arrow"))).read_all()
+            for n in "ab"]
+    assert read[1].equals(read[0]) and read[0]["Key"].to_pylist() == sorted(
+        int(i, 16) for i in ids)

@@ -1,12 +1,29 @@
 """Class selection on generated boxes: every filter, limits by image, ontology options."""
 
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from flows.openimages.csvread import BOX_COLUMNS, BOX_TYPES
 from flows.openimages.ontology import load_ontology
-from flows.openimages.select import EmptySelection, Filters, select_boxes, summary
+from flows.openimages.select import (
+    EmptySelection,
+    Filters,
+    box_ids,
+    select_batches,
+    select_boxes,
+    select_table,
+    summary,
+    write_selection,
+)
 from tests.test_ontology import META
 
 HAMBURGER, SANDWICH, SUBMARINE, CAR = "/m/0cdn1", "/m/0l515", "/m/06pcq", "/m/0k4j"
@@ -127,3 +144,85 @@ def test_an_empty_selection_says_why(onto):
     source = FakeSource([{"ImageID": img(0), "LabelName": CAR, "IsDepiction": 1}])
     with pytest.raises(EmptySelection, match="no boxes of \\['Car'\\]"):
         select_boxes(source, onto, ["Car"], Filters())
+
+
+def reference_selection(table: pa.Table, info: pa.Table, mids: list[str]) -> pd.DataFrame:
+    """The same filter the pandas way, with the BoxIDs as every earlier release wrote them."""
+    boxes = table.to_pandas()
+    boxes = boxes[boxes.LabelName.isin(mids) & (boxes.IsDepiction != 1) & (boxes.IsGroupOf != 1)]
+    boxes = boxes.merge(info.to_pandas(), on="ImageID", how="left")
+    keys = (boxes.ImageID + "|" + boxes.LabelName + "|" + boxes.XMin.map("{:.6f}".format) + "|"
+            + boxes.XMax.map("{:.6f}".format) + "|" + boxes.YMin.map("{:.6f}".format) + "|"
+            + boxes.YMax.map("{:.6f}".format))
+    boxes["BoxID"] = keys.map(lambda k: hashlib.sha1(k.encode()).hexdigest()[:10])
+    return boxes.sort_values(["ImageID", "BoxID"], kind="stable").reset_index(drop=True)
+
+
+def test_a_big_class_matches_pandas_row_for_row_with_the_same_box_ids(onto):
+    rng = np.random.default_rng(5)
+    n = 60_000
+    # Coordinates of every kind: random float32, ties at the sixth decimal (k/128), 0 and 1.
+    x0 = rng.random(n, dtype=np.float32) * 0.5
+    x0[:2000] = (2 * rng.integers(0, 40, 2000) + 1) / 128
+    x0[2000:2100] = 0.0
+    x1 = np.minimum(x0 + np.float32(0.25), np.float32(1.0))
+    rows = {"ImageID": [img(i) for i in rng.integers(0, 20_000, n)],
+            "LabelName": rng.choice([CAR, HAMBURGER, SANDWICH], n, p=[0.9, 0.05, 0.05]),
+            "XMin": x0, "XMax": x1, "YMin": x0[::-1].copy(), "YMax": x1[::-1].copy(),
+            "IsDepiction": rng.integers(-1, 2, n), "IsGroupOf": rng.integers(-1, 2, n)}
+    source = FakeSource(pd.DataFrame(rows).to_dict("records"))
+    got = select_boxes(source, onto, ["Car"], Filters(include_subclasses=False))
+    info = source.images(pc.unique(source.table["ImageID"]))
+    want = reference_selection(source.table, info, [CAR])
+    assert len(got) > 20_000
+    pd.testing.assert_frame_equal(got[list(want.columns)], want, check_dtype=False)
+    assert (got.Class == "Car").all() and (got.Subset == "train").all()
+
+
+def test_box_ids_are_the_ones_crops_were_named_after():
+    boxes = pa.table({"ImageID": ["000a1249af2bc5f0", "0000048549557964"],
+                      "LabelName": ["/m/0cdn1", "/m/0l515"],
+                      "XMin": pa.array([0.0078125, 0.1], pa.float32()),
+                      "XMax": pa.array([0.5, 1.0], pa.float32()),
+                      "YMin": pa.array([0.25, 0.333333], pa.float32()),
+                      "YMax": pa.array([0.75, 0.999999], pa.float32())})
+    expected = [hashlib.sha1(k.encode()).hexdigest()[:10] for k in (
+        "000a1249af2bc5f0|/m/0cdn1|0.007812|0.500000|0.250000|0.750000",
+        "0000048549557964|/m/0l515|0.100000|1.000000|0.333333|0.999999")]
+    assert box_ids(boxes).to_pylist() == expected
+    assert box_ids(boxes.to_pandas()).to_pylist() == expected
+
+
+def test_the_selection_runs_without_importing_pandas_itself():
+    # pyarrow may load pandas on its own; the selection code must not need it.
+    done = subprocess.run([sys.executable, "-c", (
+        "import sys\n"
+        "import flows.openimages.select as s\n"
+        "print('pandas' in {n.split('.')[0] for n in sys.modules})")],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_batches_of_any_size_make_the_same_selection_and_file(onto, tmp_path):
+    rows = [{"ImageID": img(i % 97), "LabelName": [CAR, HAMBURGER, SUBMARINE][i % 3],
+             "XMin": (i % 50) / 100} for i in range(1000)]
+    source = FakeSource(rows)
+    whole = select_table(source, onto, ["Car", "Sandwich"], Filters())
+    batches = list(select_batches(source, onto, ["Car", "Sandwich"], Filters(), rows=7))
+    assert max(b.num_rows for b in batches) == 7
+    assert pa.Table.from_batches(batches).equals(whole)
+    dest = tmp_path / "selection.parquet"
+    assert write_selection(iter(batches), dest) == whole.num_rows
+    assert pq.read_table(dest).equals(whole)
+
+
+def test_a_selection_that_fails_midway_leaves_no_file(onto, tmp_path):
+    source = FakeSource([{"ImageID": img(i), "LabelName": CAR} for i in range(20)])
+
+    def broken():
+        yield from select_batches(source, onto, ["Car"], Filters(), rows=5)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_selection(broken(), tmp_path / "selection.parquet")
+    assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,13 @@ A sidecar records the source's size and MD5; a changed source rebuilds the cache
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 ROW_GROUP = 65_536
-SORT_CHUNK = 1_048_576
+SORT_CHUNK = 262_144  # rows taken in sorted order at a time: a few row groups
+PASS_BYTES = 256 << 20  # of spooled rows sorted at a time: the build's memory is about 2x this
 
 
 def _info_path(cache: Path) -> Path:
@@ -55,9 +61,11 @@ def is_fresh(cache: Path, source: Stamp) -> bool:
 
 
 def _spool(csv: Path, spool: Path, columns: list[str], types: dict[str, pa.DataType],
-           boxes: bool, progress: Progress) -> tuple[int, int]:
-    """Stream the CSV into an uncompressed IPC file in file order; return (rows, skipped)."""
+           boxes: bool, progress: Progress) -> tuple[int, int, Counter[str]]:
+    """Stream the CSV into an uncompressed IPC file in file order; return (rows, skipped,
+    rows per label)."""
     rows = skipped = 0
+    labels: Counter[str] = Counter()
     spool.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([(c, types[c]) for c in columns])
     name = csv.name.removesuffix(".part")
@@ -69,19 +77,68 @@ def _spool(csv: Path, spool: Path, columns: list[str], types: dict[str, pa.DataT
                 ok = valid_boxes(batch)
                 skipped += batch.num_rows - (pc.sum(ok).as_py() or 0)
                 batch = batch.filter(ok)
+                for count in pc.value_counts(batch["LabelName"]).to_pylist():
+                    labels[count["values"]] += count["counts"]
             rows += batch.num_rows
             writer.write_batch(batch)
-    return rows, skipped
+    return rows, skipped, labels
 
 
-def _mapped(path: Path) -> pa.Table:
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+def _passes(spool: Path, masks: list[Callable[[pa.RecordBatch], pa.Array]]) -> Iterator[pa.Table]:
+    """For each mask, the spool's rows it selects, in file order.
+
+    The spool is read batch by batch, once per mask, rather than memory-mapped and sorted in
+    one go: mapped pages count as resident once touched, and a sort touches them all, so the
+    whole spool (1 GB for the v6 train boxes) plus the sort used to be the build's peak. A
+    pass holds about PASS_BYTES of rows instead.
+    """
+    with pa.OSFile(str(spool)) as source:
+        reader = pa.ipc.open_file(source)
+        for mask in masks:
+            parts = []
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                parts.append(batch.filter(mask(batch)))
+            yield pa.Table.from_batches(parts, reader.schema)
+
+
+def _label_runs(counts: Counter[str], per_pass: int) -> list[list[str]]:
+    """The labels in sorted order, cut into runs of about per_pass rows (one pass each)."""
+    runs: list[list[str]] = []
+    size = 0
+    for label in sorted(counts):
+        if not runs or (runs[-1] and size + counts[label] > per_pass):
+            runs.append([])
+            size = 0
+        runs[-1].append(label)
+        size += counts[label]
+    return runs
+
+
+def _rows_per_pass(spool: Path, rows: int) -> int:
+    return max(1, int(rows * PASS_BYTES / max(1, spool.stat().st_size)))
 
 
 def _retire(dest: Path) -> None:
     """Drop the old sidecar before the new cache moves in: a crash in between must leave a
     cache that reads as stale, never new rows under the old source's sidecar."""
     _info_path(dest).unlink(missing_ok=True)
+
+
+def _has_label(labels: pa.Array, batch: pa.RecordBatch) -> pa.Array:
+    return pc.is_in(batch["LabelName"], value_set=labels)
+
+
+def _key_between(low: int, high: int, batch: pa.RecordBatch) -> pa.Array:
+    keys = image_keys(batch["ImageID"])
+    inside = keys >= np.uint64(low)
+    if high < 2**64:
+        inside &= keys < np.uint64(high)
+    return pa.array(inside)
+
+
+def _schema(columns: list[str], types: dict[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([(c, types[c]) for c in columns])
 
 
 def build_box_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = quiet) -> dict:
@@ -91,23 +148,25 @@ def build_box_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = q
     """
     spool = dest.with_name(dest.name + ".spool")
     try:
-        rows, skipped = _spool(csv, spool, BOX_COLUMNS, BOX_TYPES, True, progress)
-        table = _mapped(spool)
-        labels = pc.dictionary_encode(table["LabelName"]).combine_chunks()
-        # Sort the small dictionary, then the rows by their label's rank: cheap and stable.
-        rank = np.argsort(np.argsort(labels.dictionary.to_numpy(zero_copy_only=False)))
-        order = np.argsort(rank[labels.indices.to_numpy()], kind="stable")
-        counts = dict(zip(*np.unique(labels.indices.to_numpy(), return_counts=True), strict=True))
-        label_counts = {labels.dictionary[int(i)].as_py(): int(n) for i, n in counts.items()}
+        rows, skipped, counts = _spool(csv, spool, BOX_COLUMNS, BOX_TYPES, True, progress)
+        runs = _label_runs(counts, _rows_per_pass(spool, rows))
+        masks = [partial(_has_label, pa.array(run, pa.string())) for run in runs]
         _retire(dest)
         with atomic_path(dest) as tmp, pq.ParquetWriter(
-            tmp, table.schema, compression="zstd", use_dictionary=["ImageID", "Source", "LabelName"]
+            tmp, _schema(BOX_COLUMNS, BOX_TYPES), compression="zstd",
+            use_dictionary=["ImageID", "Source", "LabelName"]
         ) as writer:
-            for start in range(0, rows, SORT_CHUNK):
-                chunk = table.take(pa.array(order[start:start + SORT_CHUNK]))
-                writer.write_table(chunk, row_group_size=ROW_GROUP)
+            for table in _passes(spool, masks):
+                labels = pc.dictionary_encode(table["LabelName"].combine_chunks())
+                # Sort the small dictionary, then the rows by their label's rank: stable.
+                rank = np.argsort(np.argsort(labels.dictionary.to_numpy(zero_copy_only=False)))
+                order = np.argsort(rank[labels.indices.to_numpy()], kind="stable")
+                for start in range(0, len(order), SORT_CHUNK):
+                    chunk = table.take(pa.array(order[start:start + SORT_CHUNK]))
+                    writer.write_table(chunk, row_group_size=ROW_GROUP)
     finally:
         spool.unlink(missing_ok=True)
+    label_counts = {label: counts[label] for label in sorted(counts)}
     info = {"format": FORMAT, "source": {"size": source.size, "md5": source.md5},
             "rows": rows, "skipped_invalid_boxes": skipped, "label_counts": label_counts}
     if skipped:
@@ -124,20 +183,25 @@ def build_image_cache(csv: Path, source: Stamp, dest: Path, progress: Progress =
     """
     spool = dest.with_name(dest.name + ".spool")
     try:
-        rows, _ = _spool(csv, spool, IMAGE_COLUMNS, IMAGE_TYPES, False, progress)
-        table = _mapped(spool)
-        keys = image_keys(table["ImageID"])
-        order = np.argsort(keys, kind="stable")
-        schema = pa.schema([("Key", pa.uint64()), *table.schema])
+        rows, _, _ = _spool(csv, spool, IMAGE_COLUMNS, IMAGE_TYPES, False, progress)
+        # ImageIDs are uniform hex: equal ranges of the key space make passes of equal size.
+        passes = -(-rows // _rows_per_pass(spool, rows))
+        bounds = [round(i * 2**64 / passes) for i in range(passes + 1)]
+        masks = [partial(_key_between, low, high) for low, high in itertools.pairwise(bounds)]
+        schema = pa.schema([("Key", pa.uint64()), *_schema(IMAGE_COLUMNS, IMAGE_TYPES)])
         _retire(dest)
         with atomic_path(dest) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, schema) as writer:
-            for start in range(0, rows, SORT_CHUNK):
-                index = order[start:start + SORT_CHUNK]
-                chunk = table.take(pa.array(index))
-                writer.write_table(
-                    pa.Table.from_arrays([pa.array(keys[index]), *chunk.columns], schema=schema),
-                    max_chunksize=ROW_GROUP)
+            for table in _passes(spool, masks):
+                keys = image_keys(table["ImageID"])
+                order = np.argsort(keys, kind="stable")
+                for start in range(0, len(order), SORT_CHUNK):
+                    index = order[start:start + SORT_CHUNK]
+                    chunk = table.take(pa.array(index))
+                    writer.write_table(
+                        pa.Table.from_arrays([pa.array(keys[index]), *chunk.columns],
+                                             schema=schema),
+                        max_chunksize=ROW_GROUP)
     finally:
         spool.unlink(missing_ok=True)
     info = {"format": FORMAT, "source": {"size": source.size, "md5": source.md5}, "rows": rows}
@@ -147,7 +211,20 @@ def build_image_cache(csv: Path, source: Stamp, dest: Path, progress: Progress =
 
 def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
     """The boxes of the given labels, reading only the row groups that hold them."""
-    table = pq.read_table(cache, filters=[("LabelName", "in", list(mids))])
+    # The row groups are picked from their statistics by hand: pq.read_table(filters=...)
+    # goes through pyarrow.dataset, which imports pandas, a second of a warm selection.
+    wanted = sorted(mids)
+    parquet = pq.ParquetFile(cache)
+    meta = parquet.metadata
+    column = meta.schema.names.index("LabelName")
+    groups = []
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max or (
+                bisect.bisect_right(wanted, stats.max) > bisect.bisect_left(wanted, stats.min)):
+            groups.append(group)
+    table = parquet.read_row_groups(groups)
+    table = table.filter(pc.is_in(table["LabelName"], value_set=pa.array(wanted, pa.string())))
     return table.cast(pa.schema([(c, BOX_TYPES[c]) for c in BOX_COLUMNS]))
 
 
@@ -158,7 +235,8 @@ def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
     leave the process when their map closes, so memory stays near one batch whatever the size
     of the file.
     """
-    wanted = np.unique(image_keys(image_ids))
+    wanted = np.sort(image_keys(image_ids))  # a sort, then drop repeats: cheaper than
+    wanted = wanted[np.r_[True, wanted[1:] != wanted[:-1]]]  # np.unique's hash table
     with pa.memory_map(str(cache)) as source:
         reader = pa.ipc.open_file(source)
         count, schema = reader.num_record_batches, reader.schema

@@ -1,25 +1,36 @@
-"""Selecting the boxes of the requested classes, filtered and limited, with their images' info."""
+"""Selecting the boxes of the requested classes, filtered and limited, with their images' info.
+
+The selection itself is pyarrow and numpy: importing pandas alone costs about as much as a
+warm selection of a few classes, so it is loaded only for callers that want a DataFrame.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flows.openimages.csvread import image_keys
 from flows.openimages.ontology import Ontology, label_map
+from model.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FlagRule = Literal["any", "exclude", "only"]
 FLAG_COLUMNS = {"depiction": "IsDepiction", "group_of": "IsGroupOf", "occluded": "IsOccluded",
                 "truncated": "IsTruncated", "inside": "IsInside"}
 IMAGE_INFO = ["ImageID", "OriginalURL", "OriginalLandingURL", "Thumbnail300KURL", "Rotation",
               "OriginalMD5", "OriginalSize", "License", "Author", "AuthorProfileURL"]
+BATCH_ROWS = 262_144
 
 
 class EmptySelection(ValueError):
@@ -75,10 +86,9 @@ def _filter(table: pa.Table, filters: Filters) -> pa.Table:
     return table.filter(mask)
 
 
-def seeded_order(image_ids: pd.Series, seed: int) -> np.ndarray:
-    """A pseudo-random but reproducible rank per image, from its id and the seed."""
+def _mix(keys: np.ndarray, seed: int) -> np.ndarray:
     salt = np.uint64(int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "big"))
-    x = image_keys(pa.array(image_ids, pa.string())) ^ salt
+    x = keys ^ salt
     # splitmix64 finaliser: spreads nearby ids over the whole range.
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -86,62 +96,191 @@ def seeded_order(image_ids: pd.Series, seed: int) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def limit_images(boxes: pd.DataFrame, limit: int | None, balance: bool, seed: int
-                 ) -> pd.DataFrame:
-    """Keep whole images, in seeded order, until every class has limit images.
+def seeded_order(image_ids: pa.Array | pa.ChunkedArray | Sequence[str], seed: int) -> np.ndarray:
+    """A pseudo-random but reproducible rank per image, from its id and the seed."""
+    if not isinstance(image_ids, pa.Array | pa.ChunkedArray):
+        image_ids = pa.array(image_ids, pa.string())
+    return _mix(image_keys(image_ids), seed)
+
+
+def limit_images(image_ids: pa.ChunkedArray | pa.Array, classes: pa.ChunkedArray | pa.Array,
+                 limit: int | None, balance: bool, seed: int) -> np.ndarray | None:
+    """Which boxes to keep (a mask; None: all) so that whole images, in seeded order, are
+    kept until every class has limit images.
 
     An image holding two selected classes counts for both, so a class can pass its limit by
     the images it shares with a class that still needed them.
     """
-    per_class = boxes.groupby("Class").ImageID.nunique()
+    codes = pc.dictionary_encode(classes)
+    codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+    box_keys = image_keys(image_ids)
+    pairs = np.unique(np.stack([box_keys, codes.indices.to_numpy().astype(np.uint64)]), axis=1)
+    per_class = np.bincount(pairs[1].astype(np.int64), minlength=len(codes.dictionary))
     if balance:
         limit = min(limit or math.inf, int(per_class.min()))
     if limit is None or limit >= per_class.max():
-        return boxes
-    pairs = boxes[["ImageID", "Class"]].drop_duplicates()
-    classes_of = pairs.groupby("ImageID").Class.agg(tuple)
-    ranked = classes_of.iloc[np.argsort(seeded_order(classes_of.index.to_series(), seed))]
-    counts = dict.fromkeys(per_class.index, 0)
-    keep = []
-    for image_id, classes in ranked.items():
-        if any(counts[c] < limit for c in classes):
-            keep.append(image_id)
-            for c in classes:
+        return None
+    images, starts = np.unique(pairs[0], return_index=True)  # pairs are sorted by image
+    classes_of = np.split(pairs[1].astype(np.int64), starts[1:])
+    counts = [0] * len(per_class)
+    keep = np.zeros(len(images), dtype=bool)
+    # Sequential by nature (an image's classes decide the next one's fate), but only over
+    # images, and only when a limit applies.
+    for i in np.argsort(_mix(images, seed)).tolist():
+        mine = classes_of[i].tolist()
+        if any(counts[c] < limit for c in mine):
+            keep[i] = True
+            for c in mine:
                 counts[c] += 1
-    return boxes[boxes.ImageID.isin(keep)]
+    return np.isin(box_keys, images[keep])
+
+
+def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, str]) -> pa.Array:
+    """values mapped through table, vectorised (every value must be a key)."""
+    keys = pa.array(list(table), pa.string())
+    return pc.take(pa.array(list(table.values()), pa.string()),
+                   pc.index_in(values, value_set=keys))
+
+
+def _unique_info(info: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The first row of each image (as pandas' drop_duplicates keeps), sorted by ImageID key;
+    and those keys."""
+    keys = image_keys(info["ImageID"])
+    if (keys[1:] > keys[:-1]).all():  # as the cache returns them: no copy of the largest part
+        return info, keys
+    keys, first = np.unique(keys, return_index=True)
+    return info.take(pa.array(first)), keys
+
+
+def _join_info(boxes: pa.Table, info: pa.Table, keys: np.ndarray) -> pa.Table:
+    """Append each box's image info (nulls when the image has none), keeping the box order."""
+    wanted = image_keys(boxes["ImageID"])
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    rows = info.take(pa.array(at, pa.int64(), mask=~found))  # a null index takes a null row
+    for name in IMAGE_INFO[1:]:
+        boxes = boxes.append_column(name, rows[name])
+    return boxes
+
+
+def _boxes_of(source: Source, mids: list[str], filters: Filters) -> pa.Table:
+    parts = []
+    for split, table in source.boxes(mids).items():
+        part = _filter(table, filters)
+        parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
+    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
+
+
+def select_batches(source: Source, ontology: Ontology, classes: list[str], filters: Filters,
+                   rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The selection in batches of up to rows boxes: one row per selected box with its class
+    and its image's info, sorted by ImageID and BoxID; raises EmptySelection.
+
+    The image info, repeated for every box of an image, is most of a selection's size, so it
+    is joined a batch at a time: writing a class of 2 M boxes never holds all of it at once.
+    """
+    requested = [ontology.resolve(name) for name in classes]
+    excluded = [ontology.resolve(name) for name in filters.exclude_classes]
+    mapping = label_map(ontology, requested, filters.include_subclasses, excluded)
+    names = {mid: ontology.name(mid) for mid in {*mapping.values(), *mapping}}
+    boxes = _boxes_of(source, sorted(mapping), filters)
+    if not boxes.num_rows:
+        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
+
+    def class_mids(labels: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        return _lookup(labels, mapping) if filters.relabel else labels
+
+    if filters.max_images_per_class is not None or filters.balance:
+        keep = limit_images(boxes["ImageID"], _lookup(class_mids(boxes["LabelName"]), names),
+                            filters.max_images_per_class, filters.balance, filters.seed)
+        boxes = boxes if keep is None else boxes.filter(pa.array(keep))
+    text, numbers = _box_ids(boxes)
+    order = np.lexsort((numbers, image_keys(boxes["ImageID"])))
+    boxes = boxes.append_column("BoxID", text).take(pa.array(order))
+    ids = pc.unique(boxes["ImageID"])  # already sorted
+    info, keys = _unique_info(source.images(ids).select(IMAGE_INFO))
+    for start in range(0, boxes.num_rows, rows):
+        part = boxes.slice(start, rows)
+        box_id, part = part["BoxID"], part.drop_columns(["BoxID"])
+        class_mid = class_mids(part["LabelName"])
+        part = (part.append_column("ClassMID", class_mid)
+                .append_column("Class", _lookup(class_mid, names))
+                .append_column("LabelDisplayName", _lookup(part["LabelName"], names)))
+        yield from _join_info(part, info, keys).append_column("BoxID", box_id).to_batches()
+
+
+def select_table(source: Source, ontology: Ontology, classes: list[str],
+                 filters: Filters) -> pa.Table:
+    """The whole selection as one table (see select_batches)."""
+    return pa.Table.from_batches(list(select_batches(source, ontology, classes, filters)))
 
 
 def select_boxes(source: Source, ontology: Ontology, classes: list[str],
                  filters: Filters) -> pd.DataFrame:
-    """One row per selected box with its class and its image's info; raises EmptySelection."""
-    requested = [ontology.resolve(name) for name in classes]
-    excluded = [ontology.resolve(name) for name in filters.exclude_classes]
-    mapping = label_map(ontology, requested, filters.include_subclasses, excluded)
-    frames = []
-    for split, table in source.boxes(sorted(mapping)).items():
-        part = _filter(table, filters).to_pandas()
-        part.insert(1, "Subset", split)
-        frames.append(part)
-    boxes = pd.concat(frames, ignore_index=True)
-    boxes["ClassMID"] = boxes.LabelName.map(mapping) if filters.relabel else boxes.LabelName
-    boxes["Class"] = boxes.ClassMID.map(ontology.name)
-    boxes["LabelDisplayName"] = boxes.LabelName.map(ontology.name)
-    if boxes.empty:
-        raise EmptySelection(f"no boxes of {classes} pass the filters {filters}")
-    boxes = limit_images(boxes, filters.max_images_per_class, filters.balance, filters.seed)
-    ids = pa.array(np.sort(boxes.ImageID.unique()), pa.string())
-    info = source.images(ids).to_pandas()[IMAGE_INFO].drop_duplicates("ImageID")
-    boxes = boxes.merge(info, on="ImageID", how="left")
-    boxes["BoxID"] = box_ids(boxes)
-    return boxes.sort_values(["ImageID", "BoxID"]).reset_index(drop=True)
+    """The whole selection as a pandas DataFrame (see select_batches)."""
+    return select_table(source, ontology, classes, filters).to_pandas()
 
 
-def box_ids(boxes: pd.DataFrame) -> pd.Series:
+def write_selection(batches: Iterable[pa.RecordBatch], dest: Path) -> int:
+    """Write a selection's batches to a Parquet file atomically, one at a time; return rows."""
+    rows, writer = 0, None
+    with atomic_path(dest) as tmp:
+        try:
+            for batch in batches:
+                writer = writer or pq.ParquetWriter(tmp, batch.schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Coordinates as Python's "{:.6f}" writes them.
+
+    A float32 times 10**6 is exact in float64 (24 + 14 significant bits), so rint (half to
+    even) rounds exactly as the formatting of the exact value does; other types and unusual
+    values take Python's own formatting.
+    """
+    x = column.to_numpy().astype(np.float64)  # nulls become NaN, formatted as pandas did
+    if column.type != pa.float32() or not (np.abs(x) < 1e9).all():
+        return pa.array([f"{v:.6f}" for v in x.tolist()], pa.string())
+    whole, part = np.divmod(np.rint(np.abs(x) * 1e6).astype(np.int64), 1_000_000)
+    sign = pc.if_else(pa.array(np.signbit(x)), "-", "")
+    return pc.binary_join_element_wise(
+        sign, pc.cast(pa.array(whole), pa.string()), ".",
+        pc.utf8_lpad(pc.cast(pa.array(part), pa.string()), width=6, padding="0"), "")
+
+
+def _box_ids(boxes: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """The BoxIDs (10 hex digits of a SHA-1 of the box) and the same digits as integers."""
+    keys = pc.binary_join_element_wise(
+        boxes["ImageID"].cast(pa.string()), boxes["LabelName"].cast(pa.string()),
+        *(_fixed6(boxes[c]) for c in ("XMin", "XMax", "YMin", "YMax")), "|")
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    sha1 = hashlib.sha1
+    # One hash call per box is the only per-row Python left: hashlib has no batch API.
+    n = len(keys)
+    binary = keys.cast(pa.binary())
+    digests = b"".join([  # a slice at a time: a Python bytes object per box is 90 bytes
+        b"".join([sha1(k).digest()[:5] for k in binary.slice(start, BATCH_ROWS).to_pylist()])
+        for start in range(0, n, BATCH_ROWS)])
+    offsets = np.arange(0, 10 * n + 1, 10, dtype=np.int32)
+    text = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(digests.hex().encode())])
+    raw = np.frombuffer(digests, dtype=np.uint8).reshape(n, 5).astype(np.uint64)
+    numbers = np.zeros(n, dtype=np.uint64)
+    for column in range(5):
+        numbers = (numbers << np.uint64(8)) | raw[:, column]
+    return text, numbers
+
+
+def box_ids(boxes: pa.Table | pd.DataFrame) -> pa.Array:
     """A stable id per box: the same box gets the same id in every selection."""
-    keys = (boxes.ImageID + "|" + boxes.LabelName + "|" + boxes.XMin.map("{:.6f}".format) + "|"
-            + boxes.XMax.map("{:.6f}".format) + "|" + boxes.YMin.map("{:.6f}".format) + "|"
-            + boxes.YMax.map("{:.6f}".format))
-    return keys.map(lambda k: hashlib.sha1(k.encode()).hexdigest()[:10])
+    if not isinstance(boxes, pa.Table):
+        boxes = pa.Table.from_pandas(boxes, preserve_index=False)
+    return _box_ids(boxes)[0]
 
 
 def summary(boxes: pd.DataFrame) -> pd.DataFrame:
