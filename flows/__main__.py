@@ -119,7 +119,7 @@ def classes_report(args: argparse.Namespace) -> str:
     """The classes matching a query, with MIDs, parents, children and box counts."""
     from flows.openimages.ontology import describe, search, tree
     from flows.params import settings_from
-    from flows.stages import metadata
+    from flows.selection import metadata
 
     settings = settings_from(workspace=args.workspace, metadata_url=args.metadata_url,
                              openimages_version=args.openimages_version, splits=args.splits)

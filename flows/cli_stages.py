@@ -91,11 +91,11 @@ def run_stage_command(args: argparse.Namespace) -> int:
     """Run one stage command; return its exit code."""
     if args.command == "retrain":
         return retrain_command(args)
-    from flows import stages
-
     settings = settings_of(args)
     if args.command == "select":
         return select_command(settings)
+    from flows import stages
+
     if args.command == "refresh":
         with step("refresh") as said:
             summary = stages.refresh(settings)
@@ -132,15 +132,20 @@ def require(settings: object, relative: str, stage: str) -> None:
 
 
 def select_command(settings: object) -> int:
-    """Select and print the boxes and images per class."""
-    from flows import stages
-    from flows.openimages.select import summary
+    """Select and print the boxes and images per class; pandas is not loaded."""
+    from flows.selection import counts, distinct_images, select_to_file
 
     with step("select") as said:
-        boxes = stages.select(settings)
-        said["note"] = f"{len(boxes)} boxes on {boxes.ImageID.nunique()} images"
-    print(summary(boxes).to_string(index=False))
-    print(f"selection: {settings.workspace / 'selection.parquet'}")
+        selection = select_to_file(settings)
+        table = counts(selection)
+        said["note"] = (f"{sum(table['boxes'].to_pylist())} boxes on "
+                        f"{distinct_images(selection)} images")
+    width = max(len("Class"), *(len(name) for name in table["Class"].to_pylist()))
+    print(f"{'Class':<{width}}  ClassMID    boxes  images")
+    for row in table.to_pylist():
+        print(f"{row['Class']:<{width}}  {row['ClassMID']:<10} {row['boxes']:>6}  "
+              f"{row['images']:>6}")
+    print(f"selection: {selection}")
     return 0
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect.states import State
+if TYPE_CHECKING:  # `python -m flows select` builds settings here without loading Prefect
+    from prefect.states import State
 
 from flows.settings import Architecture, Runner, Settings, Version
 
 __all__ = ["Architecture", "Runner", "Version", "report_images", "retry_only", "retry_unless",
            "settings_from"]
-RetryCondition = Callable[[object, object, State], bool]
+RetryCondition = Callable[[object, object, "State"], bool]
 
 
 def settings_from(**overrides: Any) -> Settings:

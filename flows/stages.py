@@ -17,52 +17,15 @@ from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
-from flows.openimages.metadata import Metadata
-from flows.openimages.ontology import Ontology
-from flows.openimages.releases import KINDS
-from flows.openimages.select import Filters, images_of, select_boxes, summary
-from flows.progress import stepper
+from flows.openimages.select import images_of, select_boxes, summary
 from flows.publishing.bundle import Published, publish
 from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.publishing.registries import opened
+from flows.selection import filters, metadata, validate_classes
 from flows.settings import Settings
 from model.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
-
-
-def metadata(settings: Settings, kinds: tuple[str, ...] = KINDS) -> Metadata:
-    """The release's metadata on disk: fetched if missing or changed upstream, then cached."""
-    store = Metadata(settings.metadata_url, settings.metadata_dir, settings.openimages_version,
-                     tuple(settings.splits), settings.check_upstream, settings.metadata_cache,
-                     progress=stepper("metadata"))
-    return store.refresh(kinds)
-
-
-def filters(settings: Settings) -> Filters:
-    """The selection filters of the settings."""
-    return Filters(
-        include_subclasses=settings.include_subclasses, relabel=settings.relabel_subclasses,
-        exclude_classes=tuple(settings.exclude_classes), depiction=settings.depiction,
-        group_of=settings.group_of, occluded=settings.occluded, truncated=settings.truncated,
-        inside=settings.inside, source=settings.box_source,
-        min_box_fraction=settings.min_box_fraction,
-        max_images_per_class=settings.max_images_per_class, balance=settings.balance_classes,
-        seed=settings.selection_seed,
-    )
-
-
-def ontology(settings: Settings) -> Ontology:
-    """The class names and hierarchy (fetches only those two small files)."""
-    return metadata(settings, kinds=("classes", "hierarchy")).ontology()
-
-
-def validate_classes(settings: Settings) -> list[str]:
-    """Resolve requested and excluded class names to MIDs, failing fast with suggestions."""
-    onto = ontology(settings)
-    for name in settings.exclude_classes:
-        onto.resolve(name)
-    return [onto.resolve(name) for name in settings.classes]
 
 
 def select(settings: Settings) -> pd.DataFrame:
