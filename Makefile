@@ -20,12 +20,13 @@ PREFECT_PORT ?= 4200
 PREFECT_POOL ?= openimager
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: help venv demo test lint lock sample clean browser prefect-server deploy worker \
+.PHONY: help venv demo test test-fast lint lock sample clean browser prefect-server deploy worker \
 	test-container
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
-	@echo "make test    run the test suite"
+	@echo "make test    run the test suite on $(TEST_WORKERS) workers (TEST_WORKERS=0: in this process)"
+	@echo "make test-fast  unit tests only (no servers, no training), for the edit loop"
 	@echo "make lint    ruff"
 	@echo "make lock    regenerate requirements.lock from pyproject.toml"
 	@echo "make sample  regenerate the synthetic sample in data/sample"
@@ -47,8 +48,17 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/python -m flows demo
 
+# pytest-xdist workers; whole modules go to a worker, slow ones first (pyproject.toml addopts).
+# 2 suits a 2-core machine: TensorFlow and the servers' children keep both cores busy already.
+TEST_WORKERS ?= 2
+# What `make test-fast` leaves out: tests that start servers, train or build images.
+FAST_MARKERS := not slow and not integration and not container
+
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
+
+test-fast: venv
+	$(BIN)/python -m pytest -m '$(FAST_MARKERS)'
 
 lint: venv
 	$(BIN)/ruff check .

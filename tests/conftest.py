@@ -1,8 +1,14 @@
-"""Shared fixtures: real local servers on 127.0.0.1 and isolated stores."""
+"""Shared fixtures: real local servers on 127.0.0.1 and isolated stores.
+
+Under pytest-xdist every worker is its own process: it gets its own stores (below) and its own
+session servers, each on a free port; what is expensive and read-only (the sample's crops) is
+built once per run and shared through a file lock.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,19 +22,59 @@ from flows.settings import CVDF_BUCKET
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
 REGISTRY_BUCKET = "test-registry"
+# Tests that use these start a server in a child process or build data: integration tests,
+# whatever their module says, so `make test-fast` leaves them out.
+SERVER_FIXTURES = {"local_s3", "registry_env", "sample_workspace", "classifier_server"}
+# Modules whose tests start servers or child runs in their own bodies, where no fixture tells;
+# and every benchmark's quick run (test_benchmarks_*.py), a child process doing real work.
+INTEGRATION_MODULES = {"test_bundle.py", "test_download_resume.py"}
+_STORES: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep every store the tests touch out of the user's home."""
+    """Keep every store the tests touch out of the user's home, one set per process (the
+    controller and each xdist worker): the model store, quilt3's cache and Prefect's home."""
     os.environ.update(TELEMETRY_OFF)
     os.environ.update(LOCAL_CREDENTIALS)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="openimager-test-bentoml-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    stores = tempfile.mkdtemp(prefix=f"openimager-test-{worker}-")
+    _STORES.append(stores)
+    os.environ["BENTOML_HOME"] = f"{stores}/bentoml"
     # quilt3 caches manifests by top hash under the user data folder: keep tests apart.
-    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="openimager-test-data-")
+    os.environ["XDG_DATA_HOME"] = f"{stores}/data"
+    # A command run in a child starts an ephemeral Prefect server on this home's database; a
+    # shared one (~/.prefect) would be written by several workers at once.
+    os.environ["PREFECT_HOME"] = f"{stores}/prefect"
+    # Parallel workers slow each other down: give an ephemeral server time to start.
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
     for name in list(os.environ):
         if name.startswith("OPENIMAGER_") or name.startswith("AWS_ENDPOINT_URL"):
             del os.environ[name]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this process's stores (models, caches, Prefect database)."""
+    for stores in _STORES:
+        shutil.rmtree(stores, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests that start servers or benchmarks as integration, and put the modules with
+    slow tests first, then those with integration tests: xdist hands out whole modules in this
+    order (--dist loadfile --no-loadscope-reorder), so the longest start early and no worker
+    is left alone with one at the end."""
+    weight: dict[Path, int] = {}
+    for item in items:
+        if (SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or item.path.name in INTEGRATION_MODULES
+                or item.path.name.startswith("test_benchmarks_")):
+            item.add_marker(pytest.mark.integration)
+        kind = 0 if item.get_closest_marker("slow") else \
+            1 if item.get_closest_marker("integration") else 2
+        weight[item.path] = min(weight.get(item.path, 2), kind)
+    items.sort(key=lambda item: weight[item.path])  # stable: each module keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +101,38 @@ def mirror() -> Iterator[StaticHTTP]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def sample_workspace(tmp_path_factory: pytest.TempPathFactory, local_s3: LocalS3,
-                     mirror: StaticHTTP) -> Path:
-    """A workspace with the sample's crops built once (refresh + build), for training tests."""
+def build_sample_workspace(workspace: Path, request: pytest.FixtureRequest) -> Path:
+    """Refresh and build the sample's crops of three classes into workspace."""
     from flows import stages
     from flows.settings import Settings
 
-    settings = Settings(workspace=tmp_path_factory.mktemp("sample-workspace"),
-                        metadata_url=mirror.url, image_endpoint_url=local_s3.endpoint_url,
+    local_s3, mirror = request.getfixturevalue("local_s3"), request.getfixturevalue("mirror")
+    settings = Settings(workspace=workspace, metadata_url=mirror.url,
+                        image_endpoint_url=local_s3.endpoint_url,
                         classes=["Hamburger", "Sandwich", "Car"])
     stages.refresh(settings)
     stages.build(settings)
-    return settings.workspace
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def sample_workspace(tmp_path_factory: pytest.TempPathFactory,
+                     request: pytest.FixtureRequest) -> Path:
+    """A workspace with the sample's crops (refresh + build), built once per test run and only
+    read by the tests: under xdist the first worker to need it builds it under a lock in the
+    run's shared temporary folder, the others wait and reuse it."""
+    from filelock import FileLock
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_sample_workspace(tmp_path_factory.mktemp("sample-workspace"), request)
+    shared = tmp_path_factory.getbasetemp().parent  # one per run, shared by its workers
+    workspace = shared / "sample-workspace"
+    with FileLock(shared / "sample-workspace.lock"):
+        if not (shared / "sample-workspace.done").exists():
+            shutil.rmtree(workspace, ignore_errors=True)  # a half build of a crashed worker
+            build_sample_workspace(workspace, request)
+            (shared / "sample-workspace.done").touch()
+    return workspace
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,7 +217,6 @@ def test_the_bento_of_a_promotion_is_built_and_recorded(tmp_path):
 
 MODEL = "loop-classifier"
 PACKAGE = "loop/classifier"
-BOUNDARIES = ("refresh", "build", "train", "publish")
 
 
 def group_members(pgid: int) -> list[int]:
@@ -306,25 +307,57 @@ def assert_invariant(record: dict | None, newest: tuple[str, dict] | None,
     assert marker["replaces"] == record["tag"]
 
 
+@contextmanager
+def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Prefect server on a free loopback port, as a worker's runs have; yields its API URL.
+    One server for every run of the loop instead of an ephemeral one started by each."""
+    from flows.servers.local import free_port, stop_group, wait_http
+
+    port = free_port()
+    with (home / "server.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**env, "PREFECT_SERVER_UI_ENABLED": "false"}, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", timeout=300, process=process)
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        stop_group(process)
+
+
+# Runs on one seed (one new model) killed at these boundaries in turn, then a rerun: the kills
+# before training share one rerun, as each run already gets past where the one before it died.
+KILLS = ((1, ("refresh", "build")), (2, ("train",)), (3, ("publish",)))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mirror):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENIMAGER_", "PREFECT_", "AWS_ENDPOINT_URL"))}
+    env.update(PREFECT_HOME=str(home), OPENIMAGER_MODEL_NAME=MODEL,
+               OPENIMAGER_IMAGE_SIZE="32", OPENIMAGER_BATCH_SIZE="32",
+               OPENIMAGER_CROP_WORKERS="1")
+    with prefect_server(home, env) as api:
+        env["PREFECT_API_URL"] = api
+        loop = Loop(tmp_path / "workspace", env, [
+            "--workspace", str(tmp_path / "workspace"), "--metadata-url", mirror.url,
+            "--image-endpoint-url", local_s3.endpoint_url, "--classes", "Hamburger",
+            "Sandwich", "--max-images-per-class", "15", "--epochs", "1", "--architecture",
+            "seed-cnn", "--registry", "embedded", "--package-name", PACKAGE], logs)
+        run_the_loop(loop)
+
+
+def run_the_loop(loop: Loop) -> None:
+    """Kill the runs at each stage boundary, rerun, and check the invariant after each run."""
     import bentoml
 
     from flows.model_store import promoted
-
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENIMAGER_", "PREFECT_", "AWS_ENDPOINT_URL"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), OPENIMAGER_MODEL_NAME=MODEL,
-               OPENIMAGER_IMAGE_SIZE="32", OPENIMAGER_BATCH_SIZE="32",
-               OPENIMAGER_CROP_WORKERS="1")
-    loop = Loop(tmp_path / "workspace", env, [
-        "--workspace", str(tmp_path / "workspace"), "--metadata-url", mirror.url,
-        "--image-endpoint-url", local_s3.endpoint_url, "--classes", "Hamburger", "Sandwich",
-        "--max-images-per-class", "15", "--epochs", "1", "--architecture", "seed-cnn",
-        "--registry", "embedded", "--package-name", PACKAGE], logs)
 
     def stored() -> set[str]:
         try:
@@ -332,28 +365,31 @@ def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mir
         except bentoml.exceptions.NotFound:
             return set()
 
-    for seed, boundary in enumerate(BOUNDARIES, start=1):  # a new seed: a new model
-        before, models = promoted(MODEL), stored()
-        code, pid, _ = loop.run(seed, kill_at=boundary)
-        assert code == -signal.SIGKILL, f"the run was not killed at {boundary}"
-        record, newest, marker = loop.state()
-        assert_invariant(record, newest, marker, boundary)
-        assert record == before  # a killed run never moves what the service loads
-        new = stored() - models
-        if boundary in ("refresh", "build"):
-            assert new == set() and marker is None
-        else:
-            (candidate,) = new
-            assert marker["tag"] == candidate  # an operator sees what is pending
-            published_tag = newest[1]["model_tag"] if newest else None
-            assert (published_tag == candidate) == (boundary == "publish")
-        leftovers = group_members(pid)  # the killed run's Prefect server, still running
+    for seed, boundaries in KILLS:  # a new seed: a new model
+        before, killed = promoted(MODEL), []
+        for boundary in boundaries:
+            models = stored()
+            code, pid, _ = loop.run(seed, kill_at=boundary)
+            assert code == -signal.SIGKILL, f"the run was not killed at {boundary}"
+            killed.append(pid)
+            record, newest, marker = loop.state()
+            assert_invariant(record, newest, marker, boundary)
+            assert record == before  # a killed run never moves what the service loads
+            new = stored() - models
+            if boundary in ("refresh", "build"):
+                assert new == set() and marker is None
+            else:
+                (candidate,) = new
+                assert marker["tag"] == candidate  # an operator sees what is pending
+                published_tag = newest[1]["model_tag"] if newest else None
+                assert (published_tag == candidate) == (boundary == "publish")
+        leftovers = [m for pid in killed for m in group_members(pid)]  # e.g. the registry's
 
-        # The rerun, with the killed run's processes still there. After a kill past the push
+        # The rerun, with the killed runs' processes still there. After a kill past the push
         # it runs without --force-promote: the promotion the killed run published is finished
         # first, whatever this run's gate would say.
         code, _, stdout = loop.run(seed, force=boundary != "publish")
-        for member in group_members(pid):
+        for member in [m for pid in killed for m in group_members(pid)]:
             os.kill(member, signal.SIGKILL)
         assert code == 0
         result = result_of(stdout)
@@ -370,10 +406,10 @@ def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mir
             assert result["publish"]["top_hash"] == newest[0]
         else:
             assert result["publish"]["pushed"] and "forced" in record["reason"]
-        print(f"killed at {boundary}: {len(leftovers)} process(es) of it left during the rerun")
+        print(f"killed at {boundaries}: {len(leftovers)} process(es) left during the rerun")
 
     # A run with nothing new changes nothing.
-    code, _, stdout = loop.run(len(BOUNDARIES), force=False)
+    code, _, stdout = loop.run(len(KILLS), force=False)
     result = result_of(stdout)
     assert code == 0 and result["promotion"] == record and not result["publish"]["pushed"]
     assert loop.state()[0] == record
