@@ -14,7 +14,7 @@ and peak RSS.
 - build: the cache build;
 - warm2, warm20, warmbig: the selection from the cache: 2 classes, 20, the biggest class.
 
-Until `python -m flows select` exists, benchmarks/select_command.py stands in for it.
+Each openimager selection is a whole `python -m flows select` command in a fresh process.
 
     python benchmarks/metadata.py              # full scale (about 2.3 GB of CSV in --workdir)
     python benchmarks/metadata.py --scale 0.25 # a quarter of it
@@ -32,8 +32,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-STANDIN = Path(__file__).resolve().parent / "select_command.py"
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -169,19 +167,10 @@ def generate(workdir: Path, boxes: int, images: int, seed: int = 7) -> None:
     print(file=sys.stderr)
 
 
-def flows_knows_select() -> bool:
-    """Whether this checkout's `python -m flows` has a select command."""
-    done = subprocess.run([sys.executable, "-m", "flows", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    commands = done.stdout.partition("{")[2].partition("}")[0].split(",")
-    return "select" in commands
-
-
-def select_argv(classes: list[str], workspace: Path, real: bool) -> list[str]:
-    """The command line that selects classes in a workspace: `python -m flows select` when
-    it exists (real), else the stand-in calling the same stage functions."""
-    head = [sys.executable, "-m", "flows", "select"] if real else [sys.executable, str(STANDIN)]
-    return [*head, "--classes", *classes, "--workspace", str(workspace)]
+def select_argv(classes: list[str], workspace: Path) -> list[str]:
+    """The command line that selects classes in a workspace, as a user types it."""
+    return [sys.executable, "-m", "flows", "select", "--classes", *classes,
+            "--workspace", str(workspace)]
 
 
 def select_env(workspace: Path, cache: bool) -> dict[str, str]:
@@ -267,7 +256,6 @@ def main() -> None:
                         "--workdir", str(workspace)], check=True)
     logs.mkdir(exist_ok=True)
     big = [biggest_class()]
-    real = flows_knows_select()
 
     def inprocess(case: str, classes: list[str]) -> dict:
         argv = [sys.executable, __file__, "--case", case, "--workdir", str(workspace),
@@ -276,7 +264,7 @@ def main() -> None:
         return {**found, "rows": json.loads(found["out"])["rows"]}
 
     def command(case: str, classes: list[str], cache: bool) -> dict:
-        found = measure(select_argv(classes, workspace, real), select_env(workspace, cache),
+        found = measure(select_argv(classes, workspace), select_env(workspace, cache),
                         logs / f"{case}.log")
         kept = workspace / f"selection-{case}.parquet"
         os.replace(workspace / "selection.parquet", kept)
@@ -302,9 +290,8 @@ def main() -> None:
     for r in results.values():
         if "file" in r:
             r["rows"] = pq.ParquetFile(r["file"]).metadata.num_rows
-    how = "python -m flows select" if real else "benchmarks/select_command.py"
     print(f"metadata: {boxes:,} boxes, {images:,} images; biggest class {big[0]} "
-          f"({results['warmbig']['rows']:,} boxes); selections run by {how}")
+          f"({results['warmbig']['rows']:,} boxes); selections run by python -m flows select")
     for case, r in results.items():
         print(f"metadata {case:>9}: {r['seconds']:7.2f} s  CPU {r['cpu']:7.2f} s  "
               f"peak RSS {r['peak_rss_mb']:6.0f} MB  rows {r['rows']:,}")
