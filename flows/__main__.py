@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flows.cli_bundle import add_bundle_commands, run_bundle_command
 from flows.cli_download import add_download_command, run_download_command
+from flows.cli_drift import add_drift_command, run_drift_command
 from flows.cli_errors import guarded
 from flows.cli_registry import add_registry_command, run_registry_command
 from flows.cli_stages import VERSIONS, add_stage_commands, run_stage_command, split_names
@@ -60,6 +61,7 @@ COMMANDS = (
     (add_other_commands, run_other_command),
     (add_check_command, run_check_command),
     (add_registry_command, run_registry_command),
+    (add_drift_command, run_drift_command),
 )
 
 

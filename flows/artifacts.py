@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from flows.datachecks import markdown
+
 IMAGE_SIDE = 640  # embedded pictures are shrunk to this longest side
 
 
@@ -50,9 +52,12 @@ def dataset_section(built: dict, grid: str | None) -> list[str]:
     rows = [[name, count, *[per.get(name, {}).get(s, "") for s in splits]]
             for name, count in built["crops_per_class"].items()]
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(built["skipped"].items())) or "none"
+    feedback = built.get("feedback_crops")
+    extra = f"; {feedback} of them from labelled served images (train split only)" \
+        if feedback else ""
     lines = ["## Dataset", "", *_table(["class", "crops", *splits], rows), "",
              f"{built['crops']} crops from {built['images']} images "
-             f"(dataset {built['dataset_id']}); skipped boxes: {skipped}", ""]
+             f"(dataset {built['dataset_id']}){extra}; skipped boxes: {skipped}", ""]
     return [*lines, grid, ""] if grid else lines
 
 
@@ -96,6 +101,22 @@ def promotion_section(promotion: dict | None, bento: dict | None) -> list[str]:
     return [*lines, f"**The Bento build failed** (the promotion stands): {bento['error']}", ""]
 
 
+def drift_section(summary: dict | None, chart: str | None) -> list[str]:
+    """Traffic since the last promotion against the test split, test by test."""
+    if summary is None:
+        return ["## Drift", "", "Not measured (no dataset or prediction log).", ""]
+    rows = [[t["name"], t["traffic"], t["reference"], t["test"],
+             "n/a" if t["p_value"] is None else f"{t['p_value']:.3g}",
+             "**yes**" if t["drift"] else "no"] for t in summary["tests"]]
+    fb = summary["feedback"]
+    lines = ["## Drift", "", f"{summary['requests']} requests to `{summary['model']}` since "
+             f"{summary['since'] or 'the log began'}; class mix compared with "
+             f"{summary['class_mix_of']}.", "",
+             *_table(["figure", "traffic", "reference", "test", "p-value", "drift"], rows), "",
+             f"Feedback: {fb['labelled']} labelled requests, accuracy {fb['accuracy']}.", ""]
+    return [*lines, chart, ""] if chart else lines
+
+
 def classification_rows(metrics: dict) -> list[dict]:
     """The per-class test metrics as table rows."""
     return [{"class": name, **values} for name, values in metrics["per_class"].items()]
@@ -111,6 +132,11 @@ def report(title: str, result: dict, images: dict[str, Path]) -> str:
     if "dataset" in result:
         lines += dataset_section(result["dataset"], inline_image(images["sample_grid"])
                                  if "sample_grid" in images else None)
+    if "datachecks" in result:
+        lines += [*markdown(result["datachecks"]).splitlines(), ""]
+    if "drift" in result:
+        lines += drift_section(result["drift"], inline_image(images["drift"])
+                               if "drift" in images else None)
     if "train" in result:
         lines += train_section(result["train"], inline_image(images["confusion_matrix"])
                                if "confusion_matrix" in images else None)
@@ -135,3 +161,12 @@ def record(flow: str, result: dict, images: dict[str, Path]) -> None:
         create_table_artifact(classification_rows(trained["metrics"]),
                               key=f"openimager-{flow}-classification",
                               description=f"Per-class test metrics of {trained['model_tag']}")
+
+
+def record_checks(report: dict) -> None:
+    """The data checks' report as its own Prefect artifact, so a stopped run shows it too."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown(report), key="openimager-datachecks",
+                             description="The new dataset's data checks against the promoted "
+                                         "model's dataset")

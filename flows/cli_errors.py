@@ -56,6 +56,8 @@ EXPECTED: tuple[Expected, ...] = (
              "choose other classes or loosen the box filters"),
     Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
     Expected("flows.model_store", "UnknownModel", BAD_INPUT),
+    Expected("flows.datachecks", "DataAnomaly", BAD_INPUT,
+             "if the change is meant, rerun with --accept-anomalies (OPENIMAGER_ACCEPT_ANOMALIES)"),
     Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
     # Uncommitted changes refused, or the training commit missing from this checkout.
     Expected("flows.publishing.lineage", "LineageError", BAD_INPUT),

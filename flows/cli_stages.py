@@ -67,6 +67,9 @@ def add_stage_commands(sub: argparse._SubParsersAction) -> None:
     for name in ("publish", "retrain"):
         parsers[name].add_argument("--registry", help='"embedded" or s3://bucket')
         parsers[name].add_argument("--package-name")
+    for name in ("train", "retrain"):
+        parsers[name].add_argument("--accept-anomalies", action="store_true", default=None,
+                                   help="train even if the data checks find an anomaly")
     parsers["retrain"].add_argument("--build-bento", action="store_true", default=None,
                                     help="build the Bento of a newly promoted model")
 
@@ -112,8 +115,11 @@ def run_stage_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         require(settings, "dataset/crops.parquet", "build-dataset")
+        from flows.datachecks import PROFILE, verdict
         from flows.train import promotion_line
 
+        if (settings.dataset_dir / PROFILE).exists():  # datasets built before checks have none
+            verdict(*stages.check_dataset(settings))
         trained = stages.train(settings)
         print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
               f"macro F1 {trained['metrics']['macro_f1']}")

@@ -55,4 +55,5 @@ def retry_only(*transient: type[BaseException]) -> RetryCondition:
 def report_images(settings: Settings) -> dict[str, Path]:
     """The pictures a run report shows, where the stages write them."""
     return {"sample_grid": settings.dataset_dir / "sample_grid.png",
-            "confusion_matrix": settings.model_dir / "confusion_matrix.png"}
+            "confusion_matrix": settings.model_dir / "confusion_matrix.png",
+            "drift": settings.model_dir / "drift.png"}

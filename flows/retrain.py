@@ -19,7 +19,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import stages
-from flows.artifacts import record
+from flows.artifacts import record, record_checks
+from flows.datachecks import verdict
 from flows.fanout import shared_cluster
 from flows.params import Architecture, Runner, Version, report_images, settings_from
 from flows.publish import promote_task, promotion_lines, publish_line, publish_task
@@ -44,6 +45,26 @@ def finish_pending_task(settings: Settings) -> dict | None:
     return stages.finish_pending_promotion(settings)
 
 
+@task(cache_policy=NO_CACHE)
+def check_task(settings: Settings) -> dict:
+    """Check the new dataset against the promoted model's; stop the run on an anomaly."""
+    report, path = stages.check_dataset(settings)
+    record_checks(report)
+    verdict(report, path)
+    return report
+
+
+@task(cache_policy=NO_CACHE)
+def drift_task(settings: Settings) -> dict | None:
+    """Served traffic against the test split, drawn into the model folder; a failure here is
+    logged, never fatal: the report says it was not measured."""
+    try:
+        return stages.drift_summary(settings, settings.model_dir / "drift.png")
+    except Exception as error:  # noqa: BLE001 - drift only informs
+        print(f"drift not measured: {error}")
+        return None
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(
     classes: list[str] | None = None,
@@ -62,10 +83,12 @@ def retrain(
     force_promote: bool | None = None,
     task_runner: Runner | None = None,
     build_bento: bool | None = None,
+    accept_anomalies: bool | None = None,
 ) -> dict:
     """Refresh, crop, train and register; if the model passes the gate, publish it with its
     data, record its promotion, and build its Bento (build_bento). Returns every stage's
-    summary."""
+    summary. An anomaly in the new dataset (flows/datachecks.py) stops the run before training
+    unless accept_anomalies."""
     settings = settings_from(
         classes=classes, exclude_classes=exclude_classes,
         openimages_version=openimages_version, workspace=workspace, metadata_url=metadata_url,
@@ -73,6 +96,7 @@ def retrain(
         max_crops_per_class=max_crops_per_class, epochs=epochs, image_size=image_size,
         architecture=architecture, registry=registry, package_name=package_name,
         force_promote=force_promote, task_runner=task_runner, build_bento=build_bento,
+        accept_anomalies=accept_anomalies,
     )
     refuse_uncommitted(settings.publish_uncommitted)  # before any download or training
     check_inputs(settings, registry=True)
@@ -84,14 +108,17 @@ def retrain(
         stop_here_for_tests("refresh")
         built = build_task(fanned)
         stop_here_for_tests("build")
+    checked = check_task(settings)
     trained = train_task(settings, promote_now=False)
     stop_here_for_tests("train")
+    drifted = drift_task(settings)
     published = promoted = None
     if trained["promoted"]:
         published = publish_task(settings, trained, built)
         stop_here_for_tests("publish")
         promoted = promote_task(settings, trained, published)
-    result = {"refresh": refreshed, "dataset": built, "train": trained, "publish": published,
+    result = {"refresh": refreshed, "dataset": built, "datachecks": checked, "drift": drifted,
+              "train": trained, "publish": published,
               "promotion": promoted and promoted["promotion"],
               "bento": promoted and promoted["bento"]}
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "

@@ -119,6 +119,20 @@ class Settings(BaseSettings):
     publish_uncommitted: bool = True  # warn, not refuse, when the checkout has changes
     package_name: str = "openimager/classifier"
 
+    # Data checks before training (flows/datachecks.py): an anomaly stops the run unless
+    # accepted. Relative checks compare with the promoted model's dataset.
+    accept_anomalies: bool = False
+    check_max_class_drop: float = 0.5  # largest share of a class's crops that may vanish
+    check_max_download_failures: float = 0.2  # largest share of images not downloaded
+    check_max_skip_rate: float = 0.2  # largest share of boxes not cropped
+    check_max_size_change: float = 0.5  # largest relative change of a median box/image side
+    # The service's prediction log (docs/watching-pipeline.md); None: <workspace>/predictions.
+    prediction_log_dir: str | None = None
+    prediction_log: bool = True
+    # Kept images with a feedback label join the train split (never validation or test).
+    use_feedback: bool = False
+    publish_feedback: bool = False  # their licence is unknown: left out of packages by default
+
     @field_validator("splits", mode="before")
     @classmethod
     def split_list(cls, value: object) -> object:
@@ -151,6 +165,11 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.workspace / "model"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return Path(self.prediction_log_dir) if self.prediction_log_dir else \
+            self.workspace / "predictions"
 
 
 def parse_list(text: str) -> list[str]:

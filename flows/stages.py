@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.datachecks import PROFILE, Thresholds, compare, outcome, profile, write_report
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
+from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images, without_feedback
 from flows.openimages.select import images_of, select_boxes, summary
 from flows.publishing.bundle import Published, publish
 from flows.publishing.lineage import PROJECT_ROOT, code_state
@@ -92,6 +95,7 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
                                    max_crops_per_class=settings.max_crops_per_class,
                                    run_chunks=run_chunks or process_pool(settings.crop_workers),
                                    chunk_images=settings.crop_chunk_images)
+    table = join_feedback(settings, table)
     weights = class_weights(table)
     write_json(settings.dataset_dir / "class_weights.json", weights)
     write_card(settings.dataset_dir, table, skipped, {
@@ -111,9 +115,97 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
         "crops_per_class_split": {c: g.Split.value_counts().sort_index().to_dict()
                                   for c, g in table.groupby("Class")},
         "skipped": skipped.Status.value_counts().to_dict(),
+        "feedback_crops": int((table.Source == FEEDBACK).sum()),
     }
+    write_json(settings.dataset_dir / PROFILE, profile(table, manifest, summary["skipped"]))
     write_json(summary_path(settings, "build"), summary)
     return summary
+
+
+def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
+    """With use_feedback, add the served images people labelled to the train split and
+    rewrite the crops table; else mark every row's Source as Open Images."""
+    from model.predictions import read_feedback, read_log
+
+    images = pd.DataFrame()
+    if settings.use_feedback:
+        folder = settings.predictions_dir
+        images = labelled_images(read_log(folder), read_feedback(folder), folder / "images",
+                                 sorted(table.Class.unique()))
+    table = add_feedback(table, images, settings.dataset_dir / "crops", settings.crop_size,
+                         settings.crop_quality)
+    write_parquet(settings.dataset_dir / CROPS_TABLE, table)
+    return table
+
+
+def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
+    """Traffic since the last promotion (the prediction log) against the test split: the
+    promoted model's predicted class mix on its own test split, the test crops' sizes; left
+    in the workspace, and drawn to chart if given."""
+    from flows.drift import Reference, drift, since  # scipy loads only here
+    from flows.model_store import promoted
+    from model.predictions import read_feedback, read_log
+
+    record = promoted(settings.model_name) or {}
+    tag, metadata = record.get("tag"), _stored_metadata(record.get("tag"))
+    test = pd.read_parquet(settings.dataset_dir / CROPS_TABLE,
+                           columns=["Class", "Split", "Width", "Height"]).query("Split == 'test'")
+    metrics = metadata.get("metrics", {})
+    if metrics.get("confusion_matrix") and metadata.get("class_names"):
+        predicted = [sum(column) for column in zip(*metrics["confusion_matrix"], strict=True)]
+        counts = dict(zip(metadata["class_names"], predicted, strict=True))
+        mix = "the promoted model's predictions on its test split"
+    else:
+        counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
+    reference = Reference({str(k): float(v) for k, v in counts.items()}, test.Width.tolist(),
+                          test.Height.tolist(), metadata.get("test_top_probabilities", []))
+    start = record.get("promoted_at")
+    folder = settings.predictions_dir
+    rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)
+    summary = {"model": tag, "since": start, "log_dir": str(folder), "class_mix_of": mix,
+               **drift(rows, read_feedback(folder), reference)}
+    write_json(summary_path(settings, "drift"), summary)
+    if chart is not None:
+        from model.report import drift_chart
+
+        drift_chart(summary, chart)
+    return summary
+
+
+def _stored_metadata(tag: str | None) -> dict:
+    """A stored model's metadata, or {} when there is none."""
+    if tag is None:
+        return {}
+    import bentoml
+
+    try:
+        return dict(bentoml.models.get(tag).info.metadata)
+    except bentoml.exceptions.NotFound:
+        return {}
+
+
+def previous_profile(settings: Settings) -> tuple[str | None, dict | None]:
+    """The promoted model's tag and the profile of the dataset it was trained on, as recorded
+    with it; (tag or None, None) when nothing is promoted or nothing was recorded."""
+    from flows.model_store import promoted
+
+    record = promoted(settings.model_name)
+    if record is None:
+        return None, None
+    return record["tag"], _stored_metadata(record["tag"]).get("dataset_profile")
+
+
+def check_dataset(settings: Settings) -> tuple[dict, Path]:
+    """Check the built dataset against the promoted model's (absolute checks only when none
+    is recorded); write the report to the workspace and return it with its path."""
+    new = json.loads((settings.dataset_dir / PROFILE).read_text())
+    tag, old = previous_profile(settings)
+    limits = Thresholds(settings.check_max_class_drop, settings.check_max_download_failures,
+                        settings.check_max_skip_rate, settings.check_max_size_change)
+    checks = compare(new, old, settings.classes, limits)
+    result = outcome(checks, tag if old else None, settings.accept_anomalies)
+    path = write_report(result, summary_path(settings, "datachecks"))
+    return result, path
 
 
 def train(settings: Settings, promote_now: bool = True) -> dict:
@@ -197,7 +289,10 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
 
     result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
+    profile_path = settings.dataset_dir / PROFILE  # what the next run's data checks compare
     return {
+        "dataset_profile": json.loads(profile_path.read_text()) if profile_path.exists()
+        else None,
         "class_names": result.class_names,
         "class_mids": [mids[c] for c in result.class_names],
         "image_size": settings.image_size,
@@ -239,9 +334,13 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
     if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
         meta["workspace"] = str(Path(settings.workspace).resolve())
-    with opened(settings.registry, settings.registry_dir) as registry:
+    with opened(settings.registry, settings.registry_dir) as registry, \
+            tempfile.TemporaryDirectory(dir=settings.workspace, prefix=".publish-") as tmp:
         meta["registry"] = settings.registry
-        return publish(settings.dataset_dir, settings.model_dir, meta, settings.package_name,
+        data = settings.dataset_dir
+        if not settings.publish_feedback and built.get("feedback_crops"):
+            data = without_feedback(data, Path(tmp) / "dataset")
+        return publish(data, settings.model_dir, meta, settings.package_name,
                        registry, message, allow_dirty=settings.publish_uncommitted,
                        image_dir=settings.image_dir if settings.publish_images else None)
 

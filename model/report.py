@@ -96,3 +96,28 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], dest: P
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return dest
+
+
+def drift_chart(summary: dict, dest: Path) -> Path:
+    """The served traffic's class mix beside the reference mix, with each drift test's
+    p-value underneath (summary: flows/drift.py drift)."""
+    plt = _pyplot()
+    mix = next(t for t in summary["tests"] if t["name"] == "class mix")
+    names = sorted(mix["reference"] or {})
+    fig, ax = plt.subplots(figsize=(3 + 0.9 * max(len(names), 2), 4.2))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [mix["reference"][n] for n in names], 0.4, label="reference")
+    ax.bar([i + 0.2 for i in x], [(mix["traffic"] or {}).get(n, 0) for n in names], 0.4,
+           label=f"traffic ({summary['requests']} requests)")
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylabel("share of predictions")
+    ax.set_title("served traffic against the test split")
+    ax.legend()
+    notes = [f"{t['name']}: p={'n/a' if t['p_value'] is None else format(t['p_value'], '.3g')}"
+             + (" DRIFT" if t["drift"] else "") for t in summary["tests"]]
+    fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.03 * len(notes) + 0.02, 1, 1))
+    with atomic_dest(dest) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return dest

@@ -1,0 +1,36 @@
+"""python -m flows drift: the served traffic since the last promotion against the test split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_drift_command(sub: argparse._SubParsersAction) -> None:
+    """Register the drift command."""
+    drift = sub.add_parser("drift", help="compare the traffic since the last promotion (the "
+                                         "prediction log) with the test split")
+    drift.add_argument("--workspace", help="else OPENIMAGER_WORKSPACE, ./workspace")
+    drift.add_argument("--log-dir", dest="prediction_log_dir",
+                       help="else OPENIMAGER_PREDICTION_LOG_DIR, <workspace>/predictions")
+
+
+def run_drift_command(args: argparse.Namespace) -> int:
+    """Print the drift summary, one line per test; exit 0 whether or not it drifted."""
+    from flows.cli_errors import UsageError
+    from flows.openimages.dataset import CROPS_TABLE
+    from flows.params import settings_from
+    from flows.stages import drift_summary
+
+    settings = settings_from(workspace=args.workspace,
+                             prediction_log_dir=args.prediction_log_dir)
+    if not (settings.dataset_dir / CROPS_TABLE).exists():
+        raise UsageError(f"no dataset in {settings.workspace}: its test split is the "
+                         "reference; run build-dataset (or retrain) there first")
+    if settings.prediction_log_dir and settings.prediction_log_dir.startswith("s3://"):
+        raise UsageError("--log-dir: the drift command reads a local folder; copy the log "
+                         "down first (aws s3 sync)")
+    from flows.drift import lines
+
+    for line in lines(drift_summary(settings)):
+        print(line)
+    return 0
