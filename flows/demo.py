@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import ExitStack
 from pathlib import Path
@@ -99,8 +98,9 @@ def report(result: dict) -> str:
         f"({trained['promotion_reason']})",
         f"{publish_line(published)} ({published.get('where', 'S3')})" if published
         else "published: nothing (the model was not promoted)",
-        f"POST {served['url']} with a held-out {served['true_class']} crop:",
-        json.dumps(served["answer"], indent=2),
+        f"POST {served['url']} with a held-out {served['true_class']} crop answered: "
+        + ", ".join(f"{x['label']} {x['probability']:.3f}" for x in served["answer"]["labels"])
+        + f" ({served['answer']['seconds']} s)",
     ]
     if published and published.get("access"):
         lines += ["", "The registry stopped with the demo. To install the package with plain "
