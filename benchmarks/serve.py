@@ -5,8 +5,9 @@ same to run) is served (a) by `bentoml serve service.service:Classifier` and (b)
 tutorial FastAPI app in benchmarks/naive_server.py, both on 127.0.0.1 with the same number
 of HTTP workers, and (c) run in-process as batched model.predict over prepared images: the
 ceiling. Load comes from a separate process (benchmarks/load.py) posting real JPEGs at each
-concurrency level. Prints one line per case and the ratios; timings are noisy on a shared
-machine, read the ratios.
+concurrency level. Then the prediction log's cost: two openimager servers, one logging and one
+not, loaded in turn (alternating rounds) at one concurrency. Prints one line per case and the
+ratios; timings are noisy on a shared machine, read the ratios.
 
     python benchmarks/serve.py            # full: c = 1, 16, 64, 10 s each
     python benchmarks/serve.py --quick    # a tiny run for the test suite
@@ -40,9 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10, help="load time per level")
     parser.add_argument("--image-size", type=int, default=150)
     parser.add_argument("--images", type=Path, default=ROOT / "data" / "sample" / "images")
+    parser.add_argument("--log-level", type=int, default=16,
+                        help="concurrency of the logging on/off comparison")
+    parser.add_argument("--log-rounds", type=int, default=3, help="alternations of on and off")
     args = parser.parse_args(argv)
     if args.quick:
         args.workers, args.levels, args.seconds, args.image_size = 1, "1,4", 1.0, 32
+        args.log_level, args.log_rounds = 4, 1
     args.levels = [int(c) for c in args.levels.split(",")]
     return args
 
@@ -81,11 +86,15 @@ def raw_throughput(model_file: Path, images: list[Path], size: int, seconds: flo
 
 
 @contextmanager
-def openimager_server(tag: str, workers: int, log: Path) -> Iterator[tuple[str, int]]:
-    """openimager's service; yields its URL and process id."""
+def openimager_server(tag: str, workers: int, log: Path, logging: bool = True
+                      ) -> Iterator[tuple[str, int]]:
+    """openimager's service, logging predictions beside its log or not; yields its URL and
+    process id."""
     from flows.servers.local import BentoServer
 
-    with BentoServer(tag, log_path=log, env={"OPENIMAGER_WORKERS": str(workers)}) as server:
+    env = {"OPENIMAGER_WORKERS": str(workers), "OPENIMAGER_PREDICTION_LOG": str(logging),
+           "OPENIMAGER_PREDICTION_LOG_DIR": str(log.with_suffix(".predictions"))}
+    with BentoServer(tag, log_path=log, env=env) as server:
         yield f"{server.url}/classify", server.process.pid
 
 
@@ -153,12 +162,35 @@ def run_server(name: str, server: object, args: argparse.Namespace, images: list
         for concurrency in args.levels:
             result = load(url, concurrency, args.seconds, images)
             results[concurrency] = result
-            print(f"{name:<10} c={concurrency:<3} {result['rps']:7.1f} req/s  "
-                  f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                  f"errors {result['errors']}{failed(result)}  "
-                  f"memory per worker: {worker_memory(pid)}",
-                  flush=True)
+            print(f"{summary(name, concurrency, result)}  "
+                  f"memory per worker: {worker_memory(pid)}", flush=True)
     return results
+
+
+def summary(name: str, concurrency: int, result: dict) -> str:
+    """One case's line."""
+    return (f"{name:<10} c={concurrency:<3} {result['rps']:7.1f} req/s  "
+            f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+            f"errors {result['errors']}{failed(result)}")
+
+
+def logging_cost(tag: str, args: argparse.Namespace, images: list[Path], workdir: Path
+                 ) -> float:
+    """Throughput with the prediction log on over off, loading two servers in turn."""
+    c = args.log_level
+    totals = {"logged": 0.0, "unlogged": 0.0}
+    with openimager_server(tag, args.workers, workdir / "logged.log") as (on, _), \
+            openimager_server(tag, args.workers, workdir / "unlogged.log", False) as (off, _):
+        for url in (on, off):
+            load(url, c, min(args.seconds, 3), images)  # warm-up, discarded
+        for turn in range(args.log_rounds):
+            # Alternate which goes first: a drift of the machine's speed hits both alike.
+            order = [("logged", on), ("unlogged", off)][:: 1 if turn % 2 == 0 else -1]
+            for name, url in order:
+                result = load(url, c, args.seconds, images)
+                totals[name] += result["rps"]
+                print(summary(name, c, result), flush=True)
+    return totals["logged"] / totals["unlogged"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             tag, args.workers, workdir / "bentoml.log"), args, images)
         naive = run_server("naive", naive_server(
             model_file, args.workers, workdir / "naive.log"), args, images)
+        logged = logging_cost(tag, args, images, workdir)
     print(f"workers: {args.workers} HTTP each (openimager adds 1 model worker)")
     for c in args.levels:
         print(f"ratios c={c}: openimager/naive {ours[c]['rps'] / naive[c]['rps']:.2f}x, "
               f"openimager/raw {ours[c]['rps'] / raw:.2f}, naive/raw {naive[c]['rps'] / raw:.2f}")
+    print(f"prediction log c={args.log_level}: logged/unlogged throughput {logged:.3f}x "
+          f"(cost {(1 - logged) * 100:+.1f}%, {args.log_rounds} alternating rounds)")
     return 0
 
 

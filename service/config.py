@@ -109,3 +109,43 @@ class Lifecycle:
         """Lifecycle with OPENIMAGER_RELOAD_SECONDS and OPENIMAGER_GRACE_SECONDS overrides."""
         return cls(reload_seconds=env_number("OPENIMAGER_RELOAD_SECONDS", 30.0, 0),
                    grace_seconds=env_number("OPENIMAGER_GRACE_SECONDS", 20.0, 0))
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off setting: true/false, 1/0, yes/no or on/off."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not true or false")
+
+
+@dataclass(frozen=True)
+class PredictionLogging:
+    """Where and how the HTTP workers log predictions (model.predictions has the layout)."""
+
+    enabled: bool = True
+    directory: str = "workspace/predictions"  # a folder, or s3://bucket/prefix
+    part_rows: int = 1000  # a part is written every this many rows...
+    part_seconds: float = 10.0  # ...or this long after its first row, whichever comes first
+    max_mb: float = 1024.0  # log parts and kept images together; the oldest go first
+    sample_rate: float = 0.0  # the share of uploads kept for labelling
+
+    @classmethod
+    def from_env(cls) -> PredictionLogging:
+        """Settings from OPENIMAGER_PREDICTION_* (and OPENIMAGER_WORKSPACE for the folder)."""
+        workspace = os.environ.get("OPENIMAGER_WORKSPACE", "").strip() or "workspace"
+        directory = (os.environ.get("OPENIMAGER_PREDICTION_LOG_DIR", "").strip()
+                     or os.path.join(workspace, "predictions"))
+        rate = env_number("OPENIMAGER_PREDICTION_SAMPLE_RATE", 0.0, 0)
+        if rate > 1:
+            raise ValueError(f"OPENIMAGER_PREDICTION_SAMPLE_RATE={rate:g} must be between 0 "
+                             "and 1")
+        return cls(enabled=env_switch("OPENIMAGER_PREDICTION_LOG", True), directory=directory,
+                   part_rows=env_int("OPENIMAGER_PREDICTION_LOG_ROWS", 1000),
+                   part_seconds=env_number("OPENIMAGER_PREDICTION_LOG_SECONDS", 10.0, 0.01),
+                   max_mb=env_number("OPENIMAGER_PREDICTION_LOG_MAX_MB", 1024.0, 0.001),
+                   sample_rate=rate)

@@ -7,9 +7,12 @@ prepared images of concurrent requests into one model call.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +29,8 @@ from starlette.responses import (
     Response,
 )
 
-from service.config import Lifecycle, Limits
+from service.config import Lifecycle, Limits, PredictionLogging
+from service.feedback import feedback
 from service.guard import UPLOAD_STATE, UploadGuard
 from service.lifecycle import HTTP_DRAIN, drain_on_signals
 from service.lifecycle import Lifecycle as LifecycleMiddleware
@@ -38,6 +42,7 @@ with bentoml.importing():
 
     from model.predict import top_k
     from service.images import BadImage, Lanes, prepare_all
+    from service.predlog import Answered, PredictionLog, describe_all
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
@@ -103,6 +108,13 @@ web_app.add_api_route(
     summary="The classification page", description=inspect.getdoc(page),
     responses={200: {"description": "an HTML page", "content": {"text/html": {}}}})
 web_app.add_api_route("/ui/", to_page, methods=["GET"], include_in_schema=False)
+web_app.add_api_route(
+    "/feedback", feedback, methods=["POST"], response_class=JSONResponse,
+    tags=["Service APIs"], summary="Correct one answer", description=inspect.getdoc(feedback),
+    responses={200: {"description": "stored: request_id, label, model, stored",
+                     "content": {"application/json": {"schema": {"type": "object"}}}},
+               400: {"description": "a field is missing, or the label is not a class"},
+               404: {"description": "no answered request has this id"}})
 
 
 @bentoml.asgi_app(web_app, path="/")
@@ -118,11 +130,19 @@ class Classifier:
         self._lineages: dict[int, dict] = {}  # by model key: labels travel with each model
         self._size: int | None = None  # the input size of the model that answered last
         self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
+        self.predlog = PredictionLog(PredictionLogging.from_env())
+        self._classes: dict[str, tuple[str, ...]] = {}  # by model tag, shared by log rows
 
     @bentoml.on_startup
     async def drain_on_sigterm(self) -> None:
         """On SIGTERM: new requests get 503, those in flight finish, then the worker exits."""
         drain_on_signals(HTTP_DRAIN, HTTP_DRAIN.http_done, self.lifecycle.grace_seconds)
+        self.predlog.start()
+
+    @bentoml.on_shutdown
+    async def write_log(self) -> None:
+        """Write the prediction log's last rows (after the requests in flight finished)."""
+        await asyncio.to_thread(self.predlog.close)
 
     async def model_state(self) -> dict:
         """The model service's state: loading, ready or failed, and which model."""
@@ -154,7 +174,12 @@ class Classifier:
 
     async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
-        """Top labels per image, or ([], error body) with ctx's status set to the 4xx."""
+        """Top labels per image, or ([], error body) with ctx's status set to the 4xx; the
+        answer's request ids in extra["request_ids"]."""
+        # Hashing for the log runs beside the decode, in a thread of its own.
+        uploads = asyncio.ensure_future(asyncio.to_thread(
+            describe_all, paths, self.predlog.settings.sample_rate)) \
+            if self.predlog.enabled else None
         try:
             pixels = await self.prepared(paths)
         except BadImage as error:
@@ -175,7 +200,15 @@ class Classifier:
         k = min(top, len(names))
         labels = [[{**entry, "mid": mids[entry["label"]]} for entry in top_k(p, names, k)]
                   for p in probs]
-        return labels, {"model": info["tag"], "seconds": round(time.perf_counter() - start, 4)}
+        seconds = time.perf_counter() - start
+        ids = [uuid.uuid4().hex for _ in paths]
+        ctx.response.headers["X-Request-ID"] = ids[0]
+        if uploads is not None and (described := await uploads) is not None:
+            classes = self._classes.setdefault(info["tag"], tuple(names))
+            endpoint = "classify_batch" if ctx.request.url.path.endswith("_batch") else "classify"
+            self.predlog.add(Answered(datetime.now(UTC), endpoint, ids, described, info["tag"],
+                                      classes, probs, seconds * 1000))
+        return labels, {"model": info["tag"], "seconds": round(seconds, 4), "request_ids": ids}
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -187,7 +220,9 @@ class Classifier:
         """Classify one image: the most likely labels first, the model tag and the time taken."""
         start = time.perf_counter()
         labels, extra = await self.labelled([image], top, ctx, start)
-        return {"labels": labels[0], **extra} if labels else extra
+        if not labels:
+            return extra
+        return {"request_id": extra.pop("request_ids")[0], "labels": labels[0], **extra}
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(
@@ -202,8 +237,9 @@ class Classifier:
         if not labels:
             return extra
         names = uploaded_names(ctx)
-        results = [{"filename": names[i] if i < len(names) else None, "labels": lab}
-                   for i, lab in enumerate(labels)]
+        ids = extra.pop("request_ids")
+        results = [{"request_id": ids[i], "filename": names[i] if i < len(names) else None,
+                    "labels": lab} for i, lab in enumerate(labels)]
         return {"results": results, **extra}
 
 

@@ -92,7 +92,9 @@ def serve_tiny_model(workdir: Path, env: dict[str, str] | None = None) -> Iterat
     model_file = Path(bentoml.models.get(tag).path_of("model.keras"))
     log = workdir / "bentoml.log"
     try:
-        with BentoServer(tag, log_path=log, env=env or {}) as server:
+        # The prediction log goes beside the test's files, never into the repository.
+        settings = {"OPENIMAGER_PREDICTION_LOG_DIR": str(workdir / "predictions"), **(env or {})}
+        with BentoServer(tag, log_path=log, env=settings) as server:
             yield Served(server.url, tag, model_file, log)
     except (RuntimeError, TimeoutError) as error:
         raise RuntimeError(f"{error}; server log:\n{log.read_text()[-3000:]}") from error

@@ -19,8 +19,12 @@ def test_quick_serving_benchmark():
     lines = done.stdout.splitlines()
     assert lines[0].startswith("raw model.predict") and "img/s" in lines[0]
     cases = [re.match(r"(\w+)\s+c=(\d+)", line).groups() for line in lines if " req/s " in line]
-    assert cases == [("openimager", "1"), ("openimager", "4"), ("naive", "1"), ("naive", "4")]
-    assert all("p99" in line and "memory per worker" in line and "errors 0" in line
-               for line in lines if " req/s " in line)
+    assert cases == [("openimager", "1"), ("openimager", "4"), ("naive", "1"), ("naive", "4"),
+                     ("logged", "4"), ("unlogged", "4")]
+    assert all("p99" in line and "errors 0" in line for line in lines if " req/s " in line)
+    assert all("memory per worker" in line for line in lines
+               if " req/s " in line and "logged" not in line)
+    assert re.fullmatch(r"prediction log c=4: logged/unlogged throughput \d+\.\d+x .*",
+                        lines[-1])
     assert [line.split(":")[0] for line in lines if line.startswith("ratios")] == [
         "ratios c=1", "ratios c=4"]

@@ -106,7 +106,8 @@ def test_the_openapi_document_lists_every_route(docs_server):
 
     url, _ = docs_server
     paths = requests.get(f"{url}/docs.json", timeout=30).json()["paths"]
-    for route in ("/classify", "/classify_batch", "/model", "/ui", "/readyz", "/livez"):
+    for route in ("/classify", "/classify_batch", "/model", "/ui", "/feedback", "/readyz",
+                  "/livez"):
         assert route in paths, sorted(paths)
     assert "get" in paths["/model"] and "get" in paths["/ui"]
     assert "application/json" in paths["/model"]["get"]["responses"]["200"]["content"]

@@ -108,3 +108,29 @@ def test_dropping_an_image_and_a_bad_file(classifier_server, browser, tmp_path):
     error = wait(browser, lambda d: d.find_element(By.ID, "error").text)
     assert "not a JPEG, PNG, WebP, BMP or GIF image" in error
     assert shown_labels(browser) == []
+
+
+def test_a_wrong_answer_can_be_corrected(classifier_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from model.predictions import read_feedback
+
+    browser.get(f"{classifier_server.url}/ui")
+    wait(browser, lambda d: classifier_server.tag in d.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "feedback").is_displayed()  # nothing to correct yet
+    image = tmp_path / "wrong.png"
+    image.write_bytes(encoded(picture(13, (50, 50)), "PNG"))
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    rows = wait(browser, lambda d: len(shown_labels(d)) == 3 and shown_labels(d))
+    right = next(label for label, *_ in rows[1:])  # not what the model said first
+    choice = Select(browser.find_element(By.ID, "correct"))
+    assert [o.text for o in choice.options] == ["Circle", "Square", "Triangle"]
+    choice.select_by_visible_text(right)
+    browser.find_element(By.ID, "send-feedback").click()
+    status = wait(browser, lambda d: "stored" in (t := d.find_element(
+        By.ID, "feedback-status").text) and t)
+    assert status == f"thanks: stored as {right}"
+    stored = read_feedback(classifier_server.log.parent / "predictions")
+    assert stored.label.tolist()[-1] == right and stored.model.tolist()[-1] == \
+        classifier_server.tag

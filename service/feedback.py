@@ -1,0 +1,81 @@
+"""POST /feedback: a user's correction of one answer, stored beside the prediction log."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anyio
+import bentoml
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("openimager.service")
+MAX_BODY = 64 * 1024
+FIELDS = ("request_id", "label")
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    """The service's usual error shape."""
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+async def fields(request: Request) -> dict[str, str] | JSONResponse:
+    """request_id and label from a JSON object or form fields, or the 4xx answer."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        return error(413, "body_too_large", f"the feedback body is over {MAX_BODY} bytes")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if kind == "application/json":
+            body = json.loads(await request.body())
+        elif kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            body = dict(await request.form())
+        else:
+            return error(415, "unsupported_media_type", "send request_id and label as JSON "
+                         "or form fields")
+    except (ValueError, AssertionError):  # bad JSON or a malformed form
+        return error(400, "malformed_body", "the body is not valid JSON or form data")
+    if not isinstance(body, dict):
+        return error(400, "malformed_body", 'send a JSON object: {"request_id": ..., '
+                     '"label": ...}')
+    values = {name: body.get(name) for name in FIELDS}
+    missing = [name for name, value in values.items()
+               if not isinstance(value, str) or not value.strip()]
+    if missing:
+        return error(400, "missing_field", f"missing or empty: {', '.join(missing)} (send "
+                     "the request_id of a /classify answer and the right label)")
+    return {name: value.strip() for name, value in values.items()}
+
+
+async def feedback(request: Request) -> Response:
+    """Store the right label for an answered image: request_id (from the /classify answer)
+    and label (one of the classes of the model that answered)."""
+    got = await fields(request)
+    if isinstance(got, Response):
+        return got
+    predlog = bentoml.get_current_service().predlog
+    if not predlog.enabled:
+        return error(409, "prediction_log_off", "feedback is off because the prediction log "
+                     "is (OPENIMAGER_PREDICTION_LOG=false)")
+    request_id, label = got["request_id"], got["label"]
+    try:
+        found = await anyio.to_thread.run_sync(predlog.answered_by, request_id)
+    except Exception as failure:  # noqa: BLE001 - an unreadable log: say so, keep serving
+        log.warning("feedback: cannot search the prediction log: %s", failure)
+        return error(503, "log_unavailable", f"cannot read the prediction log: {failure}")
+    if found is None:
+        return error(404, "unknown_request", f"no answered request with id {request_id!r} in "
+                     "the prediction log")
+    model, classes = found
+    if label not in classes:
+        return error(400, "unknown_label", f"label {label!r} is not a class of {model}: "
+                     f"pick one of {', '.join(classes)}")
+    try:
+        await anyio.to_thread.run_sync(predlog.feedback, request_id, label, model)
+    except Exception as failure:  # noqa: BLE001 - storage down or full
+        log.warning("feedback not stored in %s: %s", predlog.store, failure)
+        return error(503, "feedback_not_stored", f"the feedback could not be stored: "
+                     f"{failure}")
+    return JSONResponse({"request_id": request_id, "label": label, "model": model,
+                         "stored": True})
