@@ -68,7 +68,10 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
             result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
             result["publish"]["access"] = registry_access(workspace, result["publish"])
         crop, truth = pick_test_crop(workspace)
-        with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log") as server:
+        # The service logs its predictions into the demo's workspace, not ./workspace.
+        logged = {"OPENIMAGER_PREDICTION_LOG_DIR": str(workspace / "predictions")}
+        with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log",
+                         env=logged) as server:
             with crop.open("rb") as handle:
                 answer = requests.post(f"{server.url}/classify", files={"image": handle},
                                        timeout=60)
