@@ -158,7 +158,7 @@ def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
     else:
         counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
     reference = Reference({str(k): float(v) for k, v in counts.items()}, test.Width.tolist(),
-                          test.Height.tolist(), metadata.get("test_top_probabilities", []))
+                          test.Height.tolist(), metrics.get("test_top_probabilities", []))
     start = record.get("promoted_at")
     folder = settings.predictions_dir
     rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)

@@ -83,14 +83,17 @@ def test_the_drift_command_reads_the_log_since_the_promotion(sample_workspace, t
     assert "feedback: 2 labelled requests, accuracy 0.5" in out
 
     # After a promotion only its own requests from then on count.
-    with bentoml.models.create("drift-promoted", metadata={}) as stored:
+    # Its metrics carry the test split's top-1 probabilities: the reference for confidence.
+    metrics = {"test_top_probabilities": [0.95] * len(test)}
+    with bentoml.models.create("drift-promoted", metadata={"metrics": metrics}) as stored:
         tag = str(stored.tag)
     promote(tag)
-    write_log(logs, [{**row, "model": tag} for row in recent], seq=2)
+    write_log(logs, [{**row, "model": tag, "top_probability": 0.4} for row in recent], seq=2)
     monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "drift-promoted")
     settings = settings_from(workspace=str(workspace), prediction_log_dir=str(logs))
     summary = drift_summary(settings, chart=workspace / "model" / "drift.png")
     assert summary["model"] == tag and summary["requests"] == len(recent)
+    assert "mean top-1 probability" in summary["drifted"]
     assert (workspace / "model" / "drift.png").stat().st_size > 1000
     assert lines(summary)[0].startswith(f"{len(recent)} requests to {tag} since ")
 
@@ -100,3 +103,13 @@ def test_the_drift_command_without_a_dataset_says_what_to_run(tmp_path, capsys):
 
     assert main(["drift", "--workspace", str(tmp_path)]) == 2
     assert "run build-dataset (or retrain) there first" in capsys.readouterr().err
+
+
+def test_a_models_metrics_carry_its_test_top_probabilities():
+    import numpy as np
+
+    from model.evaluate import classification_metrics
+
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.55, 0.45]])
+    found = classification_metrics(np.array([0, 1, 1]), probs, ["a", "b"])
+    assert found["test_top_probabilities"] == [0.7, 0.8, 0.55]
