@@ -41,7 +41,7 @@ def test_the_service_answers_over_http(demo):
     labels = [entry["label"] for entry in answer["labels"]]
     assert set(labels) == {"Hamburger", "Sandwich", "Car"}
     assert abs(sum(entry["probability"] for entry in answer["labels"]) - 1.0) < 1e-3
-    assert "top hash" in report(result)
+    assert result["publish"]["top_hash"] in report(result)
 
 
 def test_the_published_package_installs_by_top_hash(demo, tmp_path):
