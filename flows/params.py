@@ -56,4 +56,4 @@ def report_images(settings: Settings) -> dict[str, Path]:
     """The pictures a run report shows, where the stages write them."""
     return {"sample_grid": settings.dataset_dir / "sample_grid.png",
             "confusion_matrix": settings.model_dir / "confusion_matrix.png",
-            "drift": settings.model_dir / "drift.png"}
+            "drift": settings.workspace / "summaries" / "drift.png"}

@@ -13,6 +13,7 @@ promoted model. With build_bento, the Bento of a newly promoted model is built l
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 from prefect import flow, task
@@ -28,6 +29,7 @@ from flows.publishing.lineage import refuse_uncommitted
 from flows.refresh import check_inputs, refresh_task
 from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
+from model.atomic import atomic_path
 
 KILL_AT = "OPENIMAGER_TEST_KILL_AT"  # test-only, see stop_here_for_tests
 
@@ -56,13 +58,24 @@ def check_task(settings: Settings) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def drift_task(settings: Settings) -> dict | None:
-    """Served traffic against the test split, drawn into the model folder; a failure here is
-    logged, never fatal: the report says it was not measured."""
+    """Served traffic against the test split, for this run's report; a failure here is
+    logged, never fatal: the report says it was not measured.
+
+    It runs before training, as it depends only on the traffic and the promoted model: its
+    chart, drawn into the model folder, is stored with a newly trained model and goes out in
+    its bundle. A model reused from an earlier run brings back the chart drawn then, so a
+    rerun (after a run stopped once it had published) finds the same bundle, not a new one."""
+    chart = stages.summary_path(settings, "drift").with_suffix(".png")
     try:
-        return stages.drift_summary(settings, settings.model_dir / "drift.png")
+        summary = stages.drift_summary(settings, chart)
     except Exception as error:  # noqa: BLE001 - drift only informs
         print(f"drift not measured: {error}")
+        (settings.model_dir / "drift.png").unlink(missing_ok=True)  # not an older run's
         return None
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(settings.model_dir / "drift.png") as tmp:
+        shutil.copyfile(chart, tmp)
+    return summary
 
 
 @flow(name="retrain", log_prints=True)
@@ -109,9 +122,9 @@ def retrain(
         built = build_task(fanned)
         stop_here_for_tests("build")
     checked = check_task(settings)
+    drifted = drift_task(settings)
     trained = train_task(settings, promote_now=False)
     stop_here_for_tests("train")
-    drifted = drift_task(settings)
     published = promoted = None
     if trained["promoted"]:
         published = publish_task(settings, trained, built)
