@@ -19,7 +19,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
     from flows.cli_errors import UsageError
     from flows.openimages.dataset import CROPS_TABLE
     from flows.params import settings_from
-    from flows.stages import drift_summary
+    from flows.watch import drift_summary
 
     settings = settings_from(workspace=args.workspace,
                              prediction_log_dir=args.prediction_log_dir)

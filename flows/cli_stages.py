@@ -97,7 +97,7 @@ def run_stage_command(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if args.command == "select":
         return select_command(settings)
-    from flows import stages
+    from flows import stages, watch
 
     if args.command == "refresh":
         with step("refresh") as said:
@@ -119,7 +119,7 @@ def run_stage_command(args: argparse.Namespace) -> int:
         from flows.train import promotion_line
 
         if (settings.dataset_dir / PROFILE).exists():  # datasets built before checks have none
-            verdict(*stages.check_dataset(settings))
+            verdict(*watch.check_dataset(settings))
         trained = stages.train(settings)
         print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
               f"macro F1 {trained['metrics']['macro_f1']}")
@@ -157,7 +157,7 @@ def select_command(settings: object) -> int:
 
 def publish_command(settings: object) -> int:
     """Publish the last trained model; record its promotion if it passed the gate."""
-    from flows import stages
+    from flows import release, stages
     from flows.publish import promotion_lines
 
     require(settings, "summaries/train.json", "train")
@@ -165,7 +165,7 @@ def publish_command(settings: object) -> int:
     trained = stages.last_summary(settings, "train")
     built = stages.last_summary(settings, "build")
     with step("publish") as said:
-        published = stages.publish_bundle(settings, trained, built)
+        published = release.publish_bundle(settings, trained, built)
         said["note"] = f"{published.name}@{published.top_hash[:12]}" + (
             "" if getattr(published, "pushed", True) else " (unchanged)")
     print(f"published {published.name}@{published.top_hash} to {published.registry}")
@@ -173,7 +173,7 @@ def publish_command(settings: object) -> int:
         from dataclasses import asdict
 
         with step("promote"):
-            promoted = stages.promote_published(settings, trained, asdict(published))
+            promoted = release.promote_published(settings, trained, asdict(published))
         for line in promotion_lines(promoted):
             print(line)
     return 0

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
+from flows import release, stages
 from flows.artifacts import record
 from flows.params import retry_only, settings_from
 from flows.publishing.bundle import PublishError
@@ -18,14 +18,14 @@ from flows.settings import Settings
       cache_policy=NO_CACHE)
 def publish_task(settings: Settings, trained: dict, built: dict) -> dict:
     """Push the bundle (network-bound, so retried)."""
-    return asdict(stages.publish_bundle(settings, trained, built))
+    return asdict(release.publish_bundle(settings, trained, built))
 
 
 @task(cache_policy=NO_CACHE)
 def promote_task(settings: Settings, trained: dict, published: dict) -> dict:
     """Write the promotion record of the published model (what the service loads next), then
     build its Bento if build_bento is on (a failed build is reported, not raised)."""
-    return stages.promote_published(settings, trained, published)
+    return release.promote_published(settings, trained, published)
 
 
 def publish_line(published: dict) -> str:

@@ -19,7 +19,7 @@ import signal
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
+from flows import release, stages, watch
 from flows.artifacts import record, record_checks
 from flows.datachecks import verdict
 from flows.fanout import shared_cluster
@@ -44,13 +44,13 @@ def stop_here_for_tests(boundary: str) -> None:
 @task(cache_policy=NO_CACHE)
 def finish_pending_task(settings: Settings) -> dict | None:
     """Record the promotion a stopped run published but did not record, if any."""
-    return stages.finish_pending_promotion(settings)
+    return release.finish_pending_promotion(settings)
 
 
 @task(cache_policy=NO_CACHE)
 def check_task(settings: Settings) -> dict:
     """Check the new dataset against the promoted model's; stop the run on an anomaly."""
-    report, path = stages.check_dataset(settings)
+    report, path = watch.check_dataset(settings)
     record_checks(report)
     verdict(report, path)
     return report
@@ -67,7 +67,7 @@ def drift_task(settings: Settings) -> dict | None:
     rerun (after a run stopped once it had published) finds the same bundle, not a new one."""
     chart = stages.summary_path(settings, "drift").with_suffix(".png")
     try:
-        summary = stages.drift_summary(settings, chart)
+        summary = watch.drift_summary(settings, chart)
     except Exception as error:  # noqa: BLE001 - drift only informs
         print(f"drift not measured: {error}")
         (settings.model_dir / "drift.png").unlink(missing_ok=True)  # not an older run's

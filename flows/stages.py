@@ -5,25 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
-import time
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from flows.datachecks import PROFILE, Thresholds, compare, outcome, profile, write_report
+from flows.datachecks import PROFILE, profile
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
-from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images, without_feedback
+from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
 from flows.openimages.select import images_of, select_boxes, summary
-from flows.publishing.bundle import Published, publish
 from flows.publishing.lineage import PROJECT_ROOT, code_state
-from flows.publishing.registries import opened
 from flows.selection import filters, metadata, validate_classes
 from flows.settings import Settings
 from model.atomic import write_json, write_parquet
@@ -138,76 +134,6 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
-    """Traffic since the last promotion (the prediction log) against the test split: the
-    promoted model's predicted class mix on its own test split, the test crops' sizes; left
-    in the workspace, and drawn to chart if given."""
-    from flows.drift import Reference, drift, since  # scipy loads only here
-    from flows.model_store import promoted
-    from model.predictions import read_feedback, read_log
-
-    record = promoted(settings.model_name) or {}
-    tag, metadata = record.get("tag"), _stored_metadata(record.get("tag"))
-    test = pd.read_parquet(settings.dataset_dir / CROPS_TABLE,
-                           columns=["Class", "Split", "Width", "Height"]).query("Split == 'test'")
-    metrics = metadata.get("metrics", {})
-    if metrics.get("confusion_matrix") and metadata.get("class_names"):
-        predicted = [sum(column) for column in zip(*metrics["confusion_matrix"], strict=True)]
-        counts = dict(zip(metadata["class_names"], predicted, strict=True))
-        mix = "the promoted model's predictions on its test split"
-    else:
-        counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
-    reference = Reference({str(k): float(v) for k, v in counts.items()}, test.Width.tolist(),
-                          test.Height.tolist(), metrics.get("test_top_probabilities", []))
-    start = record.get("promoted_at")
-    folder = settings.predictions_dir
-    rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)
-    summary = {"model": tag, "since": start, "log_dir": str(folder), "class_mix_of": mix,
-               **drift(rows, read_feedback(folder), reference)}
-    write_json(summary_path(settings, "drift"), summary)
-    if chart is not None:
-        from model.report import drift_chart
-
-        drift_chart(summary, chart)
-    return summary
-
-
-def _stored_metadata(tag: str | None) -> dict:
-    """A stored model's metadata, or {} when there is none."""
-    if tag is None:
-        return {}
-    import bentoml
-
-    try:
-        return dict(bentoml.models.get(tag).info.metadata)
-    except bentoml.exceptions.NotFound:
-        return {}
-
-
-def previous_profile(settings: Settings) -> tuple[str | None, dict | None]:
-    """The promoted model's tag and the profile of the dataset it was trained on, as recorded
-    with it; (tag or None, None) when nothing is promoted or nothing was recorded."""
-    from flows.model_store import promoted
-
-    record = promoted(settings.model_name)
-    if record is None:
-        return None, None
-    return record["tag"], _stored_metadata(record["tag"]).get("dataset_profile")
-
-
-def check_dataset(settings: Settings) -> tuple[dict, Path]:
-    """Check the built dataset against the promoted model's (absolute checks only when none
-    is recorded); write the report to the workspace and return it with its path."""
-    new = json.loads((settings.dataset_dir / PROFILE).read_text())
-    tag, old = previous_profile(settings)
-    limits = Thresholds(settings.check_max_class_drop, settings.check_max_download_failures,
-                        settings.check_max_skip_rate, settings.check_max_size_change)
-    checks = compare(new, old, settings.classes, limits)
-    result = outcome(checks, tag if old else None, settings.accept_anomalies)
-    path = write_report(result, summary_path(settings, "datachecks"))
-    return result, path
-
-
 def train(settings: Settings, promote_now: bool = True) -> dict:
     """Train on the crops, score on the test split, register the model with BentoML, and pass
     the gate: promote it if it scores at least the promoted model on the same test split.
@@ -309,98 +235,3 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config),
     }
-
-
-def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
-    """Push data, model, code and environment as one quilt3 package."""
-    meta = {
-        "package": settings.package_name,
-        "registry": settings.registry,
-        "classes": trained["class_names"],
-        "class_mids": dict(zip(trained["class_names"], trained["class_mids"], strict=True)),
-        "crops_per_class": built["crops_per_class"],
-        "crops_per_split": built["crops_per_split"],
-        "dataset_id": built["dataset_id"],
-        "openimages_version": settings.openimages_version,
-        "metrics": trained["metrics"],
-        "git_commit": trained["git_commit"],
-        # None: trained before this was recorded, or outside a git checkout.
-        "dirty": trained.get("git_dirty"),
-        "git_changes": trained.get("git_changes") or [],
-        "model_tag": trained["model_tag"],
-        "filters": asdict(filters(settings)),
-        "train_config": trained.get("config"),
-    }
-    message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
-    if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
-        meta["workspace"] = str(Path(settings.workspace).resolve())
-    with opened(settings.registry, settings.registry_dir) as registry, \
-            tempfile.TemporaryDirectory(dir=settings.workspace, prefix=".publish-") as tmp:
-        meta["registry"] = settings.registry
-        data = settings.dataset_dir
-        if not settings.publish_feedback and built.get("feedback_crops"):
-            data = without_feedback(data, Path(tmp) / "dataset")
-        return publish(data, settings.model_dir, meta, settings.package_name,
-                       registry, message, allow_dirty=settings.publish_uncommitted,
-                       image_dir=settings.image_dir if settings.publish_images else None)
-
-
-def finish_pending_promotion(settings: Settings) -> dict | None:
-    """Finish the promotion a stopped run decided and published but did not record (see
-    model_store.finish_pending). Opens the registry only when a promotion is pending."""
-    from flows.model_store import finish_pending, pending
-    from flows.publishing.bundle import latest_meta
-
-    if pending(settings.model_name) is None:
-        return None
-    with opened(settings.registry, settings.registry_dir) as registry:
-        newest = latest_meta(settings.package_name, registry)
-        return finish_pending(settings.model_name, newest, settings.package_name, registry)
-
-
-def record_promotion(trained: dict, published: dict) -> dict | None:
-    """After the publish: write the promotion record of a model that passed the gate, naming
-    the package revision it was published in. Returns the record, or None when another model
-    was promoted since the gate decided (by hand, say): that later decision stands."""
-    from flows.model_store import promote, promoted
-
-    tag, decision = trained["model_tag"], trained["promotion"]
-    current = promoted(tag.split(":", 1)[0])
-    if current is not None and current["tag"] not in (tag, decision.get("incumbent_tag")):
-        log.warning("%s is not promoted: %s was promoted after the gate compared it with %s",
-                    tag, current["tag"], decision.get("incumbent_tag"))
-        return None
-    publication = {"package": published["name"], "registry": published["registry"],
-                   "top_hash": published["top_hash"]}
-    if current is not None and current["tag"] == tag:  # keep why and when it was promoted
-        return promote(tag, **publication)
-    return promote(tag, metric=decision["metric"], score=decision["candidate_score"],
-                   reason=decision["reason"], dataset_id=trained["dataset_id"], **publication)
-
-
-def build_bento(tag: str) -> dict:
-    """Build the Bento of the promoted model tag and note its tag in the promotion record.
-    A failed build is logged and returned as the error: the promotion stands."""
-    from flows.model_store import annotate_promotion
-    from flows.model_store import build_bento as build
-
-    started = time.monotonic()
-    try:
-        bento = build(tag, PROJECT_ROOT)
-    except Exception as error:  # noqa: BLE001 - any failure leaves the promotion in place
-        log.error("no Bento of %s: %s (the promotion stands)", tag, error)
-        return {"tag": None, "error": str(error)}
-    annotate_promotion(tag, bento=bento)
-    return {"tag": bento, "error": None, "seconds": round(time.monotonic() - started, 1)}
-
-
-def promote_published(settings: Settings, trained: dict, published: dict) -> dict:
-    """Record the promotion of a published model that passed the gate, then build its Bento
-    if build_bento is on; return (and leave in the workspace) what was recorded and built."""
-    record = record_promotion(trained, published)
-    bento = build_bento(record["tag"]) if record is not None and settings.build_bento else None
-    if bento and bento["tag"]:
-        record = {**record, "bento": bento["tag"]}
-    summary = {"promotion": record, "bento": bento}
-    write_json(summary_path(settings, "promote"), summary)
-    return summary

@@ -59,7 +59,7 @@ def test_the_drift_command_reads_the_log_since_the_promotion(sample_workspace, t
     from flows.__main__ import main
     from flows.model_store import promote
     from flows.params import settings_from
-    from flows.stages import drift_summary
+    from flows.watch import drift_summary
 
     workspace = tmp_path / "ws"
     (workspace / "dataset").mkdir(parents=True)

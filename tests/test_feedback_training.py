@@ -59,7 +59,7 @@ def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_pa
 
 def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_path,
                                                          monkeypatch):
-    from flows import stages
+    from flows import release, stages
     from flows.params import settings_from
 
     workspace, _ = workspace_with_feedback(sample_workspace, tmp_path)
@@ -73,14 +73,14 @@ def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_p
                      (data / "crops" / "feedback").exists()))
         return {}
 
-    monkeypatch.setattr(stages, "publish", publish)
-    monkeypatch.setattr(stages, "opened", lambda *a: contextlib.nullcontext("s3://x"))
+    monkeypatch.setattr(release, "publish", publish)
+    monkeypatch.setattr(release, "opened", lambda *a: contextlib.nullcontext("s3://x"))
     trained = {"class_names": ["Car"], "class_mids": ["/m/0k4j"], "dataset_id": "d",
                "metrics": {"accuracy": 1}, "git_commit": "c", "model_tag": "m:1"}
     built = {"crops_per_class": {}, "crops_per_split": {}, "dataset_id": "d",
              "feedback_crops": 2}
-    stages.publish_bundle(settings, trained, built)
-    stages.publish_bundle(settings_from(workspace=str(workspace), use_feedback=True,
+    release.publish_bundle(settings, trained, built)
+    release.publish_bundle(settings_from(workspace=str(workspace), use_feedback=True,
                                         publish_feedback=True), trained, built)
     assert seen == [({"openimages"}, False), ({"openimages", "feedback"}, True)]
     assert (workspace / "dataset" / "crops" / "feedback").exists()  # the workspace keeps them

@@ -56,7 +56,7 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
     import flows.publish
     from flows.retrain import retrain
 
-    real = flows.publish.stages.publish_bundle
+    real = flows.publish.release.publish_bundle
 
     def broken(*args, **kwargs):
         raise RuntimeError("registry went away")
@@ -67,14 +67,14 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
               "max_images_per_class": 15, "architecture": "seed-cnn", "epochs": 1,
               "image_size": 32}
     monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "resume-classifier")  # promoted: a first model
-    monkeypatch.setattr(flows.publish.stages, "publish_bundle", broken)
+    monkeypatch.setattr(flows.publish.release, "publish_bundle", broken)
     assert retrain(**params, return_state=True).is_failed()
     files = sorted([*(tmp_path / "dataset" / "crops").rglob("*.jpg"),
                     *(tmp_path / "images").rglob("*.jpg")])
     stamps = [p.stat().st_mtime_ns for p in files]
     assert len(files) > 20
 
-    monkeypatch.setattr(flows.publish.stages, "publish_bundle", real)
+    monkeypatch.setattr(flows.publish.release, "publish_bundle", real)
     result = retrain(**params)
     assert result["train"]["reused"], "the model trained by the failed run is reused"
     assert result["publish"]["top_hash"]

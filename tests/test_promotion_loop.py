@@ -57,7 +57,7 @@ def never(*_):
 
 def test_the_gate_only_decides_and_the_record_waits_for_the_publish(tmp_path):
     from flows.model_store import gate, pending, promoted, promotion_file
-    from flows.stages import record_promotion
+    from flows.release import record_promotion
 
     name = "order-classifier"
     tag = stored_model(tmp_path, name)
@@ -111,7 +111,7 @@ def test_a_pending_promotion_is_finished_only_if_its_model_was_published(tmp_pat
 
 def test_a_promotion_by_hand_after_the_gate_is_not_overwritten(tmp_path):
     from flows.model_store import gate, promote, promoted
-    from flows.stages import record_promotion
+    from flows.release import record_promotion
 
     name = "race-classifier"
     first, second = (stored_model(tmp_path / str(i), name) for i in (1, 2))
@@ -126,7 +126,7 @@ def test_a_promotion_by_hand_after_the_gate_is_not_overwritten(tmp_path):
 
 def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, capsys):
     from flows.model_store import gate, promoted
-    from flows.stages import record_promotion
+    from flows.release import record_promotion
 
     name = "cli-promote-classifier"
     first = stored_model(tmp_path / "first", name)
@@ -166,7 +166,7 @@ def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, 
 
 def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
     import flows.model_store
-    from flows import stages
+    from flows import release
     from flows.model_store import promoted
     from flows.settings import Settings
 
@@ -178,7 +178,7 @@ def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
     monkeypatch.setattr(flows.model_store, "build_bento", broken)
     decision = Decision(True, "first model of this name: nothing was promoted yet", "macro_f1",
                         0.5)
-    summary = stages.promote_published(Settings(workspace=tmp_path, build_bento=True),
+    summary = release.promote_published(Settings(workspace=tmp_path, build_bento=True),
                                        trained(tag, decision), published("b" * 64))
     assert summary["bento"] == {"tag": None,
                                 "error": "bentoml build exited with 1: disk full"}
@@ -192,7 +192,7 @@ def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
 def test_the_bento_of_a_promotion_is_built_and_recorded(tmp_path):
     import bentoml
 
-    from flows import stages
+    from flows import release
     from flows.model_store import promoted
     from flows.settings import Settings
     from tests.servicekit import register_tiny_model
@@ -202,7 +202,7 @@ def test_the_bento_of_a_promotion_is_built_and_recorded(tmp_path):
     decision = Decision(True, "first model of this name: nothing was promoted yet", "macro_f1",
                         0.4)
     started = time.monotonic()
-    summary = stages.promote_published(Settings(workspace=tmp_path, build_bento=True),
+    summary = release.promote_published(Settings(workspace=tmp_path, build_bento=True),
                                        trained(tag, decision), published("c" * 64))
     print(f"\nbentoml build: {time.monotonic() - started:.1f} s")
     bento_tag = summary["bento"]["tag"]

@@ -1,0 +1,116 @@
+"""The stages after training: publish the bundle, record the promotion after the push, build
+the promoted model's Bento; and finishing a promotion a stopped run left pending."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from flows.openimages.feedback import without_feedback
+from flows.publishing.bundle import Published, publish
+from flows.publishing.lineage import PROJECT_ROOT
+from flows.publishing.registries import opened
+from flows.selection import filters
+from flows.settings import Settings
+from flows.stages import summary_path
+from model.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
+    """Push data, model, code and environment as one quilt3 package."""
+    meta = {
+        "package": settings.package_name,
+        "registry": settings.registry,
+        "classes": trained["class_names"],
+        "class_mids": dict(zip(trained["class_names"], trained["class_mids"], strict=True)),
+        "crops_per_class": built["crops_per_class"],
+        "crops_per_split": built["crops_per_split"],
+        "dataset_id": built["dataset_id"],
+        "openimages_version": settings.openimages_version,
+        "metrics": trained["metrics"],
+        "git_commit": trained["git_commit"],
+        # None: trained before this was recorded, or outside a git checkout.
+        "dirty": trained.get("git_dirty"),
+        "git_changes": trained.get("git_changes") or [],
+        "model_tag": trained["model_tag"],
+        "filters": asdict(filters(settings)),
+        "train_config": trained.get("config"),
+    }
+    message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
+    if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
+        meta["workspace"] = str(Path(settings.workspace).resolve())
+    with opened(settings.registry, settings.registry_dir) as registry, \
+            tempfile.TemporaryDirectory(dir=settings.workspace, prefix=".publish-") as tmp:
+        meta["registry"] = settings.registry
+        data = settings.dataset_dir
+        if not settings.publish_feedback and built.get("feedback_crops"):
+            data = without_feedback(data, Path(tmp) / "dataset")
+        return publish(data, settings.model_dir, meta, settings.package_name,
+                       registry, message, allow_dirty=settings.publish_uncommitted,
+                       image_dir=settings.image_dir if settings.publish_images else None)
+
+
+def finish_pending_promotion(settings: Settings) -> dict | None:
+    """Finish the promotion a stopped run decided and published but did not record (see
+    model_store.finish_pending). Opens the registry only when a promotion is pending."""
+    from flows.model_store import finish_pending, pending
+    from flows.publishing.bundle import latest_meta
+
+    if pending(settings.model_name) is None:
+        return None
+    with opened(settings.registry, settings.registry_dir) as registry:
+        newest = latest_meta(settings.package_name, registry)
+        return finish_pending(settings.model_name, newest, settings.package_name, registry)
+
+
+def record_promotion(trained: dict, published: dict) -> dict | None:
+    """After the publish: write the promotion record of a model that passed the gate, naming
+    the package revision it was published in. Returns the record, or None when another model
+    was promoted since the gate decided (by hand, say): that later decision stands."""
+    from flows.model_store import promote, promoted
+
+    tag, decision = trained["model_tag"], trained["promotion"]
+    current = promoted(tag.split(":", 1)[0])
+    if current is not None and current["tag"] not in (tag, decision.get("incumbent_tag")):
+        log.warning("%s is not promoted: %s was promoted after the gate compared it with %s",
+                    tag, current["tag"], decision.get("incumbent_tag"))
+        return None
+    publication = {"package": published["name"], "registry": published["registry"],
+                   "top_hash": published["top_hash"]}
+    if current is not None and current["tag"] == tag:  # keep why and when it was promoted
+        return promote(tag, **publication)
+    return promote(tag, metric=decision["metric"], score=decision["candidate_score"],
+                   reason=decision["reason"], dataset_id=trained["dataset_id"], **publication)
+
+
+def build_bento(tag: str) -> dict:
+    """Build the Bento of the promoted model tag and note its tag in the promotion record.
+    A failed build is logged and returned as the error: the promotion stands."""
+    from flows.model_store import annotate_promotion
+    from flows.model_store import build_bento as build
+
+    started = time.monotonic()
+    try:
+        bento = build(tag, PROJECT_ROOT)
+    except Exception as error:  # noqa: BLE001 - any failure leaves the promotion in place
+        log.error("no Bento of %s: %s (the promotion stands)", tag, error)
+        return {"tag": None, "error": str(error)}
+    annotate_promotion(tag, bento=bento)
+    return {"tag": bento, "error": None, "seconds": round(time.monotonic() - started, 1)}
+
+
+def promote_published(settings: Settings, trained: dict, published: dict) -> dict:
+    """Record the promotion of a published model that passed the gate, then build its Bento
+    if build_bento is on; return (and leave in the workspace) what was recorded and built."""
+    record = record_promotion(trained, published)
+    bento = build_bento(record["tag"]) if record is not None and settings.build_bento else None
+    if bento and bento["tag"]:
+        record = {**record, "bento": bento["tag"]}
+    summary = {"promotion": record, "bento": bento}
+    write_json(summary_path(settings, "promote"), summary)
+    return summary
