@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -137,17 +138,26 @@ def _grep_lines(path: Path, needles: list[bytes],
         header = handle.readline()
         if b'"' in header:
             return None  # quoted fields: a byte scan could miss labels, so parse instead
-        rest = b""
-        while block := handle.read(SCAN_BLOCK):
-            if advance:
-                advance(len(block))
-            block = rest + block
-            cut = block.rfind(b"\n") + 1
-            scan(block, cut)  # bounded by cut, not sliced: a slice would copy the block
-            rest = block[cut:]
-        if rest:  # a last line without its newline
-            scan(rest + b"\n", len(rest) + 1)
+        for block, stop in _line_blocks(handle, advance):
+            scan(block, stop)
     return header + b"\n".join(lines) + b"\n"
+
+
+def _line_blocks(handle: BinaryIO, advance: Callable[[int], None] | None
+                 ) -> Iterator[tuple[bytes, int]]:
+    """The rest of handle in blocks of whole lines: (block, stop), where the lines end at
+    stop. Bounded by stop, not sliced: a slice would copy the block. A last line without its
+    newline comes with one added."""
+    rest = b""
+    while block := handle.read(SCAN_BLOCK):
+        if advance:
+            advance(len(block))
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        yield block, cut
+        rest = block[cut:]
+    if rest:
+        yield rest + b"\n", len(rest) + 1
 
 
 def _label_batches(path: Path, mids: list[str], advance: Callable[[int], None] | None = None
@@ -209,16 +219,8 @@ def _grep_images(path: Path, wanted: np.ndarray,
         header = handle.readline()
         if not header.startswith(b"ImageID,") or not len(wanted):
             return None
-        rest = b""
-        while block := handle.read(SCAN_BLOCK):
-            if advance:
-                advance(len(block))
-            block = rest + block
-            cut = block.rfind(b"\n") + 1
-            lines += _keyed_lines(block, cut, wanted)
-            rest = block[cut:]
-        if rest:
-            lines += _keyed_lines(rest + b"\n", len(rest) + 1, wanted)
+        for block, stop in _line_blocks(handle, advance):
+            lines += _keyed_lines(block, stop, wanted)
     if any(line.count(b'"') % 2 for line in lines):
         return None  # a quote left open: a record may span lines, so parse instead
     return header + b"".join(lines)
