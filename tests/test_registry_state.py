@@ -144,12 +144,14 @@ def test_packages_survive_restarts_byte_for_byte_and_a_start_replays_no_history(
 @pytest.mark.integration
 @pytest.mark.parametrize("compact_after", [5, 1000])
 def test_a_running_server_compacts_and_keeps_odd_keys_and_deletes(tmp_path, compact_after):
+    log = tmp_path / "s3.log"
+
     def server(port: int) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flows.servers.s3server", "-p", str(port), "--state-dir",
-             str(tmp_path), "--compact-after", str(compact_after)], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            env={**os.environ, **TELEMETRY_OFF})
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "flows.servers.s3server", "-p", str(port), "--state-dir",
+                 str(tmp_path), "--compact-after", str(compact_after)], cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **TELEMETRY_OFF})
         wait_http(f"http://127.0.0.1:{port}/moto-api/", 120, process)
         return process
 
@@ -180,6 +182,8 @@ def test_a_running_server_compacts_and_keeps_odd_keys_and_deletes(tmp_path, comp
     finally:
         process.terminate()
         process.wait()
+    # The log does not grow with the traffic: no line per request.
+    assert " HTTP/1.1\" " not in log.read_text(), log.read_text()[-500:]
 
 
 def version_ids(registry: str, top: str) -> dict[str, str]:

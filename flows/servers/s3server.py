@@ -21,6 +21,7 @@ import base64
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -178,6 +179,8 @@ def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
     from werkzeug.serving import run_simple
 
     held = own(folder)
+    # One line per request would make the log outgrow the state it serves; errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     (folder / "endpoint").unlink(missing_ok=True)  # a last run's port, until this one listens
     app = DomainDispatcherApplication(create_backend_app)
     store = open_state(folder, app)
