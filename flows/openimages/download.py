@@ -64,7 +64,10 @@ def plan(images: pd.DataFrame, store: Path, options: DownloadOptions) -> tuple[l
     for item in images.drop_duplicates("ImageID")[columns].to_dict("records"):
         dest = image_path(store, item["Subset"], item["ImageID"])
         row = known.get(item["ImageID"], {})
-        size = dest.stat().st_size if dest.exists() else -1
+        try:  # one stat, not an exists() and a stat()
+            size = dest.stat().st_size
+        except FileNotFoundError:
+            size = -1
         if row.get("Status") == "ok" and size == row["Bytes"]:
             if not options.verify:  # verified when it arrived: not read again
                 settled += 1
