@@ -1,0 +1,94 @@
+"""The pieces of the download that its CPU per image rests on: bodies asked for whole, the
+bucket's URLs for plain GETs, the worker threads and the manifest lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from flows.openimages import sources
+from flows.openimages.download import among
+from flows.openimages.downloader import Chunk, Downloader, DownloadOptions
+from tests.downloadkit import catalog, image_id, image_table, jpeg
+from tests.imageserver import ImageServer
+
+
+def test_a_body_of_known_length_is_asked_for_whole(tmp_path):
+    body = bytes(range(256)) * 40
+    asked: list[int] = []
+    pieces = iter([body[:1000], body[1000:]])
+
+    def read1(n: int) -> bytes:
+        asked.append(n)
+        return next(pieces)
+
+    dest = tmp_path / "x.part"
+    fetched = sources.copy_body(read1, dest, len(body), time.monotonic() + 9, 64)
+    # Whatever has arrived, up to the rest of the body: not one block at a time, and no
+    # further read once the announced length is in.
+    assert asked == [len(body), len(body) - 1000]
+    assert dest.read_bytes() == body == fetched.body
+    assert fetched.md5 == hashlib.md5(body).hexdigest() and fetched.size == len(body)
+
+
+@pytest.mark.parametrize(("endpoint", "bucket", "expected"), [
+    (None, "open-images-dataset", "https://open-images-dataset.s3.amazonaws.com/"),
+    ("https://s3.amazonaws.com", "open-images-dataset",
+     "https://open-images-dataset.s3.amazonaws.com/"),
+    ("https://s3.eu-west-1.amazonaws.com/", "open-images-dataset",
+     "https://open-images-dataset.s3.eu-west-1.amazonaws.com/"),
+    ("https://s3.amazonaws.com", "dotted.bucket", "https://s3.amazonaws.com/dotted.bucket/"),
+    ("http://127.0.0.1:9000", "open-images-dataset", "http://127.0.0.1:9000/open-images-dataset/"),
+    ("https://minio.example.org/s3/", "images", "https://minio.example.org/s3/images/"),
+])
+def test_bucket_urls_are_virtual_hosted_on_aws_and_path_style_elsewhere(endpoint, bucket,
+                                                                        expected):
+    assert sources.bucket_url(bucket, endpoint) == expected
+
+
+def test_plain_gets_reuse_one_connection_pool_per_host(tmp_path):
+    images = {image_id(n): jpeg(n) for n in range(1, 9)}
+    with ImageServer(catalog(images)) as server:
+        (tmp_path / "train").mkdir()
+        options = DownloadOptions(sources=("cvdf",), endpoint_url=server.url,
+                                  workers=4, per_host=4, progress=False)
+        downloader = Downloader(options)
+        table = image_table(server.url, images)
+        items = table.assign(Check=False, Prior=None).to_dict("records")
+        counts = downloader.run([Chunk(str(tmp_path), "c", items)])
+        bucket = downloader.source("cvdf")
+        assert counts[0].get("ok") == len(images), counts
+        assert list(bucket.pools) == [("http", f"127.0.0.1:{server.port}")]
+        assert bucket.pools[("http", f"127.0.0.1:{server.port}")].num_connections <= 4
+
+
+def test_a_worker_that_breaks_stops_the_others_and_the_error_reaches_the_caller(tmp_path,
+                                                                              monkeypatch):
+    calls, lock = [], threading.Lock()
+
+    def one(self, store, item, journal):
+        with lock:
+            calls.append(item["ImageID"])
+            if len(calls) == 5:
+                raise RuntimeError("broken")
+        time.sleep(0.01)
+        return {"Status": "ok"}
+
+    monkeypatch.setattr(Downloader, "one", one)
+    items = [{"ImageID": image_id(n), "Subset": "train"} for n in range(200)]
+    with pytest.raises(RuntimeError, match="broken"):
+        Downloader(DownloadOptions(workers=4, progress=False)).run(
+            [Chunk(str(tmp_path), "c", items)])
+    assert len(calls) < 20  # the others stopped at the images in hand
+
+
+def test_among_is_isin():
+    ids = pd.Series(["a", "b", "c", "d"], dtype="str")
+    for wanted in (pd.Series(["b", "d", "x"]), pd.Series([], dtype="str"),
+                   pd.Series(["c", None], dtype=object)):
+        assert among(ids, wanted).tolist() == ids.isin(wanted).tolist()
+    assert among(pd.Series([], dtype="str"), ids).tolist() == []
