@@ -4,8 +4,12 @@ bucket's URLs for plain GETs, the worker threads and the manifest lookup."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -63,7 +67,54 @@ def test_plain_gets_reuse_one_connection_pool_per_host(tmp_path):
         bucket = downloader.source("cvdf")
         assert counts[0].get("ok") == len(images), counts
         assert list(bucket.pools) == [("http", f"127.0.0.1:{server.port}")]
-        assert bucket.pools[("http", f"127.0.0.1:{server.port}")].num_connections <= 4
+        assert bucket.pools[("http", f"127.0.0.1:{server.port}")][0].num_connections <= 4
+
+
+class ForwardProxy(BaseHTTPRequestHandler):
+    """A forward HTTP proxy on 127.0.0.1 that relays GETs and notes their targets."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        ForwardProxy.seen.append(self.path)
+        target = urlsplit(self.path)
+        upstream = http.client.HTTPConnection(target.netloc, timeout=5)
+        upstream.request("GET", target.path)
+        answer = upstream.getresponse()
+        body = answer.read()
+        self.send_response(answer.status)
+        for name in ("Content-Type", "ETag"):
+            if answer.getheader(name):
+                self.send_header(name, answer.getheader(name))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        upstream.close()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
+    images = {image_id(n): jpeg(n) for n in range(1, 4)}
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_port}")
+    ForwardProxy.seen = []
+    try:
+        with ImageServer(catalog(images)) as server:
+            (tmp_path / "train").mkdir()
+            options = DownloadOptions(endpoint_url=server.url, workers=2, progress=False)
+            items = image_table(server.url, images).assign(Check=False).to_dict("records")
+            counts = Downloader(options).run([Chunk(str(tmp_path), "c", items)])
+    finally:
+        proxy.shutdown()
+    assert counts[0].get("ok") == len(images), counts
+    assert sorted(ForwardProxy.seen) == sorted(
+        f"{server.url}/open-images-dataset/train/{key}.jpg" for key in images)
 
 
 def test_a_worker_that_breaks_stops_the_others_and_the_error_reaches_the_caller(tmp_path,
