@@ -3,6 +3,7 @@ bucket's URLs for plain GETs, the worker threads and the manifest lookup."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import threading
@@ -74,10 +75,11 @@ class ForwardProxy(BaseHTTPRequestHandler):
     """A forward HTTP proxy on 127.0.0.1 that relays GETs and notes their targets."""
 
     protocol_version = "HTTP/1.1"
-    seen: ClassVar[list[str]] = []
+    seen: ClassVar[list[tuple[str, str, str]]] = []  # target, User-Agent, Proxy-Authorization
 
     def do_GET(self) -> None:
-        ForwardProxy.seen.append(self.path)
+        ForwardProxy.seen.append((self.path, self.headers.get("User-Agent", ""),
+                                  self.headers.get("Proxy-Authorization", "")))
         target = urlsplit(self.path)
         upstream = http.client.HTTPConnection(target.netloc, timeout=5)
         upstream.request("GET", target.path)
@@ -96,13 +98,13 @@ class ForwardProxy(BaseHTTPRequestHandler):
         pass
 
 
-def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
+def test_http_proxy_from_the_environment_is_used_with_its_credentials(tmp_path, monkeypatch):
     images = {image_id(n): jpeg(n) for n in range(1, 4)}
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), ForwardProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.setenv("http_proxy", f"http://me:secret@127.0.0.1:{proxy.server_port}")
     ForwardProxy.seen = []
     try:
         with ImageServer(catalog(images)) as server:
@@ -113,8 +115,10 @@ def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
     finally:
         proxy.shutdown()
     assert counts[0].get("ok") == len(images), counts
+    auth = "Basic " + base64.b64encode(b"me:secret").decode()
     assert sorted(ForwardProxy.seen) == sorted(
-        f"{server.url}/open-images-dataset/train/{key}.jpg" for key in images)
+        (f"{server.url}/open-images-dataset/train/{key}.jpg", sources.USER_AGENT, auth)
+        for key in images)
 
 
 def test_a_worker_that_breaks_stops_the_others_and_the_error_reaches_the_caller(tmp_path,

@@ -28,6 +28,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import urllib3
 
 USER_AGENT = "openimager (Open Images downloader)"
+HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 REDIRECTS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
 MAX_POOLS = 256  # hosts kept connected at once
@@ -181,50 +182,55 @@ class HttpSource:
     def __init__(self, gate: HostGate, connect: float, read: float, block: int) -> None:
         self.gate, self.block = gate, block
         self.settings = {"maxsize": gate.per_host, "retries": False,
-                         "timeout": urllib3.Timeout(connect=connect, read=read),
-                         "headers": {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}}
-        self.pools: dict[tuple[str, str], tuple[urllib3.HTTPConnectionPool, bool]] = {}
+                         "timeout": urllib3.Timeout(connect=connect, read=read)}
+        self.pools: dict[tuple[str, str], tuple[urllib3.HTTPConnectionPool, bool, dict]] = {}
         self._lock = threading.Lock()
 
     def host(self, url: str) -> str:
         return urlsplit(url).netloc
 
-    def connection_pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str]:
-        """The keep-alive pool of url's host, made on first use, and the request target to
-        send it. Asked of a pool directly, a GET skips the PoolManager's URL parsing and pool
-        lookup, a fifth of urllib3's CPU per request here. HTTPS_PROXY, HTTP_PROXY and
-        NO_PROXY are honoured, as boto3 and requests honour them."""
+    def connection_pool(self, url: str) -> tuple[urllib3.HTTPConnectionPool, str, dict]:
+        """The keep-alive pool of url's host, made on first use, the request target to send
+        it and the headers. Asked of a pool directly, a GET skips the PoolManager's URL
+        parsing and pool lookup, a fifth of urllib3's CPU per request here. HTTPS_PROXY,
+        HTTP_PROXY and NO_PROXY are honoured, as boto3 and requests honour them."""
         parts = urlsplit(url)
         key = (parts.scheme, parts.netloc)
         found = self.pools.get(key)
         if found is None:
             with self._lock:
                 if len(self.pools) >= MAX_POOLS:  # a crawl of many hosts: start over
-                    for old, _ in self.pools.values():
+                    for old, _, _ in self.pools.values():
                         old.close()
                     self.pools.clear()
-                tls = {"ca_certs": ca_bundle()} if parts.scheme == "https" else {}
-                proxy = urllib.request.getproxies().get(parts.scheme)
-                if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-                    # HTTPS tunnels through the proxy; plain HTTP names the whole URL to it.
-                    pool = urllib3.ProxyManager(proxy, **self.settings, **tls) \
-                        .connection_from_url(url)
-                    found = pool, parts.scheme == "http"
-                else:
-                    found = urllib3.connection_from_url(url, **self.settings, **tls), False
-                found = self.pools.setdefault(key, found)
-        pool, whole = found
-        return pool, url if whole else urlunsplit(("", "", parts.path or "/", parts.query, ""))
+                found = self.pools.setdefault(key, self._new_pool(url, parts.scheme,
+                                                                  parts.hostname or ""))
+        pool, whole, headers = found
+        target = url if whole else urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        return pool, target, headers
+
+    def _new_pool(self, url: str, scheme: str, hostname: str) -> tuple:
+        tls = {"ca_certs": ca_bundle()} if scheme == "https" else {}
+        proxy = urllib.request.getproxies().get(scheme)
+        if not proxy or urllib.request.proxy_bypass(hostname):
+            return urllib3.connection_from_url(url, **self.settings, **tls), False, HEADERS
+        auth = urllib3.util.parse_url(proxy).auth
+        extra = urllib3.make_headers(proxy_basic_auth=auth) if auth else {}
+        pool = urllib3.ProxyManager(proxy, proxy_headers=extra, **self.settings, **tls) \
+            .connection_from_url(url)
+        # HTTPS tunnels through the proxy (CONNECT); plain HTTP names the whole URL to it.
+        return pool, scheme == "http", {**HEADERS, **extra} if scheme == "http" else HEADERS
 
     def fetch(self, url: str, dest: Path, seconds: float) -> Fetched:
         """Download url into dest."""
         with self.gate.slot(self.host(url)):
             deadline = time.monotonic() + seconds
             for _ in range(MAX_REDIRECTS + 1):
-                pool, target = self.connection_pool(url)
+                pool, target, headers = self.connection_pool(url)
                 try:
-                    response = pool.urlopen("GET", target, preload_content=False,
-                                            redirect=False, assert_same_host=False)
+                    response = pool.urlopen("GET", target, headers=headers,
+                                            preload_content=False, redirect=False,
+                                            assert_same_host=False)
                 except NETWORK_ERRORS as error:
                     raise Transient(f"{type(error).__name__}: {error}") from error
                 try:
