@@ -1,9 +1,9 @@
 """Where image bytes come from: the CVDF bucket (unsigned S3 GETs) or a URL, over HTTP.
 
 Both are plain GETs on kept-alive urllib3 connections: the bucket is public, so a request
-needs no signature, and boto3's per-request machinery cost more CPU than the download itself
-(benchmarks/download.py measured 4.2 ms per image through boto3). Each fetch receives one
-response into a file and raises one of three outcomes on failure:
+needs no signature, and boto3's per-request machinery cost 1.4 to 1.8 times the CPU per image
+of a plain GET (the boto3 case of benchmarks/download.py). Each fetch receives one response
+into a file and raises one of three outcomes on failure:
 `Gone` (the image no longer exists there), `Transient` (worth retrying: timeouts, resets,
 short bodies, 5xx, 429) or `Refused` (permanent for this run: 403 and other 4xx).
 """
