@@ -8,14 +8,23 @@ an empty store, and reports images/s and CPU seconds per image (user + system, a
 - pool20: a 20-thread pool, one `requests.get` per image (the peers' way);
 - openimager: `download_images` with its defaults (64 in flight, keep-alive, each file
   checked against OriginalSize/OriginalMD5 and its JPEG structure before the rename) from the
-  Flickr-style URLs, and the same from the CVDF-style bucket through boto3 (`cvdf`).
+  Flickr-style URLs, and the same from the CVDF-style bucket (`cvdf`: unsigned plain GETs,
+  each file's MD5 also checked against the ETag);
+- boto3: the `cvdf` case with the bucket read through boto3's unsigned GetObject instead, as
+  openimager did before (the figures that chose plain GETs).
+
+The machine is shared, so the last four cases run alternated, in rounds, each round in a
+rotated order, and the figures are their totals; the seed runs once, on at most 200 images
+(it is latency-bound: one request at a time). No store is deleted before the end of the run:
+ext4 without a journal walks past inodes freed in the last minutes when it creates a file,
+which made a case that followed another one's deletion pay up to a third of its CPU there.
 
 Then the ratios of speed and of CPU per image, and the concurrency bound (requests in flight /
 latency). A last line measures the image check alone: the structure walk against Pillow's
 draft-mode (1/8 scale) decode it replaces and a full decode.
 
-    python benchmarks/download.py            # 2,000 images, 50 ms latency
-    python benchmarks/download.py --quick    # 60 images, 10 ms, for the test suite
+    python benchmarks/download.py            # 2,000 images per case and round, 3 rounds, 50 ms
+    python benchmarks/download.py --quick    # 60 images, 1 round, 10 ms, for the test suite
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = ("seed", "pool20", "openimager", "cvdf")
+CASES = ("seed", "pool20", "openimager", "cvdf", "boto3")
+ALTERNATED = CASES[1:]
 BUCKET = "open-images-dataset"
 
 
@@ -58,6 +68,47 @@ def fetch_with_requests(url: str, dest: Path) -> None:
     response = requests.get(url, timeout=60)
     response.raise_for_status()
     dest.write_bytes(response.content)
+
+
+def boto3_source() -> type:
+    """S3Source with the bucket read through boto3's unsigned GetObject (the former way)."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from flows.openimages import sources as src
+
+    class Boto3Source(src.S3Source):
+        def __init__(self, gate, bucket, endpoint_url, connect, read, block) -> None:
+            super().__init__(gate, bucket, endpoint_url, connect, read, block)
+            self.bucket = bucket
+            config = Config(signature_version=UNSIGNED, retries={"total_max_attempts": 1},
+                            max_pool_connections=gate.per_host, connect_timeout=connect,
+                            read_timeout=read)
+            self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1",
+                                       config=config)
+
+        def fetch(self, key, dest, seconds):
+            with self.gate.slot(self.bucket_host):
+                try:
+                    answer = self.client.get_object(Bucket=self.bucket, Key=key)
+                except ClientError as error:
+                    raise src.status_error(error.response["ResponseMetadata"]["HTTPStatusCode"],
+                                           "s3") from error
+                except (BotoCoreError, *src.NETWORK_ERRORS) as error:
+                    raise src.Transient(str(error)) from error
+                raw = answer["Body"]._raw_stream
+                try:
+                    fetched = src.copy_body(raw.read1, dest, answer.get("ContentLength"),
+                                            time.monotonic() + seconds, self.block)
+                finally:
+                    raw.release_conn()
+            if answer.get("ETag", "").strip('"') != fetched.md5:
+                raise src.Transient("bytes differ from the object")
+            return fetched
+
+    return Boto3Source
 
 
 def run_case(case: str, url: str, count: int, store: Path) -> dict:
@@ -90,6 +141,10 @@ def run_case(case: str, url: str, count: int, store: Path) -> dict:
                          "OriginalMD5": md5_base64(hashlib.md5(body).hexdigest())})
         table = pd.DataFrame(rows)
         sources = ("flickr",) if case == "openimager" else ("cvdf",)
+        if case == "boto3":
+            from flows.openimages import downloader
+
+            downloader.S3Source = boto3_source()
         start, cpu = time.perf_counter(), cpu_seconds()
         result = download_images(table, store, sources=sources, endpoint_url=url, progress=False)
         ok = int((result.Status == "ok").sum())
@@ -106,16 +161,14 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(case: str, url: str, count: int, workdir: Path, server: int) -> dict:
-    """Run a case in a child process, on an empty store; add the server's CPU meanwhile."""
-    store = workdir / case
-    shutil.rmtree(store, ignore_errors=True)
+def measure(case: str, url: str, count: int, store: Path, server: int) -> dict:
+    """Run a case in a child process, on a new store (kept: see the docstring); add the
+    server's CPU meanwhile."""
     served = process_cpu(server)
     done = subprocess.run([sys.executable, __file__, "--case", case, "--url", url, "--count",
                            str(count), "--store", str(store)], capture_output=True, text=True,
                           check=True, timeout=3600)
     served = process_cpu(server) - served
-    shutil.rmtree(store, ignore_errors=True)
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "server_cpu": served}
 
 
@@ -153,8 +206,9 @@ def check_costs(samples: int = 40) -> str:
 def main() -> None:
     """Start the server, run every case, print one line per case and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 images, 10 ms latency")
-    parser.add_argument("--count", type=int)
+    parser.add_argument("--quick", action="store_true", help="60 images, 1 round, 10 ms")
+    parser.add_argument("--count", type=int, help="images per case and round")
+    parser.add_argument("--rounds", type=int)
     parser.add_argument("--latency", type=float)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--case", choices=CASES)
@@ -165,44 +219,56 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.url, args.count, args.store)))
         return
     count = args.count or (60 if args.quick else 2000)
+    rounds = args.rounds or (1 if args.quick else 3)
     latency = args.latency if args.latency is not None else (0.01 if args.quick else 0.05)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="openimager-download-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="download-bench-", dir=args.workdir))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "tests.imageserver", "--latency",
                                str(latency), "--until-stdin-closes"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         url = server.stdout.readline().strip()
-        print(f"{count} images of ~150 KB, {latency * 1e3:.0f} ms added latency, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
-              flush=True)
-        results = {}
-        for case in CASES:
-            r = results[case] = measure(case, url, count, workdir, server.pid)
-            print(f"download {case:>10}: {r['ok']}/{r['images']} images in {r['seconds']:.1f} s, "
-                  f"{r['images'] / r['seconds']:.0f} images/s, "
-                  f"{r['cpu'] / r['images'] * 1e3:.2f} ms CPU/image "
-                  f"(server {r['server_cpu'] / r['images'] * 1e3:.2f})", flush=True)
+        print(f"{count} images of ~150 KB per case and round, {rounds} rounds, "
+              f"{latency * 1e3:.0f} ms added latency, {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f} at the start", flush=True)
+        totals = {case: dict.fromkeys(("images", "ok", "seconds", "cpu", "server_cpu"), 0.0)
+                  for case in CASES}
+        plan = [("seed", min(count, 200))]
+        for n in range(rounds):
+            turn = n % len(ALTERNATED)
+            plan += [(case, count) for case in ALTERNATED[turn:] + ALTERNATED[:turn]]
+        for n, (case, images) in enumerate(plan):
+            r = measure(case, url, images, workdir / f"{n:02d}-{case}", server.pid)
+            for key in totals[case]:
+                totals[case][key] += r[key]
+            print(f"  {case}: {r['images'] / r['seconds']:.0f} images/s, "
+                  f"{r['cpu'] / r['images'] * 1e3:.2f} ms CPU/image", file=sys.stderr, flush=True)
     finally:
         server.kill()
         server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    for case, r in totals.items():
+        print(f"download {case:>10}: {r['ok']:.0f}/{r['images']:.0f} images in "
+              f"{r['seconds']:.1f} s, {r['images'] / r['seconds']:.0f} images/s, "
+              f"{r['cpu'] / r['images'] * 1e3:.2f} ms CPU/image "
+              f"(server {r['server_cpu'] / r['images'] * 1e3:.2f})", flush=True)
     from flows.openimages.downloader import DownloadOptions
 
-    rate = {case: r["images"] / r["seconds"] for case, r in results.items()}
+    rate = {case: r["images"] / r["seconds"] for case, r in totals.items()}
     in_flight = DownloadOptions().workers
     bound = in_flight / latency
     print(f"ratios: openimager/seed {rate['openimager'] / rate['seed']:.1f}x (target >= 20x), "
           f"openimager/pool20 {rate['openimager'] / rate['pool20']:.1f}x (target >= 2x), "
           f"{rate['openimager'] / bound:.0%} of the concurrency bound {in_flight} in flight / "
           f"{latency * 1e3:.0f} ms = {bound:.0f} images/s (target >= 70%); "
-          f"cvdf/pool20 {rate['cvdf'] / rate['pool20']:.1f}x")
-    cpu = {case: r["cpu"] / r["images"] for case, r in results.items()}
+          f"cvdf/pool20 {rate['cvdf'] / rate['pool20']:.1f}x, cvdf/boto3 "
+          f"{rate['cvdf'] / rate['boto3']:.1f}x")
+    cpu = {case: r["cpu"] / r["images"] for case, r in totals.items()}
     print(f"CPU per image: openimager (verified) / pool20 (unverified) "
           f"{cpu['openimager'] / cpu['pool20']:.2f}x (target <= 1), cvdf / pool20 "
-          f"{cpu['cvdf'] / cpu['pool20']:.2f}x")
+          f"{cpu['cvdf'] / cpu['pool20']:.2f}x, cvdf plain GETs / through boto3 "
+          f"{cpu['cvdf'] / cpu['boto3']:.2f}x")
     print(check_costs(12 if args.quick else 40))
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

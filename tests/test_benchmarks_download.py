@@ -13,7 +13,7 @@ def test_quick_download_benchmark(tmp_path):
                           timeout=300, check=True)
     lines = done.stdout.splitlines()
     cases = [line.split(":")[0] for line in lines if "images/s" in line and "CPU" in line]
-    assert cases == [f"download {c:>10}" for c in ("seed", "pool20", "openimager", "cvdf")]
+    assert cases == [f"download {c:>10}" for c in ("seed", "pool20", "openimager", "cvdf", "boto3")]
     assert all(" 60/60 images" in line for line in lines if line.startswith("download"))
     assert lines[-3].startswith("ratios: openimager/seed")
     assert lines[-2].startswith("CPU per image: openimager (verified) / pool20 (unverified)")

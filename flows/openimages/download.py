@@ -21,7 +21,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flows.openimages import manifest as mf
 from flows.openimages.downloader import Chunk, DownloadOptions
@@ -41,18 +44,30 @@ ITEM_COLUMNS = ["ImageID", "Subset", "OriginalURL", "Thumbnail300KURL", "Origina
 ChunkRunner = Callable[[list[Chunk], DownloadOptions], list[dict]]
 
 
+def among(ids: pd.Series, wanted: pd.Series) -> np.ndarray:
+    """ids.isin(wanted) in Arrow: pandas converts each wanted id to an Arrow scalar first,
+    which cost more CPU than downloading the image."""
+    found = pc.is_in(pa.array(ids, type=pa.large_string(), from_pandas=True),
+                     value_set=pa.array(wanted, type=pa.large_string(), from_pandas=True))
+    return found.to_numpy(zero_copy_only=False).astype(bool)
+
+
 def plan(images: pd.DataFrame, store: Path, options: DownloadOptions) -> tuple[list[Chunk], int]:
     """The chunks of work for a selection, and how many of its images are already settled."""
     store.mkdir(parents=True, exist_ok=True)
     mf.clean_temps(store)
     whole = mf.compact(store)
-    known = {r["ImageID"]: r for r in whole[whole.ImageID.isin(images.ImageID)].to_dict("records")}
+    ours = whole[among(whole.ImageID, images.ImageID)]
+    known = {r["ImageID"]: r for r in ours.to_dict("records")}
     todo, settled = [], 0
     columns = [c for c in ITEM_COLUMNS if c in images]
     for item in images.drop_duplicates("ImageID")[columns].to_dict("records"):
         dest = image_path(store, item["Subset"], item["ImageID"])
         row = known.get(item["ImageID"], {})
-        size = dest.stat().st_size if dest.exists() else -1
+        try:  # one stat, not an exists() and a stat()
+            size = dest.stat().st_size
+        except FileNotFoundError:
+            size = -1
         if row.get("Status") == "ok" and size == row["Bytes"]:
             if not options.verify:  # verified when it arrived: not read again
                 settled += 1
@@ -83,8 +98,8 @@ def download_images(images: pd.DataFrame, store: Path, options: DownloadOptions 
     chunks, settled = plan(images, store, options)
     reports = (run_chunks or run_here)(chunks, options) if chunks else []
     whole = mf.compact(store)
-    rows = whole[whole.ImageID.isin(images.ImageID)]
-    missing = images[~images.ImageID.isin(rows.ImageID)].drop_duplicates("ImageID")
+    rows = whole[among(whole.ImageID, images.ImageID)]
+    missing = images[~among(images.ImageID, rows.ImageID)].drop_duplicates("ImageID")
     if len(missing):  # a chunk that never reported: retried by the next run
         crashed = "; ".join(str(r.get("error")) for r in reports if r.get("error"))
         rows = pd.concat([rows, mf.normalise(missing[["ImageID", "Subset"]].assign(

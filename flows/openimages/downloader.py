@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +53,7 @@ class DownloadOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0  # longest silence on a connection
     deadline: float = 300.0  # longest time for one response, however it trickles
-    read_bytes: int = 1 << 16
+    read_bytes: int = 1 << 20  # per receive of a body streamed to disk (over IN_MEMORY)
     chunk_images: int = 500  # images per chunk (one Prefect task each)
     verify: bool = False  # re-check files already in the store
     placeholder_md5s: tuple[str, ...] = ()  # hex MD5s of known "photo unavailable" images
@@ -95,24 +94,50 @@ class Downloader:
             return self._sources[name]
 
     def run(self, chunks: list[Chunk]) -> list[dict]:
-        """Download every chunk on one pool; return each chunk's status counts."""
+        """Download every chunk on `workers` threads; return each chunk's status counts."""
+        jobs = iter([(c, item) for c in chunks for item in c.items])
         total = sum(len(c.items) for c in chunks)
         counts = {c.name: Counter() for c in chunks}
         journals = {c.name: mf.Journal(Path(c.store), c.name, self.options.fsync) for c in chunks}
+        lock, stop = threading.Lock(), threading.Event()
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            # Each thread takes the next image itself and counts it under the same lock: no
+            # future per image and no wake-up of the main thread per result.
+            done = None
+            try:
+                while True:
+                    with lock:
+                        if done is not None:
+                            counts[done[0]][done[1]] += 1
+                            progress.add(done[1])
+                        job = None if stop.is_set() else next(jobs, None)
+                    if job is None:
+                        return
+                    chunk, item = job
+                    done = chunk.name, self.one(Path(chunk.store), item,
+                                                journals[chunk.name])["Status"]
+            except BaseException as error:  # noqa: BLE001 - re-raised by the main thread
+                failures.append(error)
+                stop.set()
+
         try:
-            with ThreadPoolExecutor(self.options.workers, "download") as pool, \
-                    Progress(total, self.options.progress) as progress:
-                futures = {pool.submit(self.one, Path(c.store), item, journals[c.name]): c.name
-                           for c in chunks for item in c.items}
+            with Progress(total, self.options.progress) as progress:
+                threads = [threading.Thread(target=work, name=f"download-{n}", daemon=True)
+                           for n in range(min(self.options.workers, total))]
+                for thread in threads:
+                    thread.start()
                 try:
-                    for future in as_completed(futures):
-                        status = future.result()["Status"]
-                        counts[futures[future]][status] += 1
-                        progress.add(status)
+                    for thread in threads:
+                        thread.join()
                 except BaseException:  # Ctrl-C: stop at the images in flight, not at the end
-                    for future in futures:
-                        future.cancel()
+                    stop.set()
+                    for thread in threads:
+                        thread.join()
                     raise
+            if failures:
+                raise failures[0]
         finally:
             for journal in journals.values():
                 journal.close()
@@ -226,8 +251,7 @@ class Downloader:
                 if wait is not None and wait > o.backoff_max:
                     raise Transient(f"{error}; asked to wait {wait:.0f} s") from error
                 if wait is not None:
-                    host = source.host if isinstance(source, S3Source) else source.host(target)
-                    self.gate.pause(host, wait)
+                    self.gate.pause(source.host(target), wait)
                 else:
                     wait = min(o.backoff_max, o.backoff * 2 ** (attempt - 1))
                     wait *= random.uniform(0.5, 1.0)  # jitter: clients hit by one fault spread
