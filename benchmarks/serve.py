@@ -105,15 +105,28 @@ def service_threads(workers: int) -> int:
             os.environ["OPENIMAGER_WORKERS"] = previous
 
 
+def own_home(folder: Path) -> Path:
+    """A BENTOML_HOME that shares the current one's models but not its metrics: `bentoml
+    serve` empties its home's prometheus_multiproc_dir at start, so two servers running from
+    one home read each other's (or no) batch sizes."""
+    home = Path(os.environ["BENTOML_HOME"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in home.iterdir():
+        if entry.name != "prometheus_multiproc_dir" and not (folder / entry.name).exists():
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
 @contextmanager
 def openimager_server(tag: str, workers: int, log: Path, logging: bool = True
                       ) -> Iterator[tuple[str, int]]:
-    """openimager's service, logging predictions beside its log or not; yields its base URL
-    and process id."""
+    """openimager's service, logging predictions beside its log or not, with a BentoML home of
+    its own; yields its base URL and process id."""
     from flows.servers.local import BentoServer
 
     env = {"OPENIMAGER_WORKERS": str(workers), "OPENIMAGER_PREDICTION_LOG": str(logging),
-           "OPENIMAGER_PREDICTION_LOG_DIR": str(log.with_suffix(".predictions"))}
+           "OPENIMAGER_PREDICTION_LOG_DIR": str(log.with_suffix(".predictions")),
+           "BENTOML_HOME": str(own_home(log.with_suffix(".home")))}
     with BentoServer(tag, log_path=log, env=env) as server:
         yield server.url, server.process.pid
 
@@ -174,7 +187,8 @@ def tree_cpu(pid: int) -> dict[str, float]:
     return cpu
 
 
-def batch_histogram(base_url: str) -> dict[int, float]:
+def batch_histogram(base_url: str, metric: str = "bentoml_service_adaptive_batch_size"
+                    ) -> dict[int, float]:
     """How many model batches fell in each size bucket so far (bucket's upper bound: count)."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
@@ -182,7 +196,7 @@ def batch_histogram(base_url: str) -> dict[int, float]:
     cumulative: dict[float, float] = {}
     text = requests.get(f"{base_url}/metrics", timeout=30).text
     for family in text_string_to_metric_families(text):
-        if family.name != "bentoml_service_adaptive_batch_size":
+        if family.name != metric:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":
@@ -195,9 +209,13 @@ def batch_histogram(base_url: str) -> dict[int, float]:
     return counts
 
 
-def snapshot(base_url: str, pid: int, batching: bool) -> tuple[dict[str, float], dict]:
-    """The server tree's CPU by role and, when it batches, its batch histogram."""
-    return tree_cpu(pid), batch_histogram(base_url) if batching else {}
+def snapshot(base_url: str, pid: int, batching: bool | str) -> tuple[dict[str, float], dict]:
+    """The server tree's CPU by role and, when it batches, its batch histogram (batching: True
+    for BentoML's adaptive batches, or the name of another histogram)."""
+    if not batching:
+        return tree_cpu(pid), {}
+    metric = batching if isinstance(batching, str) else "bentoml_service_adaptive_batch_size"
+    return tree_cpu(pid), batch_histogram(base_url, metric)
 
 
 def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict]) -> dict:
@@ -232,7 +250,7 @@ def load(url: str, concurrency: int, seconds: float, images: list[Path]) -> dict
 
 
 def measured_load(base: str, pid: int, concurrency: int, seconds: float, images: list[Path],
-                  raw: dict, batching: bool) -> dict:
+                  raw: dict, batching: bool | str) -> dict:
     """One load run with the server's CPU and batches around it."""
     before = snapshot(base, pid, batching)
     result = load(f"{base}/classify", concurrency, seconds, images)
