@@ -127,6 +127,9 @@ class PredictionLog:
 
     def run(self) -> None:
         """The thread: gather rows, write a part when full or old enough."""
+        # pyarrow imports pandas the first time it builds a table (0.2 s of CPU or more): at
+        # start, not while the first part's requests are being served.
+        parquet([], LOG_SCHEMA)
         rows: list[dict] = []
         first = 0.0
         tick = min(TICK_SECONDS, self.settings.part_seconds)
