@@ -1,9 +1,10 @@
 """The prediction log's writer: rows from the HTTP workers, Parquet parts from a thread.
 
-A request only puts one item on a bounded queue (never waiting: when it is full the rows
-are dropped and counted); a background thread turns items into rows and writes a part every
-`part_rows` rows or `part_seconds` seconds, then evicts the oldest files over the size bound.
-A crash loses the rows not yet in a part; SIGTERM writes them (close()).
+A request only appends one item to a bounded list (never waiting: when it is full the rows
+are dropped and counted); a background thread wakes a few times a second, turns the items
+into rows and writes a part every `part_rows` rows or `part_seconds` seconds, then evicts the
+oldest files over the size bound. A crash loses the rows not yet in a part; SIGTERM writes
+them (close()).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import io
 import itertools
 import logging
 import os
-import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,10 @@ from service.logstore import open_store
 log = logging.getLogger("openimager.service")
 QUEUE_ITEMS = 10_000  # requests waiting for the writer thread
 RECENT_IDS = 100_000  # request ids remembered for /feedback without reading the log
-STOP = object()
+# The writer wakes this often instead of at each request: a wake-up per request took the GIL
+# from the event loop and decode threads hundreds of times a second.
+TICK_SECONDS = 0.5
+INLINE_BYTES = 256 * 1024  # uploads up to this size are described in the event loop
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,9 @@ class PredictionLog:
     def __init__(self, settings: PredictionLogging) -> None:
         self.settings = settings
         self.store = open_store(settings.directory) if settings.enabled else None
-        self.queue: queue.Queue = queue.Queue(QUEUE_ITEMS)
+        # deque.append and popleft are atomic: the request side takes no lock.
+        self.pending: deque[Answered] = deque()
+        self._stop = threading.Event()
         self.recent: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
         self.dropped = 0  # rows lost to a full queue
         self.failed = 0  # rows lost to failed writes
@@ -108,40 +113,41 @@ class PredictionLog:
             self.recent[request_id] = (item.model, item.classes)
         while len(self.recent) > RECENT_IDS:
             self.recent.popitem(last=False)
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
+        if len(self.pending) >= QUEUE_ITEMS:
             self.dropped += len(item.request_ids)
+        else:
+            self.pending.append(item)
 
     def close(self, timeout: float = 30) -> None:
         """Write what is queued and stop the thread."""
         if self._thread is not None:
-            self.queue.put(STOP)  # may wait for room: shutdown only
+            self._stop.set()
             self._thread.join(timeout)
             self._thread = None
 
     def run(self) -> None:
         """The thread: gather rows, write a part when full or old enough."""
+        # pyarrow imports pandas the first time it builds a table (0.2 s of CPU or more): at
+        # start, not while the first part's requests are being served.
+        parquet([], LOG_SCHEMA)
         rows: list[dict] = []
         first = 0.0
+        tick = min(TICK_SECONDS, self.settings.part_seconds)
         while True:
-            wait = None if not rows else max(0.0, first + self.settings.part_seconds
-                                             - time.monotonic())
-            try:
-                item = self.queue.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if item is STOP:
-                self.flush(rows)
-                return
-            if item is not None:
+            stopping = self._stop.wait(tick)
+            while self.pending:
+                item = self.pending.popleft()
                 if not rows:
                     first = time.monotonic()
                 rows += self.rows(item)
-            if rows and (len(rows) >= self.settings.part_rows
-                         or time.monotonic() - first >= self.settings.part_seconds):
+                if len(rows) >= self.settings.part_rows:
+                    self.flush(rows)
+                    rows = []
+            if stopping or (rows and time.monotonic() - first >= self.settings.part_seconds):
                 self.flush(rows)
                 rows = []
+            if stopping:
+                return
 
     def rows(self, item: Answered) -> list[dict]:
         """One row per image; kept uploads are stored here, beside the log."""
@@ -228,6 +234,15 @@ def parquet(rows: list[dict], schema: pa.Schema) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema), buffer)
     return buffer.getvalue()
+
+
+def small_uploads(paths: list[Path]) -> bool:
+    """Whether uploads are small enough to hash and describe without leaving the event loop
+    (a thread hop costs more than hashing a few hundred kB)."""
+    try:
+        return sum(path.stat().st_size for path in paths) <= INLINE_BYTES
+    except OSError:
+        return False
 
 
 def describe_all(paths: list[Path], sample_rate: float) -> list[Upload] | None:

@@ -42,7 +42,7 @@ with bentoml.importing():
 
     from model.predict import top_k
     from service.images import BadImage, Lanes, prepare_all
-    from service.predlog import Answered, PredictionLog, describe_all
+    from service.predlog import Answered, PredictionLog, describe_all, small_uploads
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
@@ -176,10 +176,6 @@ class Classifier:
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
         """Top labels per image, or ([], error body) with ctx's status set to the 4xx; the
         answer's request ids in extra["request_ids"]."""
-        # Hashing for the log runs beside the decode, in a thread of its own.
-        uploads = asyncio.ensure_future(asyncio.to_thread(
-            describe_all, paths, self.predlog.settings.sample_rate)) \
-            if self.predlog.enabled else None
         try:
             pixels = await self.prepared(paths)
         except BadImage as error:
@@ -203,12 +199,19 @@ class Classifier:
         seconds = time.perf_counter() - start
         ids = [uuid.uuid4().hex for _ in paths]
         ctx.response.headers["X-Request-ID"] = ids[0]
-        if uploads is not None and (described := await uploads) is not None:
+        if self.predlog.enabled and (described := await self.described(paths)) is not None:
             classes = self._classes.setdefault(info["tag"], tuple(names))
             endpoint = "classify_batch" if ctx.request.url.path.endswith("_batch") else "classify"
             self.predlog.add(Answered(datetime.now(UTC), endpoint, ids, described, info["tag"],
                                       classes, probs, seconds * 1000))
         return labels, {"model": info["tag"], "seconds": round(seconds, 4), "request_ids": ids}
+
+    async def described(self, paths: list[Path]) -> list | None:
+        """The log's view of answered uploads (hash, header, sampled bytes)."""
+        rate = self.predlog.settings.sample_rate
+        if small_uploads(paths):
+            return describe_all(paths, rate)
+        return await asyncio.to_thread(describe_all, paths, rate)
 
     @bentoml.api(route="/classify")
     async def classify(

@@ -99,7 +99,7 @@ def test_a_full_queue_drops_rows_without_waiting(tmp_path, monkeypatch):
     item = describe(upload(tmp_path), 0)
     for _ in range(4):
         log.add(answered([item, item]))
-    assert log.dropped == 4 and log.queue.qsize() == 2
+    assert log.dropped == 4 and len(log.pending) == 2
 
 
 def test_logging_off_writes_nothing(tmp_path):
@@ -166,3 +166,13 @@ def test_the_folder_defaults_under_the_workspace(monkeypatch):
     assert PredictionLogging.from_env().directory == "/data/ws/predictions"
     monkeypatch.setenv("OPENIMAGER_PREDICTION_LOG", "false")
     assert not PredictionLogging.from_env().enabled
+
+
+def test_small_uploads_are_described_in_place_and_large_or_missing_ones_in_a_thread(tmp_path):
+    small = upload(tmp_path)
+    large = tmp_path / "large.bin"
+    large.write_bytes(b"\0" * (predlog_module.INLINE_BYTES + 1))
+    assert predlog_module.small_uploads([small, small])
+    assert not predlog_module.small_uploads([small, large])
+    assert not predlog_module.small_uploads([tmp_path / "gone.png"])
+    assert predlog_module.describe_all([tmp_path / "gone.png"], 0) is None
