@@ -24,7 +24,8 @@ SAMPLE = ROOT / "data" / "sample"
 REGISTRY_BUCKET = "test-registry"
 # Tests that use these start a server in a child process or build data: integration tests,
 # whatever their module says, so `make test-fast` leaves them out.
-SERVER_FIXTURES = {"local_s3", "registry_env", "sample_workspace", "classifier_server"}
+SERVER_FIXTURES = {"local_s3", "registry_env", "sample_workspace", "classifier_server",
+                   "harness", "prefect_api"}
 # Modules whose tests start servers or child runs in their own bodies, where no fixture tells;
 # and every benchmark's quick run (test_benchmarks_*.py), a child process doing real work.
 INTEGRATION_MODULES = {"test_bundle.py", "test_download_resume.py"}
@@ -38,7 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(LOCAL_CREDENTIALS)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    stores = tempfile.mkdtemp(prefix=f"openimager-test-{worker}-")
+    remove_stores_of_dead_processes()
+    stores = tempfile.mkdtemp(prefix=f"openimager-test-{worker}-{os.getpid()}-")
     _STORES.append(stores)
     os.environ["BENTOML_HOME"] = f"{stores}/bentoml"
     # quilt3 caches manifests by top hash under the user data folder: keep tests apart.
@@ -51,6 +53,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in list(os.environ):
         if name.startswith("OPENIMAGER_") or name.startswith("AWS_ENDPOINT_URL"):
             del os.environ[name]
+
+
+def remove_stores_of_dead_processes() -> None:
+    """Remove the stores of test processes that were killed before their unconfigure ran."""
+    for folder in Path(tempfile.gettempdir()).glob("openimager-test-*-*-*"):
+        pid = folder.name.split("-")[3]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -92,6 +108,27 @@ def registry_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the standard AWS configuration (as quilt3 reads it) at the local server."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
     return f"s3://{REGISTRY_BUCKET}"
+
+
+@pytest.fixture(scope="session")
+def harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary database, its server on a free port) for the flows
+    this process runs: one per worker, started by the first test that asks, as every start
+    pays for a database migration and a server's imports."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api(harness: None) -> str:
+    """The API URL of the harness's server, for `python -m flows` runs in child processes:
+    given it as PREFECT_API_URL, a run skips starting a server of its own (a database
+    migration and a server's imports each)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("keras")
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# find_spec, not importorskip: importing Keras at collection costs every worker seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("keras") is None,
+                                 reason="keras is not installed")]
 
 
 def test_quick_benchmark_prints_every_case(sample_workspace, capsys):

@@ -4,7 +4,6 @@ chunk that fails is recorded, not fatal."""
 import os
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.crop_flow import chunk_runner
 from flows.fanout import CHUNKS
@@ -14,12 +13,6 @@ from flows.settings import Settings
 from tests.test_cropjobs import manifest, selection
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def crop(settings, tmp_path, count, runner=None):

@@ -67,10 +67,9 @@ def test_a_drop_of_more_than_half_and_split_leakage_fail(sample_workspace):
 
 @pytest.mark.integration
 def test_the_retrain_flow_stops_before_training_on_an_anomaly(sample_workspace, mirror,
-                                                              local_s3, tmp_path,
+                                                              local_s3, harness, tmp_path,
                                                               monkeypatch):
     import bentoml
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.cli_errors import BAD_INPUT, expected
     from flows.model_store import promote
@@ -88,8 +87,7 @@ def test_the_retrain_flow_stops_before_training_on_an_anomaly(sample_workspace, 
     options = dict(classes=["Hamburger", "Sandwich", "Car"], workspace=str(workspace),
                    metadata_url=mirror.url, image_endpoint_url=local_s3.endpoint_url,
                    architecture="seed-cnn", epochs=1, image_size=32)
-    with (prefect_test_harness(server_startup_timeout=120),
-          pytest.raises(DataAnomaly, match="crops of Car") as raised):
+    with pytest.raises(DataAnomaly, match="crops of Car") as raised:
         retrain(**options)
     assert expected(raised.value).code == BAD_INPUT
     report = json.loads((workspace / "summaries" / "datachecks.json").read_text())

@@ -6,7 +6,6 @@ import os
 from dataclasses import replace
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.download_flow import CHUNKS, chunk_runner
 from flows.openimages import manifest as mf
@@ -17,12 +16,6 @@ from tests.downloadkit import catalog, image_id, image_table, jpeg
 from tests.imageserver import Faults, ImageServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def run(settings: Settings, count: int) -> tuple[list[dict], object]:

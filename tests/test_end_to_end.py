@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import quilt3
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.demo import report, run_demo
 from flows.publishing.registries import opened
@@ -15,10 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, local_s3):
+def demo(tmp_path_factory, local_s3, harness):
     workspace = tmp_path_factory.mktemp("demo")
-    with prefect_test_harness(server_startup_timeout=120):
-        result = run_demo(workspace, epochs=3, image_size=48, s3=local_s3)
+    result = run_demo(workspace, epochs=3, image_size=48, s3=local_s3)
     return workspace, result
 
 

@@ -4,15 +4,8 @@ of a failed retrain resumes instead of starting over."""
 from __future__ import annotations
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_a_misspelt_class_fails_at_once_with_suggestions_and_no_retry(harness, mirror,

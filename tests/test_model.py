@@ -1,5 +1,6 @@
 """The Keras side: input pipeline, model behaviour, a tiny real training run and its metrics."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -10,7 +11,9 @@ from PIL import Image
 from model.evaluate import classification_metrics
 from model.predict import probabilities, top_k
 
-keras = pytest.importorskip("keras")
+# find_spec, not importorskip: importing Keras at collection costs every worker seconds.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None,
+                                reason="keras is not installed")
 
 
 def make_crops(root, classes=("Circle", "Square"), per_class=24, seed=0) -> pd.DataFrame:
@@ -122,6 +125,8 @@ def test_tiny_training_run_saves_model_and_held_out_metrics(tmp_path):
     assert metrics["test_examples"] == int((table.Split == "test").sum())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert result.class_names == ["Circle", "Square"]
+    import keras
+
     reloaded = keras.saving.load_model(result.model_path, compile=False)
     pixels = np.asarray(Image.open(tmp_path / "crops" / table.CropPath[0]))[None]
     assert reloaded.predict(pixels, verbose=0).shape == (1, 1)

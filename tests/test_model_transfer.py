@@ -1,15 +1,19 @@
 """The transfer model: Keras Applications backbones without downloads (weights none or local)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from test_model import make_crops
 
-keras = pytest.importorskip("keras")
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("keras") is None,
+                                 reason="keras is not installed")]
 
 
 def test_backbones_take_raw_pixels_and_rescale_them_once():
+    import keras
+
     from model.architectures import transfer
 
     for name in ("MobileNetV3Small", "EfficientNetB0"):
@@ -38,6 +42,8 @@ def test_weights_none_and_bad_inputs():
 
 
 def test_transfer_training_from_scratch(tmp_path):
+    import keras
+
     from model.train import TrainConfig, train
 
     table = make_crops(tmp_path / "crops", per_class=12)
@@ -50,6 +56,8 @@ def test_transfer_training_from_scratch(tmp_path):
 
 
 def test_local_weights_file_loads_then_fine_tunes(tmp_path):
+    import keras
+
     from model.architectures import transfer
     from model.train import TrainConfig, train
 

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,25 +305,6 @@ def assert_invariant(record: dict | None, newest: tuple[str, dict] | None,
     assert marker["replaces"] == record["tag"]
 
 
-@contextmanager
-def prefect_server(home: Path, env: dict[str, str]) -> Iterator[str]:
-    """A Prefect server on a free loopback port, as a worker's runs have; yields its API URL.
-    One server for every run of the loop instead of an ephemeral one started by each."""
-    from flows.servers.local import free_port, stop_group, wait_http
-
-    port = free_port()
-    with (home / "server.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**env, "PREFECT_SERVER_UI_ENABLED": "false"}, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/health", timeout=300, process=process)
-        yield f"http://127.0.0.1:{port}/api"
-    finally:
-        stop_group(process)
-
-
 # Runs on one seed (one new model) killed at these boundaries in turn, then a rerun: the kills
 # before training share one rerun, as each run already gets past where the one before it died.
 KILLS = ((1, ("refresh", "build")), (2, ("train",)), (3, ("publish",)))
@@ -333,7 +312,8 @@ KILLS = ((1, ("refresh", "build")), (2, ("train",)), (3, ("publish",)))
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mirror):
+def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mirror,
+                                                        prefect_api):
     logs = tmp_path / "logs"
     logs.mkdir()
     home = tmp_path / "prefect-home"
@@ -343,14 +323,15 @@ def test_the_promotion_follows_the_publish_through_kills(tmp_path, local_s3, mir
     env.update(PREFECT_HOME=str(home), OPENIMAGER_MODEL_NAME=MODEL,
                OPENIMAGER_IMAGE_SIZE="32", OPENIMAGER_BATCH_SIZE="32",
                OPENIMAGER_CROP_WORKERS="1")
-    with prefect_server(home, env) as api:
-        env["PREFECT_API_URL"] = api
-        loop = Loop(tmp_path / "workspace", env, [
-            "--workspace", str(tmp_path / "workspace"), "--metadata-url", mirror.url,
-            "--image-endpoint-url", local_s3.endpoint_url, "--classes", "Hamburger",
-            "Sandwich", "--max-images-per-class", "15", "--epochs", "1", "--architecture",
-            "seed-cnn", "--registry", "embedded", "--package-name", PACKAGE], logs)
-        run_the_loop(loop)
+    # One Prefect server for every run of the loop, as a worker's runs have, instead of a
+    # local one started by each.
+    env["PREFECT_API_URL"] = prefect_api
+    loop = Loop(tmp_path / "workspace", env, [
+        "--workspace", str(tmp_path / "workspace"), "--metadata-url", mirror.url,
+        "--image-endpoint-url", local_s3.endpoint_url, "--classes", "Hamburger",
+        "Sandwich", "--max-images-per-class", "15", "--epochs", "1", "--architecture",
+        "seed-cnn", "--registry", "embedded", "--package-name", PACKAGE], logs)
+    run_the_loop(loop)
 
 
 def run_the_loop(loop: Loop) -> None:

@@ -6,19 +6,12 @@ import shutil
 
 import pytest
 import requests
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.openimages.csvread import MetadataError
 from flows.servers.mirror import StaticHTTP
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture
