@@ -37,6 +37,11 @@ class Metadata:
     stamps: dict[tuple[str, str], Stamp] = field(default_factory=dict)
 
     @property
+    def indexed(self) -> bool:
+        """Whether images() reads only the rows asked for (the cache), not a whole CSV."""
+        return self.use_cache
+
+    @property
     def official(self) -> bool:
         return self.base_url.rstrip("/") == OFFICIAL_URL
 
