@@ -226,3 +226,57 @@ def test_a_selection_that_fails_midway_leaves_no_file(onto, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_selection(broken(), tmp_path / "selection.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+class IndexedSource(FakeSource):
+    """A source whose image lookups are cheap, as the cache's are: asked once per batch."""
+
+    indexed = True
+
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.lookups = []
+
+    def images(self, ids):
+        self.lookups.append(len(ids))
+        return super().images(ids)
+
+
+def test_an_indexed_source_is_asked_for_the_images_of_one_batch_at_a_time(onto):
+    rows = [{"ImageID": img(i % 97), "LabelName": [CAR, HAMBURGER][i % 2],
+             "XMin": (i % 50) / 100} for i in range(1000)]
+    whole = select_table(FakeSource(rows), onto, ["Car", "Hamburger"], Filters())
+    source = IndexedSource(rows)
+    batches = list(select_batches(source, onto, ["Car", "Hamburger"], Filters(), rows=100))
+    assert pa.Table.from_batches(batches).equals(whole)
+    assert len(source.lookups) == 10 and max(source.lookups) < 97
+
+
+def test_boxes_with_stored_ids_in_any_order_make_the_same_selection(onto):
+    rows = [{"ImageID": img(i % 31), "LabelName": [CAR, HAMBURGER][i % 2],
+             "XMin": (i % 50) / 100} for i in range(300)]
+    plain = FakeSource(rows)
+    stored = FakeSource(rows)
+    table = stored.table.append_column("BoxKey", pa.array(
+        [int(b, 16) for b in box_ids(stored.table).to_pylist()], pa.uint64()))
+    stored.table = table.take(pa.array(np.random.default_rng(0).permutation(300)))
+    assert select_table(stored, onto, ["Car", "Hamburger"], Filters()).equals(
+        select_table(plain, onto, ["Car", "Hamburger"], Filters()))
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_counts_per_class_agree_with_pandas(tmp_path, shuffled):
+    from flows.selection import counts, distinct_images
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"ImageID": [img(i) for i in np.sort(rng.integers(0, 300, 2000))],
+                          "Class": rng.choice(["Car", "Hamburger", "Sandwich"], 2000)})
+    frame["ClassMID"] = frame.Class.map({"Car": CAR, "Hamburger": HAMBURGER,
+                                         "Sandwich": SANDWICH})
+    if shuffled:
+        frame = frame.sample(frac=1, random_state=0)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "s.parquet")
+    want = frame.groupby(["Class", "ClassMID"]).agg(
+        boxes=("ImageID", "size"), images=("ImageID", "nunique")).reset_index()
+    assert counts(tmp_path / "s.parquet").to_pandas().equals(want)
+    assert distinct_images(tmp_path / "s.parquet") == frame.ImageID.nunique()
