@@ -1,5 +1,6 @@
 """The columnar cache: same rows as the CSVs, laid out so few classes read little, kept fresh."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -167,3 +168,23 @@ def test_a_build_in_many_small_passes_writes_the_same_cache(box_csv, tmp_path, m
             for n in "ab"]
     assert read[1].equals(read[0]) and read[0]["Key"].to_pylist() == sorted(
         int(i, 16) for i in ids)
+
+
+def test_image_rows_come_one_per_box_in_order_with_nulls_for_unknown_images(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(cache, "ROW_GROUP", 100)  # thirty mapped batches
+    ids = sorted(f"{(i * 2654435761) % 2**64:016x}" for i in range(1, 3001))
+    csv = write_images(tmp_path / "images.csv", ids)
+    dest = tmp_path / "images.arrow"
+    cache.build_image_cache(csv, stamp_of(csv), dest)
+    known = image_keys(pa.array(ids))
+    # Repeats (boxes of one image), unknown keys before, between and after the batches.
+    ends = np.array([0, 2**64 - 1], dtype=np.uint64)
+    wanted = np.sort(np.concatenate([known[::7], known[::7], known[1500:1700], ends,
+                                     known[[99, 100, 2000]] + np.uint64(1)]))
+    got = cache.image_rows_from_cache(dest, wanted)
+    by_id = {r["ImageID"]: r for r in read_images(csv, pa.array(ids)).to_pylist()}
+    want = [by_id.get(f"{k:016x}") for k in wanted.tolist()]
+    assert got.num_rows == len(wanted) and sum(w is None for w in want) == 5
+    assert got.to_pylist() == [w or dict.fromkeys(got.column_names) for w in want]
+    assert cache.image_rows_from_cache(dest, np.zeros(0, np.uint64)).num_rows == 0

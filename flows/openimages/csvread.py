@@ -257,7 +257,9 @@ _HEX[np.frombuffer(b"0123456789abcdefABCDEF", np.uint8)] = [*range(16), *range(1
 def image_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """ImageIDs (16 hex digits) as uint64 keys, vectorised; other ids raise MetadataError."""
     if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+        if ids.num_chunks > 1:  # chunk by chunk: no copy of the strings, small temporaries
+            return np.concatenate([image_keys(chunk) for chunk in ids.chunks])
+        ids = ids.chunk(0) if ids.num_chunks else pa.array([], pa.string())
     ids = ids.cast(pa.string())
     if len(ids) == 0:
         return np.zeros(0, dtype=np.uint64)

@@ -43,9 +43,10 @@ class Source(Protocol):
     """Where boxes and image info come from (the cache, or the CSVs streamed).
 
     boxes() may add a BoxKey column (see flows.openimages.boxid); it is computed when absent.
-    A source whose images() reads only the rows asked for (the cache) says so with a true
-    `indexed` attribute: its images are then looked up a batch of boxes at a time, so the info
-    of a big class's million images is never held at once.
+    A source whose lookups read only the rows asked for (the cache) says so with a true
+    `indexed` attribute and has image_rows(keys): the info of each box's image, given the
+    boxes' image keys (sorted), in their order, null where unknown. It is then asked a batch
+    of boxes at a time, so the info of a big class's million images is never held at once.
     """
 
     def boxes(self, mids: list[str]) -> dict[str, pa.Table]: ...
@@ -194,8 +195,8 @@ def _in_order(image: np.ndarray, box: np.ndarray) -> bool:
 
 
 def select_batches(source: Source, ontology: Ontology, classes: list[str], filters: Filters,
-                   rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The selection in batches of up to rows boxes: one row per selected box with its class
+                   rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """The selection in tables of up to rows boxes: one row per selected box with its class
     and its image's info, sorted by ImageID and BoxID; raises EmptySelection.
 
     The image info, repeated for every box of an image, is most of a selection's size, so it
@@ -221,30 +222,30 @@ def select_batches(source: Source, ontology: Ontology, classes: list[str], filte
         order = np.lexsort((numbers, image))
         boxes, image = boxes.take(pa.array(order)), image[order]
     indexed = getattr(source, "indexed", False)
-
-    def info_of(ids: pa.ChunkedArray) -> tuple[pa.Table, np.ndarray]:
-        return _unique_info(source.images(pc.unique(ids)).select(IMAGE_INFO))
-
     if not indexed:  # one lookup: each one may scan a whole CSV
-        info, keys = info_of(boxes["ImageID"])
+        info, keys = _unique_info(source.images(pc.unique(boxes["ImageID"])).select(IMAGE_INFO))
     for start in range(0, boxes.num_rows, rows):
         part = boxes.slice(start, rows)
-        if indexed:
-            info, keys = info_of(part["ImageID"])
         box_id = box_id_text(part[BOX_KEY].to_numpy())
         part = part.drop_columns([BOX_KEY])
         class_mid = class_mids(part["LabelName"])
         part = (part.append_column("ClassMID", class_mid)
                 .append_column("Class", _lookup(class_mid, names))
                 .append_column("LabelDisplayName", _lookup(part["LabelName"], names)))
-        part = _join_info(part, image[start:start + rows], info, keys)
-        yield from part.append_column("BoxID", box_id).to_batches()
+        if indexed:
+            found = source.image_rows(image[start:start + rows])
+            for name in IMAGE_INFO[1:]:
+                part = part.append_column(name, found[name])
+        else:
+            part = _join_info(part, image[start:start + rows], info, keys)
+        # A table, not record batches: its columns come in chunks that need not line up.
+        yield part.append_column("BoxID", box_id)
 
 
 def select_table(source: Source, ontology: Ontology, classes: list[str],
                  filters: Filters) -> pa.Table:
     """The whole selection as one table (see select_batches)."""
-    return pa.Table.from_batches(list(select_batches(source, ontology, classes, filters)))
+    return pa.concat_tables(select_batches(source, ontology, classes, filters))
 
 
 def select_boxes(source: Source, ontology: Ontology, classes: list[str],
@@ -254,21 +255,21 @@ def select_boxes(source: Source, ontology: Ontology, classes: list[str],
 
 
 # Columns of few distinct values (or repeated over an image's boxes) are dictionary-encoded;
-# the rest skip the attempt, and the statistics, which cost more than they save.
+# the rest skip the attempt; statistics are left out: no reader of a selection uses them,
+# and both cost a fifth of the write of a big class.
 DICTIONARY = ["ImageID", "Subset", "Source", "LabelName", "ClassMID", "Class",
               "LabelDisplayName", "License"]
 
 
-def write_selection(batches: Iterable[pa.RecordBatch], dest: Path) -> int:
+def write_selection(batches: Iterable[pa.Table | pa.RecordBatch], dest: Path) -> int:
     """Write a selection's batches to a Parquet file atomically, one at a time; return rows."""
     rows, writer = 0, None
     with atomic_path(dest) as tmp:
         try:
             for batch in batches:
                 writer = writer or pq.ParquetWriter(
-                    tmp, batch.schema, compression="zstd", use_dictionary=DICTIONARY,
-                    write_statistics=["ImageID", "Class"])
-                writer.write_batch(batch)
+                    tmp, batch.schema, use_dictionary=DICTIONARY, write_statistics=False)
+                writer.write(batch, row_group_size=max(batch.num_rows, 1))
                 rows += batch.num_rows
         finally:
             if writer is not None:
