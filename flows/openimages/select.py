@@ -221,6 +221,11 @@ def select_batches(source: Source, ontology: Ontology, classes: list[str], filte
     if not _in_order(image, numbers):
         order = np.lexsort((numbers, image))
         boxes, image = boxes.take(pa.array(order)), image[order]
+    labels = pa.array(sorted(mapping), pa.string())
+    label_class = pa.array([mapping[m] for m in labels.to_pylist()], pa.string())
+    label_name = pa.array([names[m] for m in labels.to_pylist()], pa.string())
+    label_class_name = pa.array(
+        [names[mapping[m] if filters.relabel else m] for m in labels.to_pylist()], pa.string())
     indexed = getattr(source, "indexed", False)
     if not indexed:  # one lookup: each one may scan a whole CSV
         info, keys = _unique_info(source.images(pc.unique(boxes["ImageID"])).select(IMAGE_INFO))
@@ -228,10 +233,12 @@ def select_batches(source: Source, ontology: Ontology, classes: list[str], filte
         part = boxes.slice(start, rows)
         box_id = box_id_text(part[BOX_KEY].to_numpy())
         part = part.drop_columns([BOX_KEY])
-        class_mid = class_mids(part["LabelName"])
+        # One hash lookup per box for the three label columns, then takes from small arrays.
+        at = pc.index_in(part["LabelName"], value_set=labels)
+        class_mid = pc.take(label_class, at) if filters.relabel else part["LabelName"]
         part = (part.append_column("ClassMID", class_mid)
-                .append_column("Class", _lookup(class_mid, names))
-                .append_column("LabelDisplayName", _lookup(part["LabelName"], names)))
+                .append_column("Class", pc.take(label_class_name, at))
+                .append_column("LabelDisplayName", pc.take(label_name, at)))
         if indexed:
             found = source.image_rows(image[start:start + rows])
             for name in IMAGE_INFO[1:]:
@@ -254,11 +261,12 @@ def select_boxes(source: Source, ontology: Ontology, classes: list[str],
     return select_table(source, ontology, classes, filters).to_pandas()
 
 
-# Columns of few distinct values (or repeated over an image's boxes) are dictionary-encoded;
+# Columns of few distinct values are dictionary-encoded (ImageID's dictionary outgrows its
+# page and falls back to plain values: the attempt was a tenth of the write);
 # the rest skip the attempt; statistics are left out: no reader of a selection uses them,
 # and both cost a fifth of the write of a big class.
-DICTIONARY = ["ImageID", "Subset", "Source", "LabelName", "ClassMID", "Class",
-              "LabelDisplayName", "License"]
+DICTIONARY = ["Subset", "Source", "LabelName", "ClassMID", "Class", "LabelDisplayName",
+              "License"]
 
 
 def write_selection(batches: Iterable[pa.Table | pa.RecordBatch], dest: Path) -> int:
