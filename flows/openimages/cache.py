@@ -297,6 +297,8 @@ def image_rows_from_cache(cache: Path, keys: np.ndarray) -> pa.Table:
         with pa.memory_map(str(cache)) as source:
             batch = pa.ipc.open_file(source).get_batch(i)
             found = batch["Key"].to_numpy()
+            if not len(found):
+                continue
             start = done + int(np.searchsorted(keys[done:], found[0], side="left"))
             stop = done + int(np.searchsorted(keys[done:], found[-1], side="right"))
             missing(start - done)
