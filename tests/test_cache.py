@@ -188,3 +188,22 @@ def test_image_rows_come_one_per_box_in_order_with_nulls_for_unknown_images(tmp_
     assert got.num_rows == len(wanted) and sum(w is None for w in want) == 5
     assert got.to_pylist() == [w or dict.fromkeys(got.column_names) for w in want]
     assert cache.image_rows_from_cache(dest, np.zeros(0, np.uint64)).num_rows == 0
+
+
+@pytest.mark.parametrize("block", [37, 4096])
+def test_byte_scans_agree_with_a_full_parse_whatever_the_block_size(tmp_path, monkeypatch,
+                                                                     block):
+    # 37 bytes: shorter than every line, so the reused buffer grows and carries lines over.
+    monkeypatch.setattr(csvread, "SCAN_BLOCK", block)
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(300)]
+    images = write_images(tmp_path / "images.csv", ids)
+    images.write_text(images.read_text().rstrip("\n"))  # no newline after the last line
+    wanted = pa.array([ids[0], ids[150], ids[299]])
+    parsed = pa.Table.from_batches(list(stream(images, IMAGE_COLUMNS, IMAGE_TYPES)))
+    assert read_images(images, wanted).sort_by("ImageID").equals(
+        parsed.filter(pc.is_in(parsed["ImageID"], value_set=wanted)).sort_by("ImageID"))
+    boxes = write_boxes(tmp_path / "boxes.csv", [box_row(i, LABELS[n % 7])
+                                                 for n, i in enumerate(ids)])
+    found, _ = read_boxes(boxes, ["/m/a1", "/m/b0"])
+    assert sorted(found["ImageID"].to_pylist()) == sorted(
+        i for n, i in enumerate(ids) if LABELS[n % 7] in ("/m/a1", "/m/b0"))
