@@ -139,13 +139,13 @@ def require(settings: object, relative: str, stage: str) -> None:
 
 def select_command(settings: object) -> int:
     """Select and print the boxes and images per class; pandas is not loaded."""
-    from flows.selection import counts, distinct_images, select_to_file
+    from flows.selection import Tally, select_to_file
 
     with step("select") as said:
-        selection = select_to_file(settings)
-        table = counts(selection)
-        said["note"] = (f"{sum(table['boxes'].to_pylist())} boxes on "
-                        f"{distinct_images(selection)} images")
+        tally = Tally()
+        selection = select_to_file(settings, tally)
+        table = tally.table()
+        said["note"] = f"{sum(tally.boxes.values())} boxes on {tally.distinct_images} images"
     width = max(len("Class"), *(len(name) for name in table["Class"].to_pylist()))
     print(f"{'Class':<{width}}  ClassMID    boxes  images")
     for row in table.to_pylist():

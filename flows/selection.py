@@ -3,11 +3,15 @@ selection costs its work plus pyarrow, not the import of every stage."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from flows.openimages.csvread import image_keys
 from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
 from flows.openimages.releases import KINDS
@@ -50,28 +54,66 @@ def validate_classes(settings: Settings) -> list[str]:
     return [onto.resolve(name) for name in settings.classes]
 
 
-def select_to_file(settings: Settings) -> Path:
+def select_to_file(settings: Settings, tally: Tally | None = None) -> Path:
     """Select the boxes of the requested classes into <workspace>/selection.parquet, a batch
-    at a time; class names are resolved first, from the two small class files, so a misspelt
-    name fails before the box and image files (gigabytes upstream) are fetched."""
+    at a time, counted by tally if given; class names are resolved first, from the two small
+    class files, so a misspelt name fails before the box and image files (gigabytes upstream)
+    are fetched."""
     validate_classes(settings)
     store = metadata(settings)
     dest = settings.workspace / "selection.parquet"
-    write_selection(select_batches(store, store.ontology(), settings.classes,
-                                   filters(settings)), dest)
+    tables = select_batches(store, store.ontology(), settings.classes, filters(settings))
+    write_selection(tally.count(tables) if tally else tables, dest)
     return dest
 
 
-def counts(selection: Path) -> pa.Table:
-    """Boxes and images per class of a selection file (Class, ClassMID, boxes, images)."""
-    table = pq.read_table(selection, columns=["Class", "ClassMID", "ImageID"])
-    grouped = table.group_by(["Class", "ClassMID"]).aggregate(
-        [("ImageID", "count"), ("ImageID", "count_distinct")])
-    return grouped.rename_columns(["Class", "ClassMID", "boxes", "images"]).sort_by("Class")
+class Tally:
+    """Boxes and images per class of a selection, counted from its tables as they are
+    written (sorted by ImageID, as select_batches yields them) rather than read back."""
 
+    def __init__(self) -> None:
+        self.boxes: Counter[str] = Counter()
+        self.images: Counter[str] = Counter()
+        self.mids: dict[str, str] = {}
+        self.distinct_images = 0
+        self._last: tuple[int, set[str]] = (-1, set())  # the last image seen, its classes
 
-def distinct_images(selection: Path) -> int:
-    """The images of a selection file, each counted once however many classes it shows."""
-    import pyarrow.compute as pc
+    def count(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Pass tables through, counting each."""
+        for table in tables:
+            if table.num_rows:
+                self._add(table)
+            yield table
 
-    return pc.count_distinct(pq.read_table(selection, columns=["ImageID"])["ImageID"]).as_py()
+    def _add(self, table: pa.Table) -> None:
+        keys = image_keys(table["ImageID"])
+        classes = pc.dictionary_encode(table["Class"].combine_chunks())
+        names, code = classes.dictionary.to_pylist(), classes.indices.to_numpy().astype(np.int64)
+        n = len(names)
+        rank = np.cumsum(np.r_[True, keys[1:] != keys[:-1]]) - 1
+        pairs = np.sort(rank * n + code)  # one per image and class
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
+        images = np.bincount(pairs % n, minlength=n)
+        first, last = (set(np.unique(code[keys == keys[i]]).tolist()) for i in (0, -1))
+        carried = int(keys[0]) == self._last[0]  # an image whose boxes span two tables
+        if carried:
+            self.distinct_images -= 1
+            for c in first:
+                images[c] -= names[c] in self._last[1]
+        self.distinct_images += int(rank[-1]) + 1
+        ends = {names[c] for c in last} | (self._last[1] if carried and rank[-1] == 0 else set())
+        self._last = (int(keys[-1]), ends)
+        mids = table["ClassMID"].take(pa.array(np.unique(code, return_index=True)[1])).to_pylist()
+        for name, mid, boxes, count in zip(names, mids, np.bincount(code, minlength=n).tolist(),
+                                           images.tolist(), strict=True):
+            self.mids[name] = mid
+            self.boxes[name] += boxes
+            self.images[name] += count
+
+    def table(self) -> pa.Table:
+        """Class, ClassMID, boxes, images; one row per class, sorted by class."""
+        names = sorted(self.boxes)
+        return pa.table({"Class": pa.array(names, pa.string()),
+                         "ClassMID": pa.array([self.mids[c] for c in names], pa.string()),
+                         "boxes": pa.array([self.boxes[c] for c in names], pa.int64()),
+                         "images": pa.array([self.images[c] for c in names], pa.int64())})

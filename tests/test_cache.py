@@ -1,11 +1,13 @@
 """The columnar cache: same rows as the CSVs, laid out so few classes read little, kept fresh."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from flows.openimages import cache, csvread
+from flows.openimages.boxid import box_numbers
 from flows.openimages.csvread import (
     IMAGE_COLUMNS,
     IMAGE_TYPES,
@@ -46,7 +48,10 @@ def test_box_cache_holds_the_csv_rows_sorted_by_label(box_csv, tmp_path, monkeyp
     from_cache = cache.boxes_from_cache(dest, wanted).sort_by([("ImageID", "ascending")])
     streamed, skipped = read_boxes(box_csv, wanted)
     assert skipped == 0
-    assert from_cache.equals(streamed.sort_by([("ImageID", "ascending")]))
+    streamed = streamed.sort_by([("ImageID", "ascending")])
+    assert from_cache.drop_columns(["BoxKey"]).equals(streamed)
+    # The stored box ids are the ones a selection computes from the CSV's rows.
+    assert from_cache["BoxKey"].to_pylist() == box_numbers(streamed).tolist()
     assert from_cache.schema.field("IsOccluded").type == pa.int8()
     # Selecting two labels of forty reads a handful of the forty row groups.
     meta = pq.ParquetFile(dest).metadata
@@ -163,3 +168,42 @@ def test_a_build_in_many_small_passes_writes_the_same_cache(box_csv, tmp_path, m
             for n in "ab"]
     assert read[1].equals(read[0]) and read[0]["Key"].to_pylist() == sorted(
         int(i, 16) for i in ids)
+
+
+def test_image_rows_come_one_per_box_in_order_with_nulls_for_unknown_images(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(cache, "ROW_GROUP", 100)  # thirty mapped batches
+    ids = sorted(f"{(i * 2654435761) % 2**64:016x}" for i in range(1, 3001))
+    csv = write_images(tmp_path / "images.csv", ids)
+    dest = tmp_path / "images.arrow"
+    cache.build_image_cache(csv, stamp_of(csv), dest)
+    known = image_keys(pa.array(ids))
+    # Repeats (boxes of one image), unknown keys before, between and after the batches.
+    ends = np.array([0, 2**64 - 1], dtype=np.uint64)
+    wanted = np.sort(np.concatenate([known[::7], known[::7], known[1500:1700], ends,
+                                     known[[99, 100, 2000]] + np.uint64(1)]))
+    got = cache.image_rows_from_cache(dest, wanted)
+    by_id = {r["ImageID"]: r for r in read_images(csv, pa.array(ids)).to_pylist()}
+    want = [by_id.get(f"{k:016x}") for k in wanted.tolist()]
+    assert got.num_rows == len(wanted) and sum(w is None for w in want) == 5
+    assert got.to_pylist() == [w or dict.fromkeys(got.column_names) for w in want]
+    assert cache.image_rows_from_cache(dest, np.zeros(0, np.uint64)).num_rows == 0
+
+
+@pytest.mark.parametrize("block", [37, 4096])
+def test_byte_scans_agree_with_a_full_parse_whatever_the_block_size(tmp_path, monkeypatch,
+                                                                     block):
+    # 37 bytes: shorter than every line, so the reused buffer grows and carries lines over.
+    monkeypatch.setattr(csvread, "SCAN_BLOCK", block)
+    ids = [f"{(i * 2654435761) % 2**64:016x}" for i in range(300)]
+    images = write_images(tmp_path / "images.csv", ids)
+    images.write_text(images.read_text().rstrip("\n"))  # no newline after the last line
+    wanted = pa.array([ids[0], ids[150], ids[299]])
+    parsed = pa.Table.from_batches(list(stream(images, IMAGE_COLUMNS, IMAGE_TYPES)))
+    assert read_images(images, wanted).sort_by("ImageID").equals(
+        parsed.filter(pc.is_in(parsed["ImageID"], value_set=wanted)).sort_by("ImageID"))
+    boxes = write_boxes(tmp_path / "boxes.csv", [box_row(i, LABELS[n % 7])
+                                                 for n, i in enumerate(ids)])
+    found, _ = read_boxes(boxes, ["/m/a1", "/m/b0"])
+    assert sorted(found["ImageID"].to_pylist()) == sorted(
+        i for n, i in enumerate(ids) if LABELS[n % 7] in ("/m/a1", "/m/b0"))

@@ -50,3 +50,28 @@ def test_a_second_refresh_only_asks_upstream(mirror, stores):
     mirror.faults.requests.clear()
     cached.refresh()
     assert {method for method, _, _ in mirror.faults.requests} == {"HEAD"}
+
+
+def test_a_cache_of_the_previous_format_is_rebuilt(mirror, stores, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from flows.openimages import cache
+
+    _, streamed = stores
+    store = Metadata(mirror.url, tmp_path).refresh()
+    path = store.cache_path("boxes", "train")
+    # Format 1 held no BoxKey and sorted rows by label only.
+    pq.write_table(pq.read_table(path).drop_columns(["BoxKey"]).sort_by("LabelName"), path)
+    sidecar = path.with_name(path.name + ".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": 1}))
+    old = cache.boxes_from_cache(path, ["/m/0cdn1"])  # read directly, ids are computed
+    assert old["BoxKey"].to_pylist() == cache.box_numbers(old).tolist()
+    store.refresh()
+    assert cache.cache_info(path)["format"] == cache.FORMAT == 2
+    assert "BoxKey" in pq.read_schema(path).names
+    onto = store.ontology()
+    pd.testing.assert_frame_equal(
+        select_boxes(store, onto, ["Hamburger", "Sandwich"], Filters()),
+        select_boxes(streamed, onto, ["Hamburger", "Sandwich"], Filters()))

@@ -210,7 +210,7 @@ def test_batches_of_any_size_make_the_same_selection_and_file(onto, tmp_path):
     whole = select_table(source, onto, ["Car", "Sandwich"], Filters())
     batches = list(select_batches(source, onto, ["Car", "Sandwich"], Filters(), rows=7))
     assert max(b.num_rows for b in batches) == 7
-    assert pa.Table.from_batches(batches).equals(whole)
+    assert pa.concat_tables(batches).equals(whole)
     dest = tmp_path / "selection.parquet"
     assert write_selection(iter(batches), dest) == whole.num_rows
     assert pq.read_table(dest).equals(whole)
@@ -226,3 +226,62 @@ def test_a_selection_that_fails_midway_leaves_no_file(onto, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_selection(broken(), tmp_path / "selection.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+class IndexedSource(FakeSource):
+    """A source whose image lookups are cheap, as the cache's are: asked once per batch."""
+
+    indexed = True
+
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.lookups = []
+
+    def image_rows(self, keys):
+        self.lookups.append(len(keys))
+        return super().images(pa.array([f"{k:016x}" for k in keys.tolist()]))
+
+    def images(self, ids):
+        raise AssertionError("an indexed source is asked for rows, not for all images at once")
+
+
+def test_an_indexed_source_is_asked_for_the_images_of_one_batch_at_a_time(onto):
+    rows = [{"ImageID": img(i % 97), "LabelName": [CAR, HAMBURGER][i % 2],
+             "XMin": (i % 50) / 100} for i in range(1000)]
+    whole = select_table(FakeSource(rows), onto, ["Car", "Hamburger"], Filters())
+    source = IndexedSource(rows)
+    batches = list(select_batches(source, onto, ["Car", "Hamburger"], Filters(), rows=100))
+    assert pa.concat_tables(batches).equals(whole)
+    assert source.lookups == [100] * 10  # the image keys of each batch's boxes
+
+
+def test_boxes_with_stored_ids_in_any_order_make_the_same_selection(onto):
+    rows = [{"ImageID": img(i % 31), "LabelName": [CAR, HAMBURGER][i % 2],
+             "XMin": (i % 50) / 100} for i in range(300)]
+    plain = FakeSource(rows)
+    stored = FakeSource(rows)
+    table = stored.table.append_column("BoxKey", pa.array(
+        [int(b, 16) for b in box_ids(stored.table).to_pylist()], pa.uint64()))
+    stored.table = table.take(pa.array(np.random.default_rng(0).permutation(300)))
+    assert select_table(stored, onto, ["Car", "Hamburger"], Filters()).equals(
+        select_table(plain, onto, ["Car", "Hamburger"], Filters()))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 100, 5000])
+def test_the_tally_of_a_written_selection_agrees_with_pandas(rows):
+    from flows.selection import Tally
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"ImageID": [img(i) for i in np.sort(rng.integers(0, 300, 2000))],
+                          "Class": rng.choice(["Car", "Hamburger", "Sandwich"], 2000)})
+    frame.loc[:40, "ImageID"] = img(0)  # an image whose boxes span several tables
+    frame["ClassMID"] = frame.Class.map({"Car": CAR, "Hamburger": HAMBURGER,
+                                         "Sandwich": SANDWICH})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    tally = Tally()
+    passed = list(tally.count(table.slice(i, rows) for i in range(0, len(frame), rows)))
+    assert pa.concat_tables(passed).equals(table)
+    want = frame.groupby(["Class", "ClassMID"]).agg(
+        boxes=("ImageID", "size"), images=("ImageID", "nunique")).reset_index()
+    assert tally.table().to_pandas().equals(want)
+    assert tally.distinct_images == frame.ImageID.nunique()

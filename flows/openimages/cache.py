@@ -1,7 +1,9 @@
 """The columnar metadata cache: each verified CSV converted once, laid out for fast selection.
 
-Boxes go to Parquet sorted by LabelName in small row groups (int8 flags, float32 coordinates,
-dictionary-encoded labels), so selecting a few classes reads only their row groups. Image info
+Boxes go to Parquet sorted by LabelName, then ImageID and box id, in small row groups (int8
+flags, float32 coordinates, dictionary-encoded labels), so selecting a few classes reads only
+their row groups; each box's id is computed once here and stored as its number (BoxKey), as a
+SHA-1 per box is most of what a selection of a big class would cost. Image info
 goes to an uncompressed Arrow IPC file sorted by a uint64 key of the ImageID and memory-mapped,
 so looking up scattered images touches only their rows instead of decoding whole row groups.
 A sidecar records the source's size and MD5; a changed source rebuilds the cache.
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flows.openimages.boxid import box_numbers
 from flows.openimages.csvread import (
     BOX_COLUMNS,
     BOX_TYPES,
@@ -37,7 +40,8 @@ from model.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: BoxKey stored, rows sorted by image and box within a label
+BOX_KEY = "BoxKey"
 ROW_GROUP = 65_536
 SORT_CHUNK = 262_144  # rows taken in sorted order at a time: a few row groups
 PASS_BYTES = 256 << 20  # of spooled rows sorted at a time: the build's memory is about 2x this
@@ -67,7 +71,9 @@ def _spool(csv: Path, spool: Path, columns: list[str], types: dict[str, pa.DataT
     rows = skipped = 0
     labels: Counter[str] = Counter()
     spool.parent.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([(c, types[c]) for c in columns])
+    schema = _schema(columns, types)
+    if boxes:
+        schema = schema.append(pa.field(BOX_KEY, pa.uint64()))
     name = csv.name.removesuffix(".part")
     with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, schema) as writer, progress(
             f"parsing {name} into the cache", csv.stat().st_size,
@@ -77,6 +83,7 @@ def _spool(csv: Path, spool: Path, columns: list[str], types: dict[str, pa.DataT
                 ok = valid_boxes(batch)
                 skipped += batch.num_rows - (pc.sum(ok).as_py() or 0)
                 batch = batch.filter(ok)
+                batch = batch.append_column(BOX_KEY, pa.array(box_numbers(batch)))
                 for count in pc.value_counts(batch["LabelName"]).to_pylist():
                     labels[count["values"]] += count["counts"]
             rows += batch.num_rows
@@ -141,6 +148,10 @@ def _schema(columns: list[str], types: dict[str, pa.DataType]) -> pa.Schema:
     return pa.schema([(c, types[c]) for c in columns])
 
 
+def _box_schema() -> pa.Schema:
+    return _schema(BOX_COLUMNS, BOX_TYPES).append(pa.field(BOX_KEY, pa.uint64()))
+
+
 def build_box_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = quiet) -> dict:
     """Convert a box CSV into a Parquet file sorted by LabelName; return its sidecar info.
 
@@ -153,14 +164,16 @@ def build_box_cache(csv: Path, source: Stamp, dest: Path, progress: Progress = q
         masks = [partial(_has_label, pa.array(run, pa.string())) for run in runs]
         _retire(dest)
         with atomic_path(dest) as tmp, pq.ParquetWriter(
-            tmp, _schema(BOX_COLUMNS, BOX_TYPES), compression="zstd",
+            tmp, _box_schema(), compression="zstd",
             use_dictionary=["ImageID", "Source", "LabelName"]
         ) as writer:
             for table in _passes(spool, masks):
                 labels = pc.dictionary_encode(table["LabelName"].combine_chunks())
-                # Sort the small dictionary, then the rows by their label's rank: stable.
+                # Rank the small dictionary rather than sort the rows' strings.
                 rank = np.argsort(np.argsort(labels.dictionary.to_numpy(zero_copy_only=False)))
-                order = np.argsort(rank[labels.indices.to_numpy()], kind="stable")
+                # The order a selection writes: a one-class selection needs no sort.
+                order = np.lexsort((table[BOX_KEY].to_numpy(), image_keys(table["ImageID"]),
+                                    rank[labels.indices.to_numpy()]))
                 for start in range(0, len(order), SORT_CHUNK):
                     chunk = table.take(pa.array(order[start:start + SORT_CHUNK]))
                     writer.write_table(chunk, row_group_size=ROW_GROUP)
@@ -210,7 +223,8 @@ def build_image_cache(csv: Path, source: Stamp, dest: Path, progress: Progress =
 
 
 def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
-    """The boxes of the given labels, reading only the row groups that hold them."""
+    """The boxes of the given labels with their BoxKey, reading only the row groups that hold
+    them, sorted by label, ImageID and BoxKey."""
     # The row groups are picked from their statistics by hand: pq.read_table(filters=...)
     # goes through pyarrow.dataset, which imports pandas, a second of a warm selection.
     wanted = sorted(mids)
@@ -223,9 +237,12 @@ def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
         if stats is None or not stats.has_min_max or (
                 bisect.bisect_right(wanted, stats.max) > bisect.bisect_left(wanted, stats.min)):
             groups.append(group)
-    table = parquet.read_row_groups(groups)
+    # One thread: the column decoders' threads cost more CPU than they save time.
+    table = parquet.read_row_groups(groups, use_threads=False)
     table = table.filter(pc.is_in(table["LabelName"], value_set=pa.array(wanted, pa.string())))
-    return table.cast(pa.schema([(c, BOX_TYPES[c]) for c in BOX_COLUMNS]))
+    if BOX_KEY not in table.column_names:  # a cache of format 1, read directly
+        table = table.append_column(BOX_KEY, pa.array(box_numbers(table)))
+    return table.cast(_box_schema())
 
 
 def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
@@ -254,3 +271,43 @@ def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
                 parts.append(batch.take(pa.array(hits, pa.int64())))
             del batch, keys
     return pa.Table.from_batches(parts, schema=schema).drop_columns(["Key"])
+
+
+def image_rows_from_cache(cache: Path, keys: np.ndarray) -> pa.Table:
+    """The image-info row of each of the given image keys (sorted, repeats allowed: one per
+    box), in their order; a null row where the cache has no such image.
+
+    Rows are taken once, straight from each mapped batch into the result, rather than
+    looked up per image and then repeated per box: a selection's image info is most of its
+    bytes. As in images_from_cache, each batch's map is closed before the next.
+    """
+    with pa.memory_map(str(cache)) as source:
+        reader = pa.ipc.open_file(source)
+        count, schema = reader.num_record_batches, reader.schema
+    schema = schema.remove(schema.get_field_index("Key"))
+    parts, done = [schema.empty_table()], 0
+
+    def missing(rows: int) -> None:
+        if rows:
+            parts.append(pa.table([pa.nulls(rows, f.type) for f in schema], schema=schema))
+
+    for i in range(count):
+        if done == len(keys):
+            break
+        with pa.memory_map(str(cache)) as source:
+            batch = pa.ipc.open_file(source).get_batch(i)
+            found = batch["Key"].to_numpy()
+            if not len(found):
+                continue
+            start = done + int(np.searchsorted(keys[done:], found[0], side="left"))
+            stop = done + int(np.searchsorted(keys[done:], found[-1], side="right"))
+            missing(start - done)
+            if stop > start:
+                at = np.minimum(np.searchsorted(found, keys[start:stop]), len(found) - 1)
+                hit = found[at] == keys[start:stop]
+                taken = batch.drop_columns(["Key"]).take(pa.array(at, pa.int64(), mask=~hit))
+                parts.append(pa.Table.from_batches([taken]))
+            done = stop
+            del batch, found
+    missing(len(keys) - done)
+    return pa.concat_tables(parts)

@@ -7,7 +7,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
 from flows.openimages import cache, csvread
@@ -35,6 +37,11 @@ class Metadata:
     progress: Progress = quiet
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     stamps: dict[tuple[str, str], Stamp] = field(default_factory=dict)
+
+    @property
+    def indexed(self) -> bool:
+        """Whether images() reads only the rows asked for (the cache), not a whole CSV."""
+        return self.use_cache
 
     @property
     def official(self) -> bool:
@@ -142,6 +149,22 @@ class Metadata:
                                    done=f"looked up {what} in {path.name}") as advance:
                     parts.append(csvread.read_images(path, image_ids, advance))
         return pa.concat_tables(parts)
+
+    def image_rows(self, keys: np.ndarray) -> pa.Table:
+        """The image info of each given image key (sorted, one per box) from the cache, in
+        their order, nulls where no split has the image (see cache.image_rows_from_cache)."""
+        parts = []
+        for split in self.splits:
+            what = f"info of the images of {len(keys):,} boxes"
+            with self.progress(f"looking up {what} in the {split} cache", unit="rows",
+                               done=f"looked up {what} in the {split} cache") as advance:
+                parts.append(cache.image_rows_from_cache(self.cache_path("images", split), keys))
+                advance(len(keys) - parts[-1]["ImageID"].null_count)
+        if len(parts) == 1:
+            return parts[0]
+        # An image belongs to one split: each row is filled by at most one of them.
+        return pa.table([pc.coalesce(*(p[name] for p in parts)) for name in parts[0].column_names],
+                        names=parts[0].column_names)
 
     def label_counts(self) -> dict[str, int]:
         """Boxes per label over the cached splits (empty when no cache was built)."""

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flows.openimages.boxid import box_id_text, box_numbers
 from flows.openimages.csvread import image_keys
 from flows.openimages.ontology import Ontology, label_map
 from model.atomic import atomic_path
@@ -31,6 +32,7 @@ FLAG_COLUMNS = {"depiction": "IsDepiction", "group_of": "IsGroupOf", "occluded":
 IMAGE_INFO = ["ImageID", "OriginalURL", "OriginalLandingURL", "Thumbnail300KURL", "Rotation",
               "OriginalMD5", "OriginalSize", "License", "Author", "AuthorProfileURL"]
 BATCH_ROWS = 262_144
+BOX_KEY = "BoxKey"  # the box id as a number: stored by the cache, else computed here
 
 
 class EmptySelection(ValueError):
@@ -38,7 +40,14 @@ class EmptySelection(ValueError):
 
 
 class Source(Protocol):
-    """Where boxes and image info come from (the cache, or the CSVs streamed)."""
+    """Where boxes and image info come from (the cache, or the CSVs streamed).
+
+    boxes() may add a BoxKey column (see flows.openimages.boxid); it is computed when absent.
+    A source whose lookups read only the rows asked for (the cache) says so with a true
+    `indexed` attribute and has image_rows(keys): the info of each box's image, given the
+    boxes' image keys (sorted), in their order, null where unknown. It is then asked a batch
+    of boxes at a time, so the info of a big class's million images is never held at once.
+    """
 
     def boxes(self, mids: list[str]) -> dict[str, pa.Table]: ...
 
@@ -69,21 +78,26 @@ class Filters:
 
 
 def _filter(table: pa.Table, filters: Filters) -> pa.Table:
-    mask = pa.array(np.ones(table.num_rows, dtype=bool))
+    mask = None
     for option, column in FLAG_COLUMNS.items():
         rule = getattr(filters, option)
         flag = pc.fill_null(table[column], -1)  # an empty field is as unknown as -1
         if rule == "exclude":
-            mask = pc.and_(mask, pc.not_equal(flag, 1))
+            mask = _and(mask, pc.not_equal(flag, 1))
         elif rule == "only":
-            mask = pc.and_(mask, pc.equal(flag, 1))
+            mask = _and(mask, pc.equal(flag, 1))
     if filters.source != "any":
-        mask = pc.and_(mask, pc.equal(table["Source"], filters.source))
+        mask = _and(mask, pc.equal(table["Source"], filters.source))
     if filters.min_box_fraction > 0:
         wide = pc.greater_equal(pc.subtract(table["XMax"], table["XMin"]), filters.min_box_fraction)
         tall = pc.greater_equal(pc.subtract(table["YMax"], table["YMin"]), filters.min_box_fraction)
-        mask = pc.and_(mask, pc.and_(wide, tall))
-    return table.filter(mask)
+        mask = _and(mask, pc.and_(wide, tall))
+    # No rule, no copy: a filter copies every column even when it keeps every row.
+    return table if mask is None else table.filter(mask)
+
+
+def _and(mask: pa.ChunkedArray | None, more: pa.ChunkedArray) -> pa.ChunkedArray:
+    return more if mask is None else pc.and_(mask, more)
 
 
 def _mix(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -152,9 +166,10 @@ def _unique_info(info: pa.Table) -> tuple[pa.Table, np.ndarray]:
     return info.take(pa.array(first)), keys
 
 
-def _join_info(boxes: pa.Table, info: pa.Table, keys: np.ndarray) -> pa.Table:
-    """Append each box's image info (nulls when the image has none), keeping the box order."""
-    wanted = image_keys(boxes["ImageID"])
+def _join_info(boxes: pa.Table, wanted: np.ndarray, info: pa.Table, keys: np.ndarray
+               ) -> pa.Table:
+    """Append each box's image info (nulls when the image has none), keeping the box order;
+    wanted are the boxes' image keys."""
     at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
     found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
     rows = info.take(pa.array(at, pa.int64(), mask=~found))  # a null index takes a null row
@@ -167,13 +182,21 @@ def _boxes_of(source: Source, mids: list[str], filters: Filters) -> pa.Table:
     parts = []
     for split, table in source.boxes(mids).items():
         part = _filter(table, filters)
+        if BOX_KEY not in part.column_names:
+            part = part.append_column(BOX_KEY, pa.array(box_numbers(part), pa.uint64()))
         parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
-    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({})
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def _in_order(image: np.ndarray, box: np.ndarray) -> bool:
+    """Whether rows are sorted by image key, then box number (as the cache holds one class)."""
+    later = image[1:] > image[:-1]
+    return bool((later | ((image[1:] == image[:-1]) & (box[1:] >= box[:-1]))).all())
 
 
 def select_batches(source: Source, ontology: Ontology, classes: list[str], filters: Filters,
-                   rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """The selection in batches of up to rows boxes: one row per selected box with its class
+                   rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """The selection in tables of up to rows boxes: one row per selected box with its class
     and its image's info, sorted by ImageID and BoxID; raises EmptySelection.
 
     The image info, repeated for every box of an image, is most of a selection's size, so it
@@ -194,25 +217,42 @@ def select_batches(source: Source, ontology: Ontology, classes: list[str], filte
         keep = limit_images(boxes["ImageID"], _lookup(class_mids(boxes["LabelName"]), names),
                             filters.max_images_per_class, filters.balance, filters.seed)
         boxes = boxes if keep is None else boxes.filter(pa.array(keep))
-    text, numbers = _box_ids(boxes)
-    order = np.lexsort((numbers, image_keys(boxes["ImageID"])))
-    boxes = boxes.append_column("BoxID", text).take(pa.array(order))
-    ids = pc.unique(boxes["ImageID"])  # already sorted
-    info, keys = _unique_info(source.images(ids).select(IMAGE_INFO))
+    numbers, image = boxes[BOX_KEY].to_numpy(), image_keys(boxes["ImageID"])
+    if not _in_order(image, numbers):
+        order = np.lexsort((numbers, image))
+        boxes, image = boxes.take(pa.array(order)), image[order]
+    labels = pa.array(sorted(mapping), pa.string())
+    label_class = pa.array([mapping[m] for m in labels.to_pylist()], pa.string())
+    label_name = pa.array([names[m] for m in labels.to_pylist()], pa.string())
+    label_class_name = pa.array(
+        [names[mapping[m] if filters.relabel else m] for m in labels.to_pylist()], pa.string())
+    indexed = getattr(source, "indexed", False)
+    if not indexed:  # one lookup: each one may scan a whole CSV
+        info, keys = _unique_info(source.images(pc.unique(boxes["ImageID"])).select(IMAGE_INFO))
     for start in range(0, boxes.num_rows, rows):
         part = boxes.slice(start, rows)
-        box_id, part = part["BoxID"], part.drop_columns(["BoxID"])
-        class_mid = class_mids(part["LabelName"])
+        box_id = box_id_text(part[BOX_KEY].to_numpy())
+        part = part.drop_columns([BOX_KEY])
+        # One hash lookup per box for the three label columns, then takes from small arrays.
+        at = pc.index_in(part["LabelName"], value_set=labels)
+        class_mid = pc.take(label_class, at) if filters.relabel else part["LabelName"]
         part = (part.append_column("ClassMID", class_mid)
-                .append_column("Class", _lookup(class_mid, names))
-                .append_column("LabelDisplayName", _lookup(part["LabelName"], names)))
-        yield from _join_info(part, info, keys).append_column("BoxID", box_id).to_batches()
+                .append_column("Class", pc.take(label_class_name, at))
+                .append_column("LabelDisplayName", pc.take(label_name, at)))
+        if indexed:
+            found = source.image_rows(image[start:start + rows])
+            for name in IMAGE_INFO[1:]:
+                part = part.append_column(name, found[name])
+        else:
+            part = _join_info(part, image[start:start + rows], info, keys)
+        # A table, not record batches: its columns come in chunks that need not line up.
+        yield part.append_column("BoxID", box_id)
 
 
 def select_table(source: Source, ontology: Ontology, classes: list[str],
                  filters: Filters) -> pa.Table:
     """The whole selection as one table (see select_batches)."""
-    return pa.Table.from_batches(list(select_batches(source, ontology, classes, filters)))
+    return pa.concat_tables(select_batches(source, ontology, classes, filters))
 
 
 def select_boxes(source: Source, ontology: Ontology, classes: list[str],
@@ -221,14 +261,23 @@ def select_boxes(source: Source, ontology: Ontology, classes: list[str],
     return select_table(source, ontology, classes, filters).to_pandas()
 
 
-def write_selection(batches: Iterable[pa.RecordBatch], dest: Path) -> int:
+# Columns of few distinct values are dictionary-encoded (ImageID's dictionary outgrows its
+# page and falls back to plain values: the attempt was a tenth of the write);
+# the rest skip the attempt; statistics are left out: no reader of a selection uses them,
+# and both cost a fifth of the write of a big class.
+DICTIONARY = ["Subset", "Source", "LabelName", "ClassMID", "Class", "LabelDisplayName",
+              "License"]
+
+
+def write_selection(batches: Iterable[pa.Table | pa.RecordBatch], dest: Path) -> int:
     """Write a selection's batches to a Parquet file atomically, one at a time; return rows."""
     rows, writer = 0, None
     with atomic_path(dest) as tmp:
         try:
             for batch in batches:
-                writer = writer or pq.ParquetWriter(tmp, batch.schema)
-                writer.write_batch(batch)
+                writer = writer or pq.ParquetWriter(
+                    tmp, batch.schema, use_dictionary=DICTIONARY, write_statistics=False)
+                writer.write(batch, row_group_size=max(batch.num_rows, 1))
                 rows += batch.num_rows
         finally:
             if writer is not None:
@@ -236,51 +285,11 @@ def write_selection(batches: Iterable[pa.RecordBatch], dest: Path) -> int:
     return rows
 
 
-def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Coordinates as Python's "{:.6f}" writes them.
-
-    A float32 times 10**6 is exact in float64 (24 + 14 significant bits), so rint (half to
-    even) rounds exactly as the formatting of the exact value does; other types and unusual
-    values take Python's own formatting.
-    """
-    x = column.to_numpy().astype(np.float64)  # nulls become NaN, formatted as pandas did
-    if column.type != pa.float32() or not (np.abs(x) < 1e9).all():
-        return pa.array([f"{v:.6f}" for v in x.tolist()], pa.string())
-    whole, part = np.divmod(np.rint(np.abs(x) * 1e6).astype(np.int64), 1_000_000)
-    sign = pc.if_else(pa.array(np.signbit(x)), "-", "")
-    return pc.binary_join_element_wise(
-        sign, pc.cast(pa.array(whole), pa.string()), ".",
-        pc.utf8_lpad(pc.cast(pa.array(part), pa.string()), width=6, padding="0"), "")
-
-
-def _box_ids(boxes: pa.Table) -> tuple[pa.Array, np.ndarray]:
-    """The BoxIDs (10 hex digits of a SHA-1 of the box) and the same digits as integers."""
-    keys = pc.binary_join_element_wise(
-        boxes["ImageID"].cast(pa.string()), boxes["LabelName"].cast(pa.string()),
-        *(_fixed6(boxes[c]) for c in ("XMin", "XMax", "YMin", "YMax")), "|")
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    sha1 = hashlib.sha1
-    # One hash call per box is the only per-row Python left: hashlib has no batch API.
-    n = len(keys)
-    binary = keys.cast(pa.binary())
-    digests = b"".join([  # a slice at a time: a Python bytes object per box is 90 bytes
-        b"".join([sha1(k).digest()[:5] for k in binary.slice(start, BATCH_ROWS).to_pylist()])
-        for start in range(0, n, BATCH_ROWS)])
-    offsets = np.arange(0, 10 * n + 1, 10, dtype=np.int32)
-    text = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
-                                                  pa.py_buffer(digests.hex().encode())])
-    raw = np.frombuffer(digests, dtype=np.uint8).reshape(n, 5).astype(np.uint64)
-    numbers = np.zeros(n, dtype=np.uint64)
-    for column in range(5):
-        numbers = (numbers << np.uint64(8)) | raw[:, column]
-    return text, numbers
-
-
 def box_ids(boxes: pa.Table | pd.DataFrame) -> pa.Array:
     """A stable id per box: the same box gets the same id in every selection."""
     if not isinstance(boxes, pa.Table):
         boxes = pa.Table.from_pandas(boxes, preserve_index=False)
-    return _box_ids(boxes)[0]
+    return box_id_text(box_numbers(boxes))
 
 
 def summary(boxes: pd.DataFrame) -> pd.DataFrame:
