@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_micro_batcher_merges_waiting_requests_and_splits_the_answers():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from one_process import Batcher
+    from benchmarks.one_process import Batcher
 
     calls = []
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import serve
 
-import serve  # noqa: E402 - benchmarks/ is not a package
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_cpu_outside_the_model_is_the_tree_minus_the_model_at_the_formed_batches():
