@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -51,23 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextmanager
 def one_process_server(tag: str, workers: int, log: Path) -> Iterator[tuple[str, int]]:
     """benchmarks/one_process.py under `bentoml serve`; yields its base URL and process id."""
-    from flows.servers import lifeline
-    from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
-
-    port = free_port()
-    env = {**os.environ, **TELEMETRY_OFF, "OPENIMAGER_MODEL_TAG": tag,
+    env = {"OPENIMAGER_MODEL_TAG": tag, "OPENIMAGER_WORKERS": str(workers),
            "BENTOML_HOME": str(serve.own_home(log.with_suffix(".home"))),
-           "OPENIMAGER_WORKERS": str(workers), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log.open("ab") as out:
-        process = lifeline.popen(
-            [sys.executable, "-m", "bentoml", "serve", "benchmarks.one_process:OneProcess",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/readyz", 600, process)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        stop_group(process)
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with serve.spawned_server(["bentoml", "serve", "benchmarks.one_process:OneProcess"], env,
+                              log, "/readyz", 600) as server:
+        yield server
 
 
 def compare(architecture: str, args: argparse.Namespace, images: list[Path], workdir: Path

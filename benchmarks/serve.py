@@ -132,23 +132,33 @@ def openimager_server(tag: str, workers: int, log: Path, logging: bool = True
 
 
 @contextmanager
-def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
-    """The tutorial FastAPI app under uvicorn; yields its base URL and process id."""
+def spawned_server(args: list[str], env: dict[str, str], log: Path, ready: str,
+                   timeout: float) -> Iterator[tuple[str, int]]:
+    """A server run as `args --host 127.0.0.1 --port PORT` from the project's folder, ending
+    with this process; yields its base URL (once ready answers) and process id."""
+    from flows.servers import lifeline
     from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
 
     port = free_port()
-    env = {**os.environ, **TELEMETRY_OFF, "NAIVE_MODEL": str(model_file),
-           "NAIVE_CLASSES": json.dumps(CLASSES)}
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:app", "--host",
-             "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = lifeline.popen(
+            [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, **TELEMETRY_OFF, **env}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/docs", 180, process)
+        wait_ready(f"http://127.0.0.1:{port}{ready}", timeout, process)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         stop_group(process)
+
+
+@contextmanager
+def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
+    """The tutorial FastAPI app under uvicorn; yields its base URL and process id."""
+    env = {"NAIVE_MODEL": str(model_file), "NAIVE_CLASSES": json.dumps(CLASSES)}
+    with spawned_server(["uvicorn", "benchmarks.naive_server:app", "--workers", str(workers),
+                         "--no-access-log"], env, log, "/docs", 180) as server:
+        yield server
 
 
 def role(command: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,16 @@ from PIL import Image
 CLASSES = ["Circle", "Square", "Triangle"]
 MIDS = ["/m/circle", "/m/square", "/m/triangle"]
 IMAGE_SIZE = 32
+
+
+def wait_for(check, what: str, timeout: float = 120, every: float = 0.2):
+    """Poll check() until it returns something truthy; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,

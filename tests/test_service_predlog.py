@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,14 @@ import requests
 
 from flows.servers.local import BentoServer
 from model.predictions import LOG_SCHEMA, read_feedback, read_log
-from tests.servicekit import CLASSES, encoded, picture, register_tiny_model, serve_tiny_model
+from tests.servicekit import (
+    CLASSES,
+    encoded,
+    picture,
+    register_tiny_model,
+    serve_tiny_model,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 JPEG = encoded(picture(3))
@@ -30,15 +36,6 @@ def batch(url: str) -> requests.Response:
         ("images", ("a.jpg", JPEG)), ("images", ("b.png", PNG)), ("images", ("c.jpg", JPEG))])
 
 
-def wait_for(check, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
 def test_answers_are_logged_feedback_is_stored_and_a_kill_loses_only_the_open_part(tmp_path):
     folder = tmp_path / "predictions"
     tag = register_tiny_model(tmp_path / "model")
@@ -50,7 +47,7 @@ def test_answers_are_logged_feedback_is_stored_and_a_kill_loses_only_the_open_pa
         assert one.headers["X-Request-ID"] == one.json()["request_id"]
         batch_ids = [r["request_id"] for r in three.json()["results"]]
         assert three.headers["X-Request-ID"] == batch_ids[0] and len(set(batch_ids)) == 3
-        wait_for(lambda: len(read_log(folder)) == 4, "the first part")
+        wait_for(lambda: len(read_log(folder)) == 4, "the first part", 60, 0.1)
         rows = read_log(folder)
         open_part = [classify(server.url).json()["request_id"] for _ in range(2)]
 

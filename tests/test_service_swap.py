@@ -19,21 +19,11 @@ import requests
 
 from flows.model_store import promote
 from flows.servers.local import TELEMETRY_OFF, BentoServer, free_port, stop_group
-from tests.servicekit import Load, encoded, picture, register_tiny_model
+from tests.servicekit import Load, encoded, picture, register_tiny_model, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = encoded(picture(3))
-
-
-def wait_for(check, what: str, timeout: float = 120):
-    """Poll check() until it returns something truthy; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def test_promotions_swap_in_under_load_and_a_broken_one_is_not(tmp_path):
