@@ -3,7 +3,7 @@
 The same model (the seed CNN and the default transfer model, MobileNetV3Small, at the training
 default of 150 px; untrained weights cost the same to run) is served (a) by `bentoml serve
 service.service:Classifier` and (b) by the tutorial FastAPI app in benchmarks/naive_server.py,
-both on 127.0.0.1 with the same number of HTTP workers, and (c) run alone, in a process of its
+both on 127.0.0.1 with the same number of worker processes, and (c) run alone, in a process of its
 own, as predict_on_batch over prepared images at the batch sizes the service formed (read from
 its /metrics): the ceiling. Load comes from a separate process (benchmarks/load.py) posting real
 JPEGs at each concurrency level. Besides throughput, each case reports the CPU of the server's
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"architectures to serve, of {', '.join(MODELS)}")
-    parser.add_argument("--workers", type=int, default=2, help="HTTP workers of both servers")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of both servers")
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
     parser.add_argument("--seconds", type=float, default=10, help="load time per level")
     parser.add_argument("--image-size", type=int, default=150)
@@ -91,7 +91,7 @@ def raw_model(model_file: Path, size: int, seconds: float, threads: int, images:
 
 
 def service_threads(workers: int) -> int:
-    """The TensorFlow threads the service's model worker gets with this many HTTP workers."""
+    """The TensorFlow threads each of the service's workers gets with this many workers."""
     from service.config import Tuning
 
     previous = os.environ.get("OPENIMAGER_WORKERS")
@@ -162,10 +162,9 @@ def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[st
 
 
 def role(command: str) -> str | None:
-    """What a process of a server's tree does: http, model, worker, or None (supervisors)."""
-    if "_bentoml_impl.worker" in command:
-        return "model" if "openimager-model" in command else "http"
-    return "worker" if "spawn_main" in command else None
+    """What a process of a server's tree does: worker (BentoML's or uvicorn's), or None for
+    supervisors."""
+    return "worker" if "_bentoml_impl.worker" in command or "spawn_main" in command else None
 
 
 def worker_memory(pid: int) -> str:
@@ -197,8 +196,7 @@ def tree_cpu(pid: int) -> dict[str, float]:
     return cpu
 
 
-def batch_histogram(base_url: str, metric: str = "bentoml_service_adaptive_batch_size"
-                    ) -> dict[int, float]:
+def batch_histogram(base_url: str, metric: str) -> dict[int, float]:
     """How many model batches fell in each size bucket so far (bucket's upper bound: count)."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
@@ -219,13 +217,13 @@ def batch_histogram(base_url: str, metric: str = "bentoml_service_adaptive_batch
     return counts
 
 
-def snapshot(base_url: str, pid: int, batching: bool | str) -> tuple[dict[str, float], dict]:
-    """The server tree's CPU by role and, when it batches, its batch histogram (batching: True
-    for BentoML's adaptive batches, or the name of another histogram)."""
+def snapshot(base_url: str, pid: int, batching: bool) -> tuple[dict[str, float], dict]:
+    """The server tree's CPU by role and, when it batches, its batch histogram."""
     if not batching:
         return tree_cpu(pid), {}
-    metric = batching if isinstance(batching, str) else "bentoml_service_adaptive_batch_size"
-    return tree_cpu(pid), batch_histogram(base_url, metric)
+    from service.predictor import BATCH_METRIC
+
+    return tree_cpu(pid), batch_histogram(base_url, BATCH_METRIC)
 
 
 def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict]) -> dict:
@@ -260,7 +258,7 @@ def load(url: str, concurrency: int, seconds: float, images: list[Path]) -> dict
 
 
 def measured_load(base: str, pid: int, concurrency: int, seconds: float, images: list[Path],
-                  raw: dict, batching: bool | str) -> dict:
+                  raw: dict, batching: bool) -> dict:
     """One load run with the server's CPU and batches around it."""
     before = snapshot(base, pid, batching)
     result = load(f"{base}/classify", concurrency, seconds, images)
@@ -344,7 +342,7 @@ def bench_model(architecture: str, args: argparse.Namespace, images: list[Path],
         tag, args.workers, workdir / "bentoml.log"), args, images, raw)
     naive = run_server("naive", naive_server(
         model_file, args.workers, workdir / "naive.log"), args, images, raw)
-    lines = [f"{architecture}: {args.workers} HTTP workers each (openimager adds 1 model worker)"]
+    lines = [f"{architecture}: {args.workers} workers each"]
     for c in args.levels:
         raw_ips, vs_naive = ours[c]["cpu"]["raw_img_s"], ours[c]["rps"] / naive[c]["rps"]
         lines.append(

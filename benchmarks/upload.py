@@ -5,7 +5,7 @@
    (full decode, convert, resize: the baseline). CPU from getrusage, peak memory
    from /proc (VmHWM).
 2. Server: a real `bentoml serve` of a tiny model. 8 clients post normal photos; p99 alone,
-   then while 4 more clients post maximum-size PNGs; the HTTP worker's memory (from /proc)
+   then while 4 more clients post maximum-size PNGs; the worker's memory (from /proc)
    idle, at its peak, and after the burst.
 
     .venv/bin/python benchmarks/upload.py            # the full run
@@ -138,14 +138,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def http_worker_rss(pid: int) -> float:
-    """Resident MB of the HTTP worker of the server under pid (the one that decodes)."""
+    """Resident MB of the worker of the server under pid (it decodes and holds the model)."""
     import psutil
 
     for child in psutil.Process(pid).children(recursive=True):
         command = " ".join(child.cmdline())
-        if "_bentoml_impl.worker" in command and "openimager-model" not in command:
+        if "_bentoml_impl.worker" in command:
             return child.memory_info().rss / 2**20
-    raise RuntimeError("no HTTP worker found")
+    raise RuntimeError("no service worker found")
 
 
 def p99_ms(load) -> tuple[float, int, int]:
@@ -155,7 +155,7 @@ def p99_ms(load) -> tuple[float, int, int]:
 
 
 def serve(workdir: Path, size: int, seconds: float, big: Path) -> dict:
-    """p99 of normal requests alone and beside large uploads; the HTTP worker's memory."""
+    """p99 of normal requests alone and beside large uploads; the worker's memory."""
     from flows.servers.local import BentoServer
     from tests.servicekit import Load, encoded, picture, register_tiny_model
 
@@ -230,7 +230,7 @@ def main() -> int:
     worst_peak = max(d["peak_mb"] for d in decodes)
     print(f"upload: worst decode {worst_cpu:.2f} s CPU and {worst_peak:.0f} MB peak; p99 at c=8 "
           f"{server['p99_alone_ms']} ms alone vs {server['p99_beside_large_ms']} ms beside 4 "
-          f"clients of max-size PNGs ({server['p99_ratio']}x); HTTP worker "
+          f"clients of max-size PNGs ({server['p99_ratio']}x); worker "
           f"{server['worker_idle_mb']} MB idle, {server['worker_peak_mb']} MB peak, "
           f"{server['worker_after_mb']} MB after")
     return 0

@@ -64,28 +64,25 @@ class Limits:
 class Tuning:
     """Processes, threads and batching; defaults suit a small CPU machine."""
 
-    workers: int  # HTTP workers: parse, validate and decode uploads
-    model_workers: int  # processes holding the model; one keeps batches large
-    intra_op_threads: int  # TensorFlow threads per model worker for one op
-    inter_op_threads: int  # TensorFlow ops run side by side per model worker
-    decode_threads: int  # images decoded at once per HTTP worker
+    workers: int  # processes: each parses, checks and decodes uploads and holds the model
+    intra_op_threads: int  # TensorFlow threads per worker for one op
+    inter_op_threads: int  # TensorFlow ops run side by side per worker
+    decode_threads: int  # images decoded at once per worker
     large_decode_threads: int  # of which large images (service.images.LARGE_PIXELS) at most
     max_batch_size: int
-    max_latency_ms: int  # a request queued longer than this is shed (503)
+    max_latency_ms: int  # a request waiting for the model longer than this is shed (503)
 
     @classmethod
     def from_env(cls) -> Tuning:
         """Tuning with OPENIMAGER_* overrides; model threads share the cores between workers."""
         cores = cpu_count()
         workers = env_int("OPENIMAGER_WORKERS", 1)
-        model_workers = env_int("OPENIMAGER_MODEL_WORKERS", 1)
-        # Each busy HTTP worker keeps a core; the model workers split the rest. Measured on 2
-        # cores with 2 HTTP workers, 1 TensorFlow thread beat 2 (which spin and contend).
+        # Each busy worker's event loop and decodes keep about a core; the model threads split
+        # the rest. On 2 cores, 1 TensorFlow thread beat 2 (which spin and contend).
         return cls(
             workers=workers,
-            model_workers=model_workers,
             intra_op_threads=env_int("OPENIMAGER_TF_INTRA_THREADS",
-                                     max(1, (cores - workers) // model_workers)),
+                                     max(1, (cores - workers) // workers)),
             inter_op_threads=env_int("OPENIMAGER_TF_INTER_THREADS", 1),
             decode_threads=env_int("OPENIMAGER_DECODE_THREADS", cores),
             # Large decodes have a lane of their own, narrower than the small one: a burst of
@@ -125,7 +122,7 @@ def env_switch(name: str, default: bool) -> bool:
 
 @dataclass(frozen=True)
 class PredictionLogging:
-    """Where and how the HTTP workers log predictions (model.predictions has the layout)."""
+    """Where and how the workers log predictions (model.predictions has the layout)."""
 
     enabled: bool = True
     directory: str = "workspace/predictions"  # a folder, or s3://bucket/prefix

@@ -229,7 +229,7 @@ def release_memory() -> None:
     """Hand freed heap pages back to the system after a large decode.
 
     glibc keeps freed blocks of Pillow's large buffers in its arenas (its mmap threshold grows
-    with every large free), so without this an HTTP worker stays at its peak after a burst of
+    with every large free), so without this a worker stays at its peak after a burst of
     large uploads.
     """
     global _trim
@@ -246,7 +246,7 @@ _trim = None
 
 
 class Lanes:
-    """How many uploads one HTTP worker decodes at once, large ones in a narrower lane of
+    """How many uploads one worker decodes at once, large ones in a narrower lane of
     their own: a burst of large uploads then waits for itself, never in front of small ones.
     After each large decode its lane rests as long as the decode took CPU, so large uploads
     take at most half a core per lane whatever their rate."""

@@ -1,11 +1,9 @@
 """Shutdown without failing a request: drain on SIGTERM, then hand over to uvicorn; readiness
 that answers at once.
 
-On SIGTERM `bentoml serve` signals every worker at once: the model service would go while the
-HTTP workers still call it, and requests in flight would get 500s. So each worker wraps the
-SIGTERM handler uvicorn installed before the service started: the HTTP workers stop taking new
-work (503 with Retry-After), finish what is in flight, then let uvicorn shut down; the model
-workers keep serving until the HTTP workers have gone quiet. OPENIMAGER_GRACE_SECONDS caps both.
+Each worker wraps the SIGTERM handler uvicorn installed before the service started: it stops
+taking new work (503 with Retry-After), finishes what is in flight (its model batches
+included), then lets uvicorn shut down. OPENIMAGER_GRACE_SECONDS caps the wait.
 """
 
 from __future__ import annotations
@@ -26,12 +24,10 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-QUIET_SECONDS = 2.0  # a model worker stops after this long without a request
-# An HTTP worker outlives the model workers (which stop taking requests from it first) and
-# answers 503 meanwhile: once it stops, the port accepts connections nobody serves until the
-# server exits. Readiness says 503 all this time, for load balancers to notice.
-HTTP_LINGER_SECONDS = QUIET_SECONDS + 0.5
-MODEL_MIN_SECONDS = 1.0
+# A worker answers 503 (readiness included) at least this long before it stops, for load
+# balancers to notice: once it stops, the port accepts connections nobody serves until the
+# server exits.
+LINGER_SECONDS = 1.0
 FORCE_AFTER_SECONDS = 5.0  # after handing over, uvicorn gets this long before a forced exit
 API_PATHS = ("/classify", "/classify_batch")
 
@@ -43,25 +39,18 @@ class Drain:
     draining: bool = False
     since: float = 0.0
     in_flight: int = 0
-    last_request: float = field(default_factory=time.monotonic)
     tasks: set = field(default_factory=set)
 
     def elapsed(self) -> float:
         """Seconds since the drain began."""
         return time.monotonic() - self.since
 
-    def http_done(self) -> bool:
-        """An HTTP worker may stop: nothing in flight, and the model workers are going."""
-        return self.in_flight == 0 and self.elapsed() >= HTTP_LINGER_SECONDS
-
-    def model_done(self) -> bool:
-        """A model worker may stop: the HTTP workers have gone quiet."""
-        quiet = time.monotonic() - self.last_request
-        return (self.in_flight == 0 and quiet >= QUIET_SECONDS
-                and self.elapsed() >= MODEL_MIN_SECONDS)
+    def done(self) -> bool:
+        """The worker may stop: nothing in flight, and it has said 503 long enough."""
+        return self.in_flight == 0 and self.elapsed() >= LINGER_SECONDS
 
 
-HTTP_DRAIN = Drain()  # the HTTP worker's own; the middleware and the service share it
+HTTP_DRAIN = Drain()  # the worker's own; the middleware and the service share it
 
 
 def drain_on_signals(drain: Drain, done: Callable[[], bool], grace: float) -> None:
@@ -111,14 +100,14 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
 
 
 class Lifecycle:
-    """ASGI middleware of the HTTP workers: /livez and /readyz answered here, at once; until
+    """ASGI middleware of the workers: /livez and /readyz answered here, at once; until
     the model is ready and while draining, new requests get 503 with Retry-After (and a
     JSON code); requests in flight are counted."""
 
     def __init__(self, app: ASGIApp, drain: Drain = HTTP_DRAIN,
                  model_state: Callable[[], Awaitable[dict]] | None = None) -> None:
         self.app, self.drain, self.model_state = app, drain, model_state
-        self.model_ready = False  # once loaded, a model service stays ready (swaps included)
+        self.model_ready = False  # once loaded, a model stays ready (swaps included)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +146,7 @@ class Lifecycle:
         try:
             state = await asyncio.wait_for((self.model_state or current_model_state)(), 0.8)
         except Exception as error:  # noqa: BLE001 - any failure to ask is "not ready"
-            log.debug("readiness: model service not answering: %r", error)
+            log.debug("readiness: no model state: %r", error)
             return 503, {"code": "model_unavailable"}
         if state.get("state") == "ready":
             return 200, {"code": "ready", "model": state.get("model")}
@@ -165,7 +154,7 @@ class Lifecycle:
 
 
 async def current_model_state() -> dict:
-    """The model service's state, asked through the current BentoML service."""
+    """The model's state, asked through the current BentoML service."""
     import bentoml
 
     return await bentoml.get_current_service().model_state()

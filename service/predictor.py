@@ -1,22 +1,24 @@
-"""The model service: holds the Keras model and runs adaptive batches of prepared images.
+"""The model inside each worker: loaded in the background, batched across requests,
+replaced without a failed request when a newer one is promoted (service.swap).
 
-Only this process type imports TensorFlow; the HTTP workers that decode uploads stay small.
-The model loads in the background (readiness says 503 "loading" until it is warm) and is
-replaced, without a failed request, when a newer one is promoted (service.swap).
+One process per worker holds the model and batches its own requests (service.batcher):
+measured against BentoML's two-process layout (HTTP workers calling a separate model service
+over loopback), it answers 1.8-2.3x the requests for about half the CPU outside the model
+(docs/serving.md). TensorFlow is imported when the model loads, not with this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
+from typing import Any
 
 import bentoml
 
+from service.batcher import Batcher
 from service.config import Lifecycle, Tuning
-from service.lifecycle import Drain, drain_on_signals
-from service.source import declared_model, locate, served_choice
+from service.source import served_choice
 from service.swap import PINNED, Served, identity_of, load
 
 with bentoml.importing():
@@ -26,8 +28,7 @@ with bentoml.importing():
     from model.predict import probabilities
 
 log = logging.getLogger("openimager.service")
-# Read when the service class is defined: BentoML needs the numbers in the decorators.
-TUNING = Tuning.from_env()
+BATCH_METRIC = "openimager_batch_size"  # images per model call, on /metrics
 
 
 def json_output(service: bentoml.Service) -> None:
@@ -39,63 +40,46 @@ def json_output(service: bentoml.Service) -> None:
 
 
 def configure_tensorflow(tuning: Tuning) -> None:
-    """Bound TensorFlow's thread pools so model workers do not oversubscribe the cores."""
+    """Bound TensorFlow's thread pools so workers do not oversubscribe the cores."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(tuning.intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(tuning.inter_op_threads)
 
 
-# BentoML's client to this service recycles its connection pool every 100 calls by default,
-# failing the calls in flight (bentoml#5540, #4971): keep one pool for a worker's life.
-# Its access log would repeat the HTTP workers' one, line for line.
-@bentoml.service(name="openimager-model", workers=TUNING.model_workers, traffic={"timeout": 60},
-                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
-                 logging={"access": {"enabled": False}})
 class Predictor:
     """Class probabilities for batches of size x size RGB images, with the answering model."""
 
-    # A class attribute so `bentoml build` packs the chosen model into the Bento.
-    bento_model = declared_model()
-
-    @bentoml.on_deployment
-    def check_model() -> None:
-        """Fail `bentoml serve` at once, with the reason, when there is no model."""
-        locate(served_choice(Predictor.bento, Predictor.name))
-
-    def __init__(self) -> None:
-        self.lifecycle = Lifecycle.from_env()
+    def __init__(self, tuning: Tuning, lifecycle: Lifecycle, bento: object | None,
+                 service_name: str, observe: Any = None) -> None:
+        self.tuning, self.lifecycle = tuning, lifecycle
+        self.bento, self.service_name = bento, service_name
         self.served: Served | None = None
-        self.history: dict[int, dict] = {}  # every model served: answers that raced a swap
         self.load_error: str | None = None
         self.last_reload_error: dict | None = None
         self.failed: str | None = None  # a model that failed to load is not tried again
-        self.drain = Drain()
+        self.batcher = Batcher(self.predict_batch, tuning.max_batch_size,
+                               tuning.max_latency_ms / 1000, observe, anyio.to_thread.run_sync)
         self.tasks: set[asyncio.Task] = set()
 
-    @bentoml.on_startup
-    async def start(self) -> None:
-        """Drain on SIGTERM, and load the model in the background: this worker answers
-        readiness and status at once instead of after the load."""
-        drain_on_signals(self.drain, self.drain.model_done, self.lifecycle.grace_seconds + 2)
+    def start(self) -> None:
+        """Load the model in the background: the worker answers readiness at once."""
         task = asyncio.get_running_loop().create_task(self.keep_current())
         self.tasks.add(task)  # a reference, or the loop may collect the task
 
-    @bentoml.on_shutdown
-    async def stop(self) -> None:
+    def stop(self) -> None:
         """Stop watching for promotions."""
         for task in self.tasks:
             task.cancel()
 
-    async def __is_ready__(self) -> bool:
-        return self.served is not None
+    def choice(self) -> Any:
+        return served_choice(self.bento, self.service_name)
 
     async def keep_current(self) -> None:
         """Load the chosen model, then every reload interval check for a newer promotion."""
-        await anyio.to_thread.run_sync(configure_tensorflow, TUNING)
+        await anyio.to_thread.run_sync(configure_tensorflow, self.tuning)
         while self.served is None:
-            choice = await anyio.to_thread.run_sync(served_choice, Predictor.bento,
-                                                    Predictor.name)
+            choice = await anyio.to_thread.run_sync(self.choice)
             try:
                 identity = await anyio.to_thread.run_sync(identity_of, choice)
                 self.swap(await anyio.to_thread.run_sync(load, choice, identity or "?"))
@@ -111,7 +95,7 @@ class Predictor:
 
     async def check_promotion(self) -> bool:
         """Swap in the model promoted since the last check, if any; True if one was."""
-        choice = await anyio.to_thread.run_sync(served_choice, Predictor.bento, Predictor.name)
+        choice = await anyio.to_thread.run_sync(self.choice)
         identity = await anyio.to_thread.run_sync(identity_of, choice)
         if identity is None or identity in (self.served.identity, self.failed):
             return False
@@ -133,54 +117,30 @@ class Predictor:
     def swap(self, served: Served) -> None:
         """Serve a loaded, warmed model from the next batch on (one assignment)."""
         previous = self.served
-        self.history[served.key] = served.lineage
         self.served, self.load_error = served, None
         log.info("serving %s (%s)%s with %d TensorFlow threads", served.identity,
                  served.lineage["source"], f", replacing {previous.identity}" if previous else "",
-                 TUNING.intra_op_threads)
+                 self.tuning.intra_op_threads)
 
-    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities (n, classes) for uint8 pixels (n, size, size, 3), and last the key of
-        the model that answered."""
+    def predict_batch(self, pixels: np.ndarray) -> tuple[np.ndarray, Served]:
+        """Probabilities (n, classes) for uint8 pixels (n, size, size, 3), and the model that
+        computed them."""
         served = self.served  # read once: a swap during this batch does not change its model
         if served is None:
             raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
-        self.drain.last_request = time.monotonic()
-        self.drain.in_flight += 1
-        try:
-            outputs = served.model.predict_on_batch(pixels)
-        finally:
-            self.drain.in_flight -= 1
-            self.drain.last_request = time.monotonic()
-        probs = probabilities(outputs, len(served.class_names)).astype(np.float32)
-        return np.concatenate([probs, np.full((len(probs), 1), served.key, np.float32)], axis=1)
+        outputs = served.model.predict_on_batch(pixels)
+        return probabilities(outputs, len(served.class_names)), served
 
-    @bentoml.api(batchable=True, max_batch_size=TUNING.max_batch_size,
-                 max_latency_ms=TUNING.max_latency_ms)
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities for a batch of prepared images (merged across requests); the
-        last column is the answering model's key (see describe)."""
-        return self.predict_batch(pixels)
+    async def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, Served]:
+        """Probabilities for these images, batched with other requests', and the model."""
+        return await self.batcher(pixels)
 
-    @bentoml.api
-    async def describe(self, key: int | None = None) -> dict:
-        """The lineage and input size of the model with this key, or of the served one."""
-        if self.served is None:
-            raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
-        if key is None or key == self.served.key:
-            return self.served.lineage
-        if key not in self.history:
-            raise bentoml.exceptions.NotFound(f"no model with key {key} was served here")
-        return self.history[key]
-
-    @bentoml.api
-    async def status(self) -> dict:
+    def status(self) -> dict:
         """Whether the model is loaded, which one, and the last reload's error if any."""
         served = self.served
         return {
             "state": "ready" if served else ("failed" if self.load_error else "loading"),
             "model": served.lineage["tag"] if served else None,
-            "model_key": served.key if served else None,
             "loaded_at": datetime.fromtimestamp(served.loaded_at, UTC).isoformat(
                 timespec="seconds") if served else None,
             "load_error": self.load_error,
@@ -189,6 +149,3 @@ class Predictor:
             "follows_promotions": bool(served and self.lifecycle.reload_seconds
                                        and served.lineage["source"] not in PINNED),
         }
-
-
-json_output(Predictor)

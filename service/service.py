@@ -1,15 +1,14 @@
 """BentoML service: POST /classify and /classify_batch, GET /model and the page at /ui.
 
-`bentoml serve service.service:Classifier` starts two services: these HTTP workers, which
-check and decode uploads, and the model service (service.predictor), which batches the
-prepared images of concurrent requests into one model call.
+`bentoml serve service.service:Classifier` starts OPENIMAGER_WORKERS worker processes; each
+checks and decodes uploads and holds the model (service.predictor), which runs the prepared
+images of concurrent requests as one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,15 +28,16 @@ from starlette.responses import (
     Response,
 )
 
-from service.config import Lifecycle, Limits, PredictionLogging
+from service.batcher import Overloaded
+from service.config import Lifecycle, Limits, PredictionLogging, Tuning
 from service.feedback import feedback
 from service.guard import UPLOAD_STATE, UploadGuard
 from service.lifecycle import HTTP_DRAIN, drain_on_signals
 from service.lifecycle import Lifecycle as LifecycleMiddleware
-from service.predictor import TUNING, Predictor, json_output
+from service.predictor import BATCH_METRIC, Predictor, json_output
+from service.source import declared_model, locate, served_choice
 
 with bentoml.importing():
-    import aiohttp
     import numpy as np
 
     from model.predict import top_k
@@ -46,30 +46,21 @@ with bentoml.importing():
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
-
-# The model service listens on a loopback TCP port instead of a unix socket: on SIGTERM
-# `bentoml serve` deletes the socket's file before any worker stops, so requests still in
-# flight could no longer reach the model. `bentoml serve` reads this when it opens its sockets,
-# after importing this module.
-os.environ.setdefault("BENTOML_NO_UDS", "1")
+# Read when the service class is defined: BentoML needs the number in the decorator.
+TUNING = Tuning.from_env()
 
 
 async def model_info(request: Request) -> Response:
     """The served model's lineage (tag, classes with MIDs, data, code, scores, publication)
     and whether it follows promotions, with the last failed reload."""
-    service = bentoml.get_current_service()
-    try:
-        state = await service.model_state()
-        if state["state"] != "ready":
-            return JSONResponse({"error": f"the model is {state['state']}", "code":
-                                 state["state"], "load_error": state["load_error"]},
-                                status_code=503, headers={"Retry-After": "5"})
-        info = await service.lineage(state["model_key"])
-    except (bentoml.exceptions.BentoMLException, aiohttp.ClientError):  # model service down
-        return JSONResponse({"error": "the model service is not available", "code":
-                             "model_unavailable"}, status_code=503)
+    predictor = bentoml.get_current_service().predictor
+    served, state = predictor.served, predictor.status()
+    if served is None:
+        return JSONResponse({"error": f"the model is {state['state']}", "code": state["state"],
+                             "load_error": state["load_error"]},
+                            status_code=503, headers={"Retry-After": "5"})
     keys = ("loaded_at", "reload_seconds", "follows_promotions", "last_reload_error")
-    return JSONResponse({**info, **{k: state[k] for k in keys}})
+    return JSONResponse({**served.lineage, **{k: state[k] for k in keys}})
 
 
 async def page(request: Request) -> Response:
@@ -122,55 +113,51 @@ web_app.add_api_route(
 class Classifier:
     """Classifies uploaded images with the served openimager model."""
 
-    predictor = bentoml.depends(Predictor)
+    # A class attribute so `bentoml build` packs the chosen model into the Bento.
+    bento_model = declared_model()
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Fail `bentoml serve` at once, with the reason, when there is no model."""
+        locate(served_choice(Classifier.bento, Classifier.name))
 
     def __init__(self) -> None:
         self.limits = Limits.from_env()
         self.lifecycle = Lifecycle.from_env()
-        self._lineages: dict[int, dict] = {}  # by model key: labels travel with each model
-        self._size: int | None = None  # the input size of the model that answered last
+        sizes = bentoml.metrics.Histogram(name=BATCH_METRIC, documentation="images per model "
+                                          "call", buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.predictor = Predictor(TUNING, self.lifecycle, Classifier.bento, Classifier.name,
+                                   sizes.observe)
         self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
         self.predlog = PredictionLog(PredictionLogging.from_env())
         self._classes: dict[str, tuple[str, ...]] = {}  # by model tag, shared by log rows
 
     @bentoml.on_startup
-    async def drain_on_sigterm(self) -> None:
-        """On SIGTERM: new requests get 503, those in flight finish, then the worker exits."""
-        drain_on_signals(HTTP_DRAIN, HTTP_DRAIN.http_done, self.lifecycle.grace_seconds)
+    async def start(self) -> None:
+        """Load the model in the background (readiness answers at once), and on SIGTERM: new
+        requests get 503, those in flight finish, then the worker exits."""
+        drain_on_signals(HTTP_DRAIN, HTTP_DRAIN.done, self.lifecycle.grace_seconds)
+        self.predictor.start()
         self.predlog.start()
 
     @bentoml.on_shutdown
-    async def write_log(self) -> None:
-        """Write the prediction log's last rows (after the requests in flight finished)."""
+    async def stop(self) -> None:
+        """Stop following promotions; write the prediction log's last rows (after the
+        requests in flight finished)."""
+        self.predictor.stop()
         await asyncio.to_thread(self.predlog.close)
 
     async def model_state(self) -> dict:
-        """The model service's state: loading, ready or failed, and which model."""
-        return await self.call_model("status")
-
-    async def lineage(self, key: int | None = None) -> dict:
-        """The lineage of the model with this key (the served one without), asked once each."""
-        if key is None or key not in self._lineages:
-            info = await self.call_model("describe", key)
-            self._lineages[info["model_key"]] = info
-            key = info["model_key"]
-        return self._lineages[key]
-
-    async def call_model(self, api: str, *args: Any) -> Any:
-        """Call the model service; once more if a pooled connection had just been closed."""
-        call = getattr(self.predictor.to_async, api)
-        try:
-            return await call(*args)
-        except aiohttp.ClientConnectionError:
-            # The model service may close an idle keep-alive connection as we reuse it;
-            # both calls are idempotent.
-            return await call(*args)
+        """The model's state: loading, ready or failed, and which model."""
+        return self.predictor.status()
 
     async def prepared(self, paths: list[Path]) -> np.ndarray:
         """Decode uploads in threads (a bounded number at once) into one uint8 batch."""
+        served = self.predictor.served
+        if served is None:
+            raise bentoml.exceptions.ServiceUnavailable("the model is still loading")
         # Any size works (the model resizes inside); the served model's own avoids a resize.
-        size = self._size or (await self.lineage())["image_size"]
-        return await prepare_all(paths, size, self.limits, self._lanes)
+        return await prepare_all(paths, served.image_size, self.limits, self._lanes)
 
     async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
@@ -186,11 +173,14 @@ class Classifier:
             where = f"image {error.index + 1} ({which})" if len(paths) > 1 else which
             return [], {"error": f"{where}: {error}", "code": error.code, "index": error.index,
                         "filename": name}
-        answer = await self.call_model("predict", pixels)
-        # The last column names the model that answered: a swap may happen between requests.
-        probs, key = answer[:, :-1], int(answer[0, -1])
-        info = await self.lineage(key)
-        self._size = info["image_size"]
+        try:
+            # A swap may happen between requests: the answer names the model that computed it.
+            probs, served = await self.predictor.predict(pixels)
+        except Overloaded as error:
+            ctx.response.status_code = 503
+            ctx.response.headers["Retry-After"] = "1"
+            return [], {"error": str(error), "code": "overloaded"}
+        info = served.lineage
         names = [c["name"] for c in info["classes"]]
         mids = {c["name"]: c["mid"] for c in info["classes"]}
         k = min(top, len(names))

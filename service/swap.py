@@ -1,13 +1,11 @@
 """One served model as an immutable bundle, loaded and warmed beside the current one.
 
-The model service swaps the whole bundle with one assignment: a batch reads it once, so a
-batch in flight finishes on the model it started with, and every answer carries the number
-(key) of the model that computed it.
+The worker swaps the whole bundle with one assignment: a batch reads it once, so a batch in
+flight finishes on the model it started with, and its answers name that model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,17 +23,11 @@ class Served:
     """A loaded, warmed model with what its answers need."""
 
     identity: str  # the tag, or for a folder the tag and top hash in its metadata
-    key: int  # identity as a number that fits exactly in a float32 column
     model: Any
     class_names: tuple[str, ...]
     image_size: int
     lineage: dict
     loaded_at: float
-
-
-def model_key(identity: str) -> int:
-    """24 bits of the identity's hash: exact in float32, distinct for the few models served."""
-    return int(hashlib.sha256(identity.encode()).hexdigest()[:6], 16)
 
 
 def identity_of(choice: Choice) -> str | None:
@@ -66,7 +58,7 @@ def input_size(model: Any) -> int:
 
 def load(choice: Choice, identity: str) -> Served:
     """Load the chosen model and warm it; raises (NoModel, OSError, ...) if either fails."""
-    import keras  # here, not at import: only model workers pay for TensorFlow
+    import keras  # here, not at import: importing this module costs no TensorFlow
 
     located = locate(choice)
     model = keras.saving.load_model(located.file, compile=False)
@@ -79,5 +71,5 @@ def load(choice: Choice, identity: str) -> Served:
         if out.shape[0] != n or not np.isfinite(out).all():
             raise ValueError(f"{located.tag} gave {out.shape} non-finite or misshapen outputs "
                              "on a warm-up batch")
-    info = {**lineage(choice, located, size), "model_key": model_key(identity)}
-    return Served(identity, model_key(identity), model, class_names, size, info, time.time())
+    info = lineage(choice, located, size)
+    return Served(identity, model, class_names, size, info, time.time())

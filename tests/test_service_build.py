@@ -70,7 +70,7 @@ def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):
                     "print(s.Classifier.name, *s.Classifier.dependencies)"], cwd=src,
                    OPENIMAGER_MODEL_NAME=name)
     assert imported.returncode == 0, imported.stderr
-    assert imported.stdout.split() == ["openimager", "predictor"]
+    assert imported.stdout.split() == ["openimager"]  # one service: each worker holds the model
 
 
 @pytest.mark.parametrize("env, message", [

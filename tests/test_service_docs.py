@@ -130,8 +130,7 @@ def test_every_command_is_run_here_or_marked():
     """Every command of the page runs in these tests, or says what it needs."""
     run_here = ("curl ", ".venv/bin/bentoml serve ")
     # The benchmarks' quick runs, each run by a test of its own.
-    elsewhere = {".venv/bin/python benchmarks/serve.py --quick": "test_benchmarks_serve.py",
-                 ".venv/bin/python benchmarks/layout.py --quick": "test_benchmarks_layout.py"}
+    elsewhere = {".venv/bin/python benchmarks/serve.py --quick": "test_benchmarks_serve.py"}
     for block in blocks():
         commands = [line for line in block.splitlines()
                     if line.strip() and not line.startswith(("#", " "))]
