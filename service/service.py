@@ -161,8 +161,9 @@ class Classifier:
 
     async def labelled(self, paths: list[Path], top: int, ctx: bentoml.Context,
                        start: float) -> tuple[list[list[dict]], dict[str, Any]]:
-        """Top labels per image, or ([], error body) with ctx's status set to the 4xx; the
-        answer's request ids in extra["request_ids"]."""
+        """Top labels per image, or ([], error body) with ctx's status set (a 4xx for a bad
+        upload, 503 when the model is overloaded); the answer's request ids in
+        extra["request_ids"]."""
         try:
             pixels = await self.prepared(paths)
         except BadImage as error:

@@ -127,3 +127,17 @@ def test_the_media_type_is_matched_case_insensitively(classifier_server):
                            headers={"Content-Type": content_type.replace("multipart/form-data",
                                                                          "Multipart/Form-Data")})
     assert answer.status_code == 200, answer.text
+
+
+def test_requests_that_wait_too_long_for_the_model_are_shed_with_503(tmp_path):
+    import time
+
+    from tests.servicekit import Load, serve_tiny_model
+
+    # 1 ms: any request that queues behind a running model call waits longer.
+    with serve_tiny_model(tmp_path, {"OPENIMAGER_MAX_LATENCY_MS": "1"}) as served, \
+            Load(served.url, clients=8, image=JPEG) as load:
+        time.sleep(3)
+    outcomes = {(a.status, a.code) for a in load.answers}
+    assert (200, None) in outcomes and (503, "overloaded") in outcomes, outcomes
+    assert outcomes <= {(200, None), (503, "overloaded")}, outcomes
