@@ -137,6 +137,11 @@ class Demo:
 
     def __init__(self, args: list[str], mark: str, prefect_home: Path, **env: str):
         clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        # What a kill -9 leaves of the servers' temporary files (bentoml serve's socket
+        # folder) goes with the test's folder.
+        scratch = prefect_home.parent / f"tmp-{mark}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        env = {"TMPDIR": str(scratch), **env}
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flows", "demo", "--epochs", "1", *args], cwd=ROOT,
