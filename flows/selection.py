@@ -95,7 +95,7 @@ class Tally:
         pairs = np.sort(rank * n + code)  # one per image and class
         pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
         images = np.bincount(pairs % n, minlength=n)
-        first, last = (set(np.unique(code[keys == keys[i]]).tolist()) for i in (0, -1))
+        first, last = (set(code[keys == keys[i]].tolist()) for i in (0, -1))
         carried = int(keys[0]) == self._last[0]  # an image whose boxes span two tables
         if carried:
             self.distinct_images -= 1
@@ -104,8 +104,10 @@ class Tally:
         self.distinct_images += int(rank[-1]) + 1
         ends = {names[c] for c in last} | (self._last[1] if carried and rank[-1] == 0 else set())
         self._last = (int(keys[-1]), ends)
-        firsts = arrow.array(np.unique(code, return_index=True)[1])
-        mids = table["ClassMID"].take(firsts).to_pylist()
+        # Each class's first row; not np.unique(return_index=True), which loads numpy.ma.
+        order = np.argsort(code, kind="stable")
+        firsts = order[np.searchsorted(code[order], np.arange(n))]
+        mids = table["ClassMID"].take(arrow.array(firsts)).to_pylist()
         for name, mid, boxes, count in zip(names, mids, np.bincount(code, minlength=n).tolist(),
                                            images.tolist(), strict=True):
             self.mids[name] = mid
