@@ -40,7 +40,6 @@ CREDENTIAL_VARIABLES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
 def load_settings(overrides: Mapping[str, str] | None = None) -> tuple[Settings | None, list[str]]:
     """Settings from OPENIMAGER_* variables (and overrides), or why they cannot be read."""
     from pydantic import ValidationError
-    from pydantic_settings import SettingsError
 
     from flows.settings import Settings
 
@@ -48,8 +47,6 @@ def load_settings(overrides: Mapping[str, str] | None = None) -> tuple[Settings 
         return Settings(**(overrides or {})), []
     except ValidationError as error:
         return None, [_validation_message(item) for item in error.errors()]
-    except SettingsError as error:  # e.g. a list setting that is broken JSON
-        return None, [f"{error} (list settings are a,b or JSON)"]
 
 
 def _validation_message(item: Mapping) -> str:
