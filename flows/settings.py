@@ -1,8 +1,8 @@
 """One typed settings object for every stage, read from OPENIMAGER_* variables.
 
 A plain pydantic model that reads its variables itself (Settings.__init__): pydantic-settings
-did the same and more (dotenv files, secrets, a CLI, cloud stores) for 0.03 s of imports in
-every command, a sixth of a warm selection once pandas was gone.
+did the same and more (dotenv files, secrets, a CLI, cloud stores) for 0.07 s of CPU in every
+command (asyncio, dotenv, its sources), a sixth of a warm selection once pandas was gone.
 """
 
 from __future__ import annotations
