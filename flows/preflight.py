@@ -15,15 +15,14 @@ import argparse
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
-
-from flows.settings import Settings
+# `python -m flows` registers the check command from here: the settings and urllib load only
+# when it runs, not for every other command.
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 SKIP_VARIABLE = "OPENIMAGER_PREFLIGHT"  # "off": start without checking
@@ -40,12 +39,14 @@ CREDENTIAL_VARIABLES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
 
 def load_settings(overrides: Mapping[str, str] | None = None) -> tuple[Settings | None, list[str]]:
     """Settings from OPENIMAGER_* variables (and overrides), or why they cannot be read."""
+    from pydantic import ValidationError
+
+    from flows.settings import Settings
+
     try:
         return Settings(**(overrides or {})), []
     except ValidationError as error:
         return None, [_validation_message(item) for item in error.errors()]
-    except SettingsError as error:  # e.g. a list setting that is broken JSON
-        return None, [f"{error} (list settings are a,b or JSON)"]
 
 
 def _validation_message(item: Mapping) -> str:
@@ -154,6 +155,9 @@ def reach_problems(env: Mapping[str, str], timeout: float = 5.0) -> list[str]:
     api = env.get("PREFECT_API_URL")
     if not api:
         return []
+    import urllib.error
+    import urllib.request
+
     url = api.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

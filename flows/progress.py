@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TextIO
 
-from tqdm import tqdm
-
 Advance = Callable[[int], None]
 
 
@@ -46,6 +44,8 @@ def step(what: str, total: int | None = None, *, done: str | None = None, unit: 
     prefix = f"{stage}: " if stage else ""
     started = time.monotonic()
     count = 0
+    if live:  # loaded only for a bar: a command whose output is a log never draws one
+        from tqdm import tqdm
     meter = tqdm(total=total, desc=prefix + what, unit=unit, unit_scale=unit == "B",
                  unit_divisor=1000, file=out, leave=True, dynamic_ncols=True) if live else None
 

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows.openimages import arrow
 from flows.openimages.csvread import image_keys
 from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
@@ -88,13 +89,13 @@ class Tally:
     def _add(self, table: pa.Table) -> None:
         keys = image_keys(table["ImageID"])
         classes = pc.dictionary_encode(table["Class"].combine_chunks())
-        names, code = classes.dictionary.to_pylist(), classes.indices.to_numpy().astype(np.int64)
+        names, code = classes.dictionary.to_pylist(), arrow.numpy(classes.indices).astype(np.int64)
         n = len(names)
         rank = np.cumsum(np.r_[True, keys[1:] != keys[:-1]]) - 1
         pairs = np.sort(rank * n + code)  # one per image and class
         pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
         images = np.bincount(pairs % n, minlength=n)
-        first, last = (set(np.unique(code[keys == keys[i]]).tolist()) for i in (0, -1))
+        first, last = (set(code[keys == keys[i]].tolist()) for i in (0, -1))
         carried = int(keys[0]) == self._last[0]  # an image whose boxes span two tables
         if carried:
             self.distinct_images -= 1
@@ -103,7 +104,10 @@ class Tally:
         self.distinct_images += int(rank[-1]) + 1
         ends = {names[c] for c in last} | (self._last[1] if carried and rank[-1] == 0 else set())
         self._last = (int(keys[-1]), ends)
-        mids = table["ClassMID"].take(pa.array(np.unique(code, return_index=True)[1])).to_pylist()
+        # Each class's first row; not np.unique(return_index=True), which loads numpy.ma.
+        order = np.argsort(code, kind="stable")
+        firsts = order[np.searchsorted(code[order], np.arange(n))]
+        mids = table["ClassMID"].take(arrow.array(firsts)).to_pylist()
         for name, mid, boxes, count in zip(names, mids, np.bincount(code, minlength=n).tolist(),
                                            images.tolist(), strict=True):
             self.mids[name] = mid
@@ -113,7 +117,8 @@ class Tally:
     def table(self) -> pa.Table:
         """Class, ClassMID, boxes, images; one row per class, sorted by class."""
         names = sorted(self.boxes)
-        return pa.table({"Class": pa.array(names, pa.string()),
-                         "ClassMID": pa.array([self.mids[c] for c in names], pa.string()),
-                         "boxes": pa.array([self.boxes[c] for c in names], pa.int64()),
-                         "images": pa.array([self.images[c] for c in names], pa.int64())})
+        return pa.table({"Class": arrow.strings(names),
+                         "ClassMID": arrow.strings([self.mids[c] for c in names]),
+                         "boxes": arrow.array(np.array([self.boxes[c] for c in names], np.int64)),
+                         "images": arrow.array(np.array([self.images[c] for c in names],
+                                                        np.int64))})

@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows.openimages import arrow
+
 COORDINATES = ("XMin", "XMax", "YMin", "YMax")
 SLICE = 262_144  # keys turned into Python bytes at a time: 90 bytes of objects per box
 
@@ -21,17 +23,18 @@ def _fixed6(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     even) rounds exactly as the formatting of the exact value does; other types and unusual
     values take Python's own formatting.
     """
-    x = column.to_numpy().astype(np.float64)  # nulls become NaN, formatted as pandas did
+    x = arrow.numpy(column).astype(np.float64)  # nulls become NaN, formatted as pandas did
     if column.type != pa.float32() or not (np.abs(x) < 1e9).all():
-        return pa.array([f"{v:.6f}" for v in x.tolist()], pa.string())
+        return arrow.strings([f"{v:.6f}" for v in x.tolist()])
     scaled = np.rint(np.abs(x) * 1e6).astype(np.int64)
     if not np.signbit(x).any() and (scaled < 10_000_000).all():
         return _one_digit(scaled)
     whole, part = np.divmod(scaled, 1_000_000)
-    sign = pc.if_else(pa.array(np.signbit(x)), "-", "")
+    sign = pc.if_else(arrow.array(np.signbit(x)), arrow.scalar("-"), arrow.scalar(""))
     return pc.binary_join_element_wise(
-        sign, pc.cast(pa.array(whole), pa.string()), ".",
-        pc.utf8_lpad(pc.cast(pa.array(part), pa.string()), width=6, padding="0"), "")
+        sign, pc.cast(arrow.array(whole), pa.string()), arrow.scalar("."),
+        pc.utf8_lpad(pc.cast(arrow.array(part), pa.string()), width=6, padding="0"),
+        arrow.scalar(""))
 
 
 def _one_digit(scaled: np.ndarray) -> pa.Array:
@@ -50,7 +53,7 @@ def _one_digit(scaled: np.ndarray) -> pa.Array:
 def _keys(boxes: pa.Table) -> pa.Array:
     keys = pc.binary_join_element_wise(
         boxes["ImageID"].cast(pa.string()), boxes["LabelName"].cast(pa.string()),
-        *(_fixed6(boxes[c]) for c in COORDINATES), "|")
+        *(_fixed6(boxes[c]) for c in COORDINATES), arrow.scalar("|"))
     return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 

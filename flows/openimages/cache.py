@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flows.openimages import arrow
 from flows.openimages.boxid import box_numbers
 from flows.openimages.csvread import (
     BOX_COLUMNS,
@@ -239,9 +240,9 @@ def boxes_from_cache(cache: Path, mids: list[str]) -> pa.Table:
             groups.append(group)
     # One thread: the column decoders' threads cost more CPU than they save time.
     table = parquet.read_row_groups(groups, use_threads=False)
-    table = table.filter(pc.is_in(table["LabelName"], value_set=pa.array(wanted, pa.string())))
+    table = table.filter(pc.is_in(table["LabelName"], value_set=arrow.strings(wanted)))
     if BOX_KEY not in table.column_names:  # a cache of format 1, read directly
-        table = table.append_column(BOX_KEY, pa.array(box_numbers(table)))
+        table = table.append_column(BOX_KEY, arrow.array(box_numbers(table)))
     return table.cast(_box_schema())
 
 
@@ -261,14 +262,14 @@ def images_from_cache(cache: Path, image_ids: pa.Array) -> pa.Table:
     for i in range(count):
         with pa.memory_map(str(cache)) as source:
             batch = pa.ipc.open_file(source).get_batch(i)
-            keys = batch["Key"].to_numpy()
+            keys = arrow.numpy(batch["Key"])
             lo, hi = np.searchsorted(wanted, [keys[0], keys[-1]], side="left")[0], np.searchsorted(
                 wanted, keys[-1], side="right")
             sub = wanted[lo:hi]
             at = np.searchsorted(keys, sub)
             hits = at[keys[at] == sub]
             if len(hits):
-                parts.append(batch.take(pa.array(hits, pa.int64())))
+                parts.append(batch.take(arrow.array(hits.astype(np.int64))))
             del batch, keys
     return pa.Table.from_batches(parts, schema=schema).drop_columns(["Key"])
 
@@ -285,29 +286,30 @@ def image_rows_from_cache(cache: Path, keys: np.ndarray) -> pa.Table:
         reader = pa.ipc.open_file(source)
         count, schema = reader.num_record_batches, reader.schema
     schema = schema.remove(schema.get_field_index("Key"))
-    parts, done = [schema.empty_table()], 0
 
-    def missing(rows: int) -> None:
-        if rows:
-            parts.append(pa.table([pa.nulls(rows, f.type) for f in schema], schema=schema))
+    def missing(rows: int) -> pa.Table:  # not schema.empty_table(): it loads pandas
+        return pa.table([pa.nulls(rows, f.type) for f in schema], schema=schema)
 
+    parts, done = [missing(0)], 0
     for i in range(count):
         if done == len(keys):
             break
         with pa.memory_map(str(cache)) as source:
             batch = pa.ipc.open_file(source).get_batch(i)
-            found = batch["Key"].to_numpy()
+            found = arrow.numpy(batch["Key"])
             if not len(found):
                 continue
             start = done + int(np.searchsorted(keys[done:], found[0], side="left"))
             stop = done + int(np.searchsorted(keys[done:], found[-1], side="right"))
-            missing(start - done)
+            if start > done:
+                parts.append(missing(start - done))
             if stop > start:
                 at = np.minimum(np.searchsorted(found, keys[start:stop]), len(found) - 1)
                 hit = found[at] == keys[start:stop]
-                taken = batch.drop_columns(["Key"]).take(pa.array(at, pa.int64(), mask=~hit))
+                taken = batch.drop_columns(["Key"]).take(arrow.array(at, mask=~hit))
                 parts.append(pa.Table.from_batches([taken]))
             done = stop
             del batch, found
-    missing(len(keys) - done)
+    if len(keys) > done:
+        parts.append(missing(len(keys) - done))
     return pa.concat_tables(parts)

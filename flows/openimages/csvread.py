@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
+from flows.openimages import arrow
+
 BOX_COLUMNS = ["ImageID", "Source", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsOccluded",
                "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]
 FLAGS = [c for c in BOX_COLUMNS if c.startswith("Is")]
@@ -111,10 +113,11 @@ def ends_complete(path: Path) -> None:
 def valid_boxes(batch: pa.RecordBatch) -> pa.Array:
     """Mask of boxes with coordinates inside 0..1 and min < max; the rest are skipped."""
     x0, x1, y0, y1 = (batch[c] for c in ("XMin", "XMax", "YMin", "YMax"))
-    inside = pc.and_(pc.and_(pc.greater_equal(x0, 0), pc.less_equal(x1, 1)),
-                     pc.and_(pc.greater_equal(y0, 0), pc.less_equal(y1, 1)))
+    zero, one = arrow.scalar(0.0), arrow.scalar(1.0)
+    inside = pc.and_(pc.and_(pc.greater_equal(x0, zero), pc.less_equal(x1, one)),
+                     pc.and_(pc.greater_equal(y0, zero), pc.less_equal(y1, one)))
     ordered = pc.and_(pc.less(x0, x1), pc.less(y0, y1))
-    return pc.fill_null(pc.and_(inside, ordered), False)
+    return pc.fill_null(pc.and_(inside, ordered), arrow.scalar(False))
 
 
 GREP_LABELS = 8  # up to this many labels, scan bytes for them instead of parsing every row
@@ -196,7 +199,7 @@ def read_boxes(path: Path, mids: list[str], advance: Callable[[int], None] | Non
     which is several times faster than parsing every row; malformed rows elsewhere in the
     file then go unnoticed (the cache build parses, and checks, every row).
     """
-    wanted = pa.array(mids, pa.string())
+    wanted = arrow.strings(mids)
     kept, skipped = [], 0
     for batch in _label_batches(path, mids, advance):
         batch = batch.filter(pc.is_in(batch["LabelName"], value_set=wanted))
@@ -274,7 +277,7 @@ def image_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(ids, pa.ChunkedArray):
         if ids.num_chunks > 1:  # chunk by chunk: no copy of the strings, small temporaries
             return np.concatenate([image_keys(chunk) for chunk in ids.chunks])
-        ids = ids.chunk(0) if ids.num_chunks else pa.array([], pa.string())
+        ids = ids.chunk(0) if ids.num_chunks else arrow.strings([])
     ids = ids.cast(pa.string())
     if len(ids) == 0:
         return np.zeros(0, dtype=np.uint64)

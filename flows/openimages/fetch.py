@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
-
-import requests
 
 from flows.openimages.csvread import MetadataError
 from model.atomic import write_json
+
+if TYPE_CHECKING:  # loaded only to reach a server: 0.06 s that a local copy never needs
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def read_stamp(dest: Path) -> Stamp | None:
 
 def transient(error: BaseException | None) -> bool:
     """Whether another try may succeed: network failures and 5xx/429, not a bad file or input."""
+    import requests
+
     if isinstance(error, requests.HTTPError):
         status = error.response.status_code if error.response is not None else None
         return status in RETRY_STATUSES
@@ -99,6 +102,13 @@ def md5_of(path: Path, progress: Progress = quiet, verb: str = "computed") -> st
             digest.update(block)
             advance(len(block))
     return digest.hexdigest()
+
+
+def new_session() -> requests.Session:
+    """A requests session, made only when a server is asked."""
+    import requests
+
+    return requests.Session()
 
 
 def _name(path: Path) -> str:
@@ -179,7 +189,6 @@ def fetch(url: str, dest: Path, size: int | None = None, md5: str | None = None,
     check(part, stamp) (a full parse). A failure raises ChecksumError or MetadataError naming
     the file and the reason, and removes only the candidate: dest is never touched.
     """
-    session = session or requests.Session()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     parsed = urlparse(url)
@@ -187,7 +196,7 @@ def fetch(url: str, dest: Path, size: int | None = None, md5: str | None = None,
         _copy(Path(parsed.path), part, progress)
         validators: dict[str, str | None] = {"etag": None, "last_modified": None, "total": None}
     else:
-        validators = _download(url, part, session, progress)
+        validators = _download(url, part, session or new_session(), progress)
     try:
         actual_size = part.stat().st_size
         expected = size if size is not None else (
@@ -234,12 +243,14 @@ def ensure(url: str, dest: Path, size: int | None = None, md5: str | None = None
     a warning naming the file and the reason) and is not downloaded again until it changes;
     without a verified copy the failure is raised.
     """
-    session = session or requests.Session()
     stamp = read_stamp(dest)
     if stamp is None or stamp.url != url or (md5 is not None and stamp.md5 != md5):
         return fetch(url, dest, size, md5, session, check, progress)
     if not check_upstream or urlparse(url).scheme == "file":
         return stamp
+    import requests
+
+    session = session or new_session()
     try:
         head = _head(url, session)
     except requests.RequestException as error:

@@ -6,16 +6,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import requests
 
 from flows.openimages import cache, csvread
-from flows.openimages.fetch import Check, Progress, Stamp, ensure, quiet
+from flows.openimages.fetch import Check, Progress, Stamp, ensure, new_session, quiet
 from flows.openimages.ontology import Ontology, load_ontology, read_class_descriptions
 from flows.openimages.releases import KINDS, SPLITS, MetadataFile, release_files
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class Metadata:
 
     def refresh(self, kinds: tuple[str, ...] = KINDS) -> Metadata:
         """Fetch what is missing or changed upstream, then build stale caches."""
-        session = requests.Session()
+        # A local mirror (file://) needs no session, nor the import of requests.
+        session = None if self.base_url.startswith("file:") else new_session()
         for item in release_files(self.version, self.splits):
             if item.kind in kinds:
                 self._ensure(item, session)
@@ -70,7 +74,7 @@ class Metadata:
         build = cache.build_box_cache if kind == "boxes" else cache.build_image_cache
         build(csv, stamp, self.cache_path(kind, split), self.progress)
 
-    def _ensure(self, item: MetadataFile, session: requests.Session) -> None:
+    def _ensure(self, item: MetadataFile, session: requests.Session | None) -> None:
         # Published checksums describe the official files; a mirror carries files of its own.
         size, md5 = (item.size, item.md5) if self.official else (None, None)
         dest = self.root / item.path

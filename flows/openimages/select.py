@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flows.openimages import arrow
 from flows.openimages.boxid import box_id_text, box_numbers
 from flows.openimages.csvread import image_keys
 from flows.openimages.ontology import Ontology, label_map
@@ -81,16 +82,20 @@ def _filter(table: pa.Table, filters: Filters) -> pa.Table:
     mask = None
     for option, column in FLAG_COLUMNS.items():
         rule = getattr(filters, option)
-        flag = pc.fill_null(table[column], -1)  # an empty field is as unknown as -1
+        if rule == "any":
+            continue
+        # An empty field is as unknown as -1.
+        flag = pc.fill_null(table[column], arrow.scalar(-1, table[column].type))
         if rule == "exclude":
-            mask = _and(mask, pc.not_equal(flag, 1))
+            mask = _and(mask, pc.not_equal(flag, arrow.scalar(1)))
         elif rule == "only":
-            mask = _and(mask, pc.equal(flag, 1))
+            mask = _and(mask, pc.equal(flag, arrow.scalar(1)))
     if filters.source != "any":
-        mask = _and(mask, pc.equal(table["Source"], filters.source))
+        mask = _and(mask, pc.equal(table["Source"], arrow.scalar(filters.source)))
     if filters.min_box_fraction > 0:
-        wide = pc.greater_equal(pc.subtract(table["XMax"], table["XMin"]), filters.min_box_fraction)
-        tall = pc.greater_equal(pc.subtract(table["YMax"], table["YMin"]), filters.min_box_fraction)
+        least = arrow.scalar(float(filters.min_box_fraction))
+        wide = pc.greater_equal(pc.subtract(table["XMax"], table["XMin"]), least)
+        tall = pc.greater_equal(pc.subtract(table["YMax"], table["YMin"]), least)
         mask = _and(mask, pc.and_(wide, tall))
     # No rule, no copy: a filter copies every column even when it keeps every row.
     return table if mask is None else table.filter(mask)
@@ -113,7 +118,7 @@ def _mix(keys: np.ndarray, seed: int) -> np.ndarray:
 def seeded_order(image_ids: pa.Array | pa.ChunkedArray | Sequence[str], seed: int) -> np.ndarray:
     """A pseudo-random but reproducible rank per image, from its id and the seed."""
     if not isinstance(image_ids, pa.Array | pa.ChunkedArray):
-        image_ids = pa.array(image_ids, pa.string())
+        image_ids = arrow.strings(image_ids)
     return _mix(image_keys(image_ids), seed)
 
 
@@ -128,7 +133,7 @@ def limit_images(image_ids: pa.ChunkedArray | pa.Array, classes: pa.ChunkedArray
     codes = pc.dictionary_encode(classes)
     codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
     box_keys = image_keys(image_ids)
-    pairs = np.unique(np.stack([box_keys, codes.indices.to_numpy().astype(np.uint64)]), axis=1)
+    pairs = np.unique(np.stack([box_keys, arrow.numpy(codes.indices).astype(np.uint64)]), axis=1)
     per_class = np.bincount(pairs[1].astype(np.int64), minlength=len(codes.dictionary))
     if balance:
         limit = min(limit or math.inf, int(per_class.min()))
@@ -151,8 +156,8 @@ def limit_images(image_ids: pa.ChunkedArray | pa.Array, classes: pa.ChunkedArray
 
 def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, str]) -> pa.Array:
     """values mapped through table, vectorised (every value must be a key)."""
-    keys = pa.array(list(table), pa.string())
-    return pc.take(pa.array(list(table.values()), pa.string()),
+    keys = arrow.strings(table)
+    return pc.take(arrow.strings(table.values()),
                    pc.index_in(values, value_set=keys))
 
 
@@ -163,7 +168,7 @@ def _unique_info(info: pa.Table) -> tuple[pa.Table, np.ndarray]:
     if (keys[1:] > keys[:-1]).all():  # as the cache returns them: no copy of the largest part
         return info, keys
     keys, first = np.unique(keys, return_index=True)
-    return info.take(pa.array(first)), keys
+    return info.take(arrow.array(first)), keys
 
 
 def _join_info(boxes: pa.Table, wanted: np.ndarray, info: pa.Table, keys: np.ndarray
@@ -172,7 +177,7 @@ def _join_info(boxes: pa.Table, wanted: np.ndarray, info: pa.Table, keys: np.nda
     wanted are the boxes' image keys."""
     at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
     found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
-    rows = info.take(pa.array(at, pa.int64(), mask=~found))  # a null index takes a null row
+    rows = info.take(arrow.array(at.astype(np.int64), mask=~found))  # a null index takes a null row
     for name in IMAGE_INFO[1:]:
         boxes = boxes.append_column(name, rows[name])
     return boxes
@@ -183,8 +188,8 @@ def _boxes_of(source: Source, mids: list[str], filters: Filters) -> pa.Table:
     for split, table in source.boxes(mids).items():
         part = _filter(table, filters)
         if BOX_KEY not in part.column_names:
-            part = part.append_column(BOX_KEY, pa.array(box_numbers(part), pa.uint64()))
-        parts.append(part.add_column(1, "Subset", pa.repeat(pa.scalar(split), part.num_rows)))
+            part = part.append_column(BOX_KEY, arrow.array(box_numbers(part)))
+        parts.append(part.add_column(1, "Subset", pa.repeat(arrow.scalar(split), part.num_rows)))
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
@@ -216,22 +221,22 @@ def select_batches(source: Source, ontology: Ontology, classes: list[str], filte
     if filters.max_images_per_class is not None or filters.balance:
         keep = limit_images(boxes["ImageID"], _lookup(class_mids(boxes["LabelName"]), names),
                             filters.max_images_per_class, filters.balance, filters.seed)
-        boxes = boxes if keep is None else boxes.filter(pa.array(keep))
-    numbers, image = boxes[BOX_KEY].to_numpy(), image_keys(boxes["ImageID"])
+        boxes = boxes if keep is None else boxes.filter(arrow.array(keep))
+    numbers, image = arrow.numpy(boxes[BOX_KEY]), image_keys(boxes["ImageID"])
     if not _in_order(image, numbers):
         order = np.lexsort((numbers, image))
-        boxes, image = boxes.take(pa.array(order)), image[order]
-    labels = pa.array(sorted(mapping), pa.string())
-    label_class = pa.array([mapping[m] for m in labels.to_pylist()], pa.string())
-    label_name = pa.array([names[m] for m in labels.to_pylist()], pa.string())
-    label_class_name = pa.array(
-        [names[mapping[m] if filters.relabel else m] for m in labels.to_pylist()], pa.string())
+        boxes, image = boxes.take(arrow.array(order)), image[order]
+    labels = arrow.strings(sorted(mapping))
+    label_class = arrow.strings([mapping[m] for m in labels.to_pylist()])
+    label_name = arrow.strings([names[m] for m in labels.to_pylist()])
+    label_class_name = arrow.strings(
+        [names[mapping[m] if filters.relabel else m] for m in labels.to_pylist()])
     indexed = getattr(source, "indexed", False)
     if not indexed:  # one lookup: each one may scan a whole CSV
         info, keys = _unique_info(source.images(pc.unique(boxes["ImageID"])).select(IMAGE_INFO))
     for start in range(0, boxes.num_rows, rows):
         part = boxes.slice(start, rows)
-        box_id = box_id_text(part[BOX_KEY].to_numpy())
+        box_id = box_id_text(arrow.numpy(part[BOX_KEY]))
         part = part.drop_columns([BOX_KEY])
         # One hash lookup per box for the three label columns, then takes from small arrays.
         at = pc.index_in(part["LabelName"], value_set=labels)
