@@ -37,8 +37,7 @@ class Settings(BaseModel):
     metadata_url: str = OFFICIAL_METADATA_URL
     openimages_version: Version = "v6"
     # The environment gives "train,validation" (or JSON), parsed by split_list.
-    splits: list[Split] = Field(default_factory=lambda: list(SPLITS),
-                                                     min_length=1)
+    splits: list[Split] = Field(default_factory=lambda: list(SPLITS), min_length=1)
     check_upstream: bool = True  # ask upstream (ETag, Last-Modified, size) before reusing files
     metadata_cache: bool = True  # select from the columnar cache instead of streaming the CSVs
 
