@@ -1,4 +1,4 @@
-"""quilt3, loaded with its S3 clients sharing one botocore data loader per process."""
+"""S3 clients and quilt3 that parse botocore's models once per process."""
 
 from __future__ import annotations
 
@@ -7,23 +7,36 @@ from types import ModuleType
 
 
 @functools.cache
+def shared_loader():
+    """One botocore data loader, which caches the models it parsed (S3's: about 0.5 s of CPU)."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
+def boto3_session():
+    """A new boto3 session (no credentials cached from before) on the shared loader."""
+    import boto3
+
+    session = boto3.session.Session()
+    session._session.register_component("data_loader", shared_loader())
+    return session
+
+
+@functools.cache
 def quilt3_module() -> ModuleType:
     """quilt3 (about 4 s to import: only what publishes or installs pays for it).
 
-    quilt3 builds a new boto3 session for each S3 client, seven per push, and each session's
-    own loader parses botocore's S3 model again: about 0.5 s of CPU per client. Its client
-    hook hands every one of those sessions the same loader, which caches what it parsed.
+    quilt3 builds a new boto3 session for each S3 client, seven per push, each of which would
+    parse botocore's S3 model again: its client hook hands them the shared loader.
     """
-    import botocore.loaders
     import quilt3
     import quilt3.hooks
 
-    loader = botocore.loaders.create_loader()
-
-    def shared_loader(build, session, client_kwargs):
-        session._session.register_component("data_loader", loader)
+    def on_shared_loader(build, session, client_kwargs):
+        session._session.register_component("data_loader", shared_loader())
         return build(session, client_kwargs)
 
     if quilt3.hooks.get_build_s3_client_hook() is None:  # a user's own hook stays
-        quilt3.hooks.set_build_s3_client_hook(shared_loader)
+        quilt3.hooks.set_build_s3_client_hook(on_shared_loader)
     return quilt3
