@@ -26,7 +26,9 @@ def add_registry_command(sub: argparse._SubParsersAction) -> None:
 
 def newest_versions(registry: str) -> dict[str, str]:
     """Each package of the registry with the top hash of its newest version."""
-    import quilt3
+    from flows.publishing.s3clients import quilt3_module
+
+    quilt3 = quilt3_module()
 
     return {name: quilt3.Package.browse(name, registry=registry).top_hash
             for name in sorted(quilt3.list_packages(registry=registry))}

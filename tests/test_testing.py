@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration  # collects the whole suite in a child pytest
+from tests.listmarks import PREFIX, markers
+
+pytestmark = pytest.mark.integration  # collects tests in child pytest runs
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "testing.md"
 FAST = "not slow and not integration and not container"
@@ -29,27 +31,60 @@ def commands() -> list[str]:
     return found
 
 
-@functools.cache  # each collection of the whole suite costs seconds of imports
-def collected(args: tuple[str, ...]) -> tuple[str, ...]:
-    """The test ids a pytest command line selects, collected in a child (no workers)."""
+# What every test of the suite carries, in the order a run gives them: (test id, markers).
+Collection = tuple[tuple[str, frozenset[str]], ...]
+# Arguments of `make test` (and of its TEST_WORKERS variants) that change neither what a run
+# collects nor its order.
+SAME_COLLECTION = re.compile(r"-n|-n\d+|--numprocesses|\d+|auto|--durations(=\d+)?|-q+|-v+")
+
+
+@functools.cache  # each collection costs seconds of imports
+def collected(args: tuple[str, ...]) -> Collection:
+    """The tests a pytest command line selects, with their markers, collected in a child (no
+    workers)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PY_COLORS"))}
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                           "-p", "no:cacheprovider", "-n", "0", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                           "-p", "no:cacheprovider", "-p", "tests.listmarks", "-n", "0", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return tuple(line for line in done.stdout.splitlines() if "::" in line)
+    found = [line.split("\t")[1:] for line in done.stdout.splitlines()
+             if line.startswith(PREFIX)]
+    return tuple((test, frozenset(filter(None, marks.split(",")))) for test, marks in found)
 
 
 def collect(args: list[str]) -> list[str]:
-    return list(collected(tuple(args)))
+    return [test for test, _ in collected(tuple(args))]
+
+
+def selected(tests: Collection, expression: str) -> list[str]:
+    """The tests `-m expression` keeps, evaluated as pytest's -m does."""
+    from _pytest.mark.expression import Expression
+
+    def carries(marks: frozenset[str]):
+        return lambda name, /, **kwargs: not kwargs and name in marks
+
+    compiled = Expression.compile(expression)
+    return [test for test, marks in tests if compiled.evaluate(carries(marks))]
+
+
+def collected_everything(config: pytest.Config) -> bool:
+    """Whether this run collected and ordered the whole suite as a plain `pytest` would."""
+    return (config.args_source is pytest.Config.ArgsSource.TESTPATHS
+            and not os.environ.get("PYTEST_ADDOPTS")
+            and all(SAME_COLLECTION.fullmatch(arg) for arg in config.invocation_params.args))
 
 
 @pytest.fixture(scope="module")
-def everything() -> list[str]:
-    return collect([])
+def everything(request: pytest.FixtureRequest) -> Collection:
+    """The whole suite: this run's own collection when it is one (`make test`), else a child's.
+    Every worker has collected the whole suite already; collecting it again in a child costs
+    a worker's imports of every test module."""
+    if collected_everything(request.config):
+        return tuple((item.nodeid, frozenset(markers(item))) for item in request.session.items)
+    return collected(())
 
 
-def test_every_command_on_the_page_is_valid():
+def test_every_command_on_the_page_is_valid(everything):
     import shlex
 
     found = commands()
@@ -65,6 +100,13 @@ def test_every_command_on_the_page_is_valid():
         args = [word for word in words[3:] if word != "-q"]  # -qq would list files only
         if "-n" in args:  # collecting needs no workers
             del args[args.index("-n"):args.index("-n") + 2]
+        if not any(arg.startswith("tests/") for arg in args):
+            # The whole suite: what its -m keeps comes from the one collection; pytest checks
+            # the command's options and expression on the first module it selects from.
+            chosen = selected(everything, args[args.index("-m") + 1]) if "-m" in args \
+                else [test for test, _ in everything]
+            assert chosen, f"{command} selects no test"
+            args.append(chosen[0].split("::")[0])
         assert collect(args), f"{command} selects no test"
 
 
@@ -72,13 +114,16 @@ def test_make_test_fast_selects_no_server_benchmark_or_slow_test(everything):
     done = subprocess.run(["make", "-n", "test-fast"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert f"-m '{FAST}'" in done.stdout
-    fast = collect(["-m", FAST])
-    assert fast and set(fast) < set(everything)
+    fast = selected(everything, FAST)
+    assert fast and set(fast) < {test for test, _ in everything}
     # Unmarked modules: the test using the S3 fixture is out, its neighbour stays.
     assert "tests/test_select_download.py::test_each_image_downloads_once_and_reruns_skip" \
         not in fast
     assert "tests/test_select_download.py::test_selection_labels_each_box_once_with_image_info" \
         in fast
+    # pytest's own -m on that module keeps the same tests.
+    module = "tests/test_select_download.py"
+    assert collect(["-m", FAST, module]) == [test for test in fast if test.startswith(module)]
     for module in ("test_benchmarks_crop", "test_bundle", "test_download_resume",
                    "test_registry"):
         assert not [test for test in fast if test.startswith(f"tests/{module}.py::")], module
@@ -86,8 +131,8 @@ def test_make_test_fast_selects_no_server_benchmark_or_slow_test(everything):
 
 
 def test_modules_with_slow_tests_come_first_each_in_one_piece(everything):
-    slow = {test.split("::")[0] for test in collect(["-m", "slow", "--durations=30"])}
-    modules = [test.split("::")[0] for test in everything]
+    slow = {test.split("::")[0] for test in selected(everything, "slow")}
+    modules = [test.split("::")[0] for test, _ in everything]
     order = list(dict.fromkeys(modules))
     assert sorted(modules, key=order.index) == modules  # each module's tests together
     has_slow = [module in slow for module in order]

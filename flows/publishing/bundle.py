@@ -21,6 +21,7 @@ from flows.publishing.lineage import (
     sha256_text,
     tree_digest,
 )
+from flows.publishing.s3clients import quilt3_module
 from flows.publishing.secretscan import refuse_secrets
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def fingerprint(staging: Path, name: str) -> str:
 
 def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
     """The top hash and metadata of the newest version of a package, or None."""
-    import quilt3  # about 4 s: only the commands that publish or install pay for it
+    quilt3 = quilt3_module()
     from botocore.exceptions import ClientError
     from quilt3.util import QuiltException
 
@@ -160,7 +161,7 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
             ) -> Published:
     """Push the bundle to an S3 registry and return its top hash; when the newest version
     has the same fingerprint, push nothing and return that version (pushed false)."""
-    import quilt3
+    quilt3 = quilt3_module()
     from botocore.exceptions import BotoCoreError, ClientError
     from quilt3.util import QuiltException
 
@@ -196,8 +197,7 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
 
 def install(name: str, registry: str, top_hash: str | None, dest: Path) -> str:
     """Install one package version (the newest without a top hash) into dest; return its hash."""
-    import quilt3
-
+    quilt3 = quilt3_module()
     package = quilt3.Package.browse(name, registry=registry, top_hash=top_hash)
     quilt3.Package.install(name, registry=registry, top_hash=package.top_hash, dest=str(dest))
     return package.top_hash

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.publishing.s3clients import boto3_session
 from flows.servers.local import LOCAL_CREDENTIALS, LocalS3
 
 EMBEDDED = "embedded"
@@ -38,8 +39,7 @@ def refuse_embedded_bucket(registry: str) -> None:
 def check_registry(registry: str) -> None:
     """Fail with one clear message when credentials are missing or wrong or the bucket absent."""
     refuse_embedded_bucket(registry)
-    import boto3  # only the commands that reach a registry pay for boto3
-    from botocore.exceptions import (
+    from botocore.exceptions import (  # only the commands that reach a registry pay for boto3
         ClientError,
         EndpointConnectionError,
         NoCredentialsError,
@@ -49,7 +49,7 @@ def check_registry(registry: str) -> None:
     bucket = bucket_of(registry)
     try:
         # A fresh session: the default one caches credentials resolved earlier.
-        boto3.session.Session().client("s3").head_bucket(Bucket=bucket)
+        boto3_session().client("s3").head_bucket(Bucket=bucket)
     except (NoCredentialsError, PartialCredentialsError) as error:
         raise RegistryError(f"no AWS credentials for {registry}: set AWS_PROFILE, or "
                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from error

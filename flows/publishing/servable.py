@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from flows.publishing.registries import RegistryError, refuse_embedded_bucket
+from flows.publishing.s3clients import quilt3_module
 from model.atomic import write_json
 
 METADATA_FILE = "openimager-model.json"  # the name service.source reads
@@ -48,8 +49,7 @@ def servable_metadata(meta: dict, name: str, registry: str, top_hash: str) -> di
 
 def fetch_model(name: str, registry: str, top_hash: str | None, dest: Path) -> dict:
     """Fetch model/ of one package version (the newest without top_hash) into dest."""
-    import quilt3
-
+    quilt3 = quilt3_module()
     package = quilt3.Package.browse(name, registry=registry, top_hash=top_hash)
     if "model" not in package or "model.keras" not in package["model"]:
         raise ValueError(f"{name} has no model/model.keras")
@@ -74,8 +74,7 @@ def update(name: str, registry: str, dest: Path) -> dict | None:
     The new files are fetched beside dest and moved in, the metadata last: the service sees
     the new version (its metadata) only once every file of it is in place.
     """
-    import quilt3
-
+    quilt3 = quilt3_module()
     newest = quilt3.Package.browse(name, registry=registry).top_hash
     if newest == installed_hash(dest):
         return None
