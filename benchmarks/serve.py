@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"architectures to serve, of {', '.join(MODELS)}")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of both servers")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of both servers (the service's default: 1)")
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
     parser.add_argument("--seconds", type=float, default=10, help="load time per level")
     parser.add_argument("--image-size", type=int, default=150)
