@@ -343,7 +343,7 @@ def bench_model(architecture: str, args: argparse.Namespace, images: list[Path],
         tag, args.workers, workdir / "bentoml.log"), args, images, raw)
     naive = run_server("naive", naive_server(
         model_file, args.workers, workdir / "naive.log"), args, images, raw)
-    lines = [f"{architecture}: {args.workers} workers each"]
+    lines = [f"{architecture}: {args.workers} worker process(es) each"]
     for c in args.levels:
         raw_ips, vs_naive = ours[c]["cpu"]["raw_img_s"], ours[c]["rps"] / naive[c]["rps"]
         lines.append(
