@@ -38,6 +38,14 @@ async def settle() -> None:
         await asyncio.sleep(0.01)
 
 
+async def busy(model: Model, **options: float) -> tuple[Batcher, asyncio.Future]:
+    """A batcher whose first call (one image) is running, held by the model."""
+    batcher = Batcher(model, **options)
+    first = asyncio.ensure_future(batcher(images(0)))
+    await settle()
+    return batcher, first
+
+
 def test_requests_arriving_during_a_call_form_the_next_batch_and_get_their_own_rows():
     async def scenario():
         model, sizes = Model(), []
@@ -60,9 +68,7 @@ def test_requests_arriving_during_a_call_form_the_next_batch_and_get_their_own_r
 def test_a_batch_never_exceeds_max_size_but_a_bigger_request_goes_alone():
     async def scenario():
         model = Model()
-        batcher = Batcher(model, max_size=4, max_wait_seconds=30)
-        blocker = asyncio.ensure_future(batcher(images(0)))
-        await settle()
+        batcher, blocker = await busy(model, max_size=4, max_wait_seconds=30)
         waiting = [asyncio.ensure_future(batcher(images(i, n))) for i, n in
                    ((1, 3), (4, 2), (6, 6), (12, 1))]
         await settle()
@@ -78,9 +84,7 @@ def test_a_batch_never_exceeds_max_size_but_a_bigger_request_goes_alone():
 def test_a_request_that_waited_too_long_is_shed_and_the_rest_still_answered():
     async def scenario():
         model = Model()
-        batcher = Batcher(model, max_size=32, max_wait_seconds=0.2)
-        blocker = asyncio.ensure_future(batcher(images(0)))
-        await settle()
+        batcher, blocker = await busy(model, max_size=32, max_wait_seconds=0.2)
         late = asyncio.ensure_future(batcher(images(1)))
         await asyncio.sleep(0.4)  # waits past the limit behind the running call
         model.release.set()
@@ -97,9 +101,7 @@ def test_a_request_that_waited_too_long_is_shed_and_the_rest_still_answered():
 def test_a_failed_call_fails_its_requests_only_and_a_gone_client_is_skipped():
     async def scenario():
         model = Model(fail_on=2)
-        batcher = Batcher(model, max_size=32, max_wait_seconds=30)
-        blocker = asyncio.ensure_future(batcher(images(0)))
-        await settle()
+        batcher, blocker = await busy(model, max_size=32, max_wait_seconds=30)
         failing = [asyncio.ensure_future(batcher(images(i))) for i in (1, 2)]
         gone = asyncio.ensure_future(batcher(images(3)))
         await settle()
