@@ -72,7 +72,9 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 def test_ctrl_c_stops_at_the_images_in_flight(tmp_path):
     images = bodies(1, 200)
-    with ImageServer(catalog(images), Faults(latency=0.05)) as server:
+    # Slow enough that images are still in flight when the first answers are journaled: at
+    # 0.05 s a quiet machine once finished all 200 before the signal came.
+    with ImageServer(catalog(images), Faults(latency=0.2)) as server:
         table = tmp_path / "images.parquet"
         image_table(server.url, images).to_parquet(table)
         process = run_download(table, tmp_path / "store")
