@@ -3,7 +3,7 @@ replaced without a failed request when a newer one is promoted (service.swap).
 
 One process per worker holds the model and batches its own requests (service.batcher):
 measured against BentoML's two-process layout (HTTP workers calling a separate model service
-over loopback), it answers 1.8-2.3x the requests for about half the CPU outside the model
+over loopback), it answers about 1.4 times the requests for half the CPU outside the model
 (docs/serving.md). TensorFlow is imported when the model loads, not with this module.
 """
 
