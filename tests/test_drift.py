@@ -88,7 +88,10 @@ def test_the_drift_command_reads_the_log_since_the_promotion(sample_workspace, t
     with bentoml.models.create("drift-promoted", metadata={"metrics": metrics}) as stored:
         tag = str(stored.tag)
     promote(tag)
-    write_log(logs, [{**row, "model": tag, "top_probability": 0.4} for row in recent], seq=2)
+    # Answered after the promotion: rows made before it (recent) may fall a second earlier.
+    served = datetime.now(UTC)
+    write_log(logs, [{**row, "model": tag, "top_probability": 0.4, "time": served}
+                     for row in recent], seq=2)
     monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "drift-promoted")
     settings = settings_from(workspace=str(workspace), prediction_log_dir=str(logs))
     summary = drift_summary(settings, chart=workspace / "model" / "drift.png")
