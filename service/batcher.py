@@ -37,11 +37,9 @@ class Batcher:
     each request gets its rows of outputs and the call's extra (the model that answered)."""
 
     def __init__(self, predict: Callable[[np.ndarray], tuple[np.ndarray, Any]], max_size: int,
-                 max_wait_seconds: float, observe: Callable[[int], None] | None = None,
-                 run: Callable[..., Any] | None = None) -> None:
+                 max_wait_seconds: float, observe: Callable[[int], None] | None = None) -> None:
         self.predict, self.max_size, self.max_wait = predict, max_size, max_wait_seconds
         self.observe = observe or (lambda size: None)
-        self.run = run or asyncio.to_thread
         self.waiting: deque[Waiting] = deque()
         self.running = False
 
@@ -84,7 +82,7 @@ class Batcher:
                     [w.pixels for w in taken])
                 self.observe(len(batch))
                 try:
-                    outputs, extra = await self.run(self.predict, batch)
+                    outputs, extra = await asyncio.to_thread(self.predict, batch)
                 except Exception as error:  # noqa: BLE001 - every request of the batch gets it
                     for w in taken:
                         if not w.future.done():

@@ -50,11 +50,12 @@ class Drain:
         return self.in_flight == 0 and self.elapsed() >= LINGER_SECONDS
 
 
-HTTP_DRAIN = Drain()  # the worker's own; the middleware and the service share it
+DRAIN = Drain()  # the worker's own; the middleware and the service share it
 
 
-def drain_on_signals(drain: Drain, done: Callable[[], bool], grace: float) -> None:
-    """Wrap uvicorn's SIGTERM and SIGINT handlers: drain until done() or grace, then call them."""
+def drain_on_signals(drain: Drain, grace: float) -> None:
+    """Wrap uvicorn's SIGTERM and SIGINT handlers: drain until drain.done() or grace, then
+    call them."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
@@ -68,16 +69,15 @@ def drain_on_signals(drain: Drain, done: Callable[[], bool], grace: float) -> No
             drain.draining, drain.since = True, time.monotonic()
             log.info("signal %d: draining (at most %g s)", signum, grace)
             loop.call_soon_threadsafe(
-                lambda: drain.tasks.add(loop.create_task(hand_over(drain, done, grace,
+                lambda: drain.tasks.add(loop.create_task(hand_over(drain, grace,
                                                                    signum, previous))))
 
         signal.signal(sig, handler)
 
 
-async def hand_over(drain: Drain, done: Callable[[], bool], grace: float, signum: int,
-                    previous: Callable) -> None:
-    """Wait until done() or the grace period ends, then start uvicorn's own shutdown."""
-    while not done() and drain.elapsed() < grace:
+async def hand_over(drain: Drain, grace: float, signum: int, previous: Callable) -> None:
+    """Wait until drain.done() or the grace period ends, then start uvicorn's own shutdown."""
+    while not drain.done() and drain.elapsed() < grace:
         await asyncio.sleep(0.05)
     if drain.in_flight:
         log.warning("grace period of %g s over with %d requests in flight", grace,
@@ -104,7 +104,7 @@ class Lifecycle:
     the model is ready and while draining, new requests get 503 with Retry-After (and a
     JSON code); requests in flight are counted."""
 
-    def __init__(self, app: ASGIApp, drain: Drain = HTTP_DRAIN,
+    def __init__(self, app: ASGIApp, drain: Drain = DRAIN,
                  model_state: Callable[[], Awaitable[dict]] | None = None) -> None:
         self.app, self.drain, self.model_state = app, drain, model_state
         self.model_ready = False  # once loaded, a model stays ready (swaps included)

@@ -59,7 +59,7 @@ class Predictor:
         self.last_reload_error: dict | None = None
         self.failed: str | None = None  # a model that failed to load is not tried again
         self.batcher = Batcher(self.predict_batch, tuning.max_batch_size,
-                               tuning.max_latency_ms / 1000, observe, anyio.to_thread.run_sync)
+                               tuning.max_latency_ms / 1000, observe)
         self.tasks: set[asyncio.Task] = set()
 
     def start(self) -> None:

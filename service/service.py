@@ -32,7 +32,7 @@ from service.batcher import Overloaded
 from service.config import Lifecycle, Limits, PredictionLogging, Tuning
 from service.feedback import feedback
 from service.guard import UPLOAD_STATE, UploadGuard
-from service.lifecycle import HTTP_DRAIN, drain_on_signals
+from service.lifecycle import DRAIN, drain_on_signals
 from service.lifecycle import Lifecycle as LifecycleMiddleware
 from service.predictor import BATCH_METRIC, Predictor, json_output
 from service.source import declared_model, locate, served_choice
@@ -130,13 +130,12 @@ class Classifier:
                                    sizes.observe)
         self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
         self.predlog = PredictionLog(PredictionLogging.from_env())
-        self._classes: dict[str, tuple[str, ...]] = {}  # by model tag, shared by log rows
 
     @bentoml.on_startup
     async def start(self) -> None:
         """Load the model in the background (readiness answers at once), and on SIGTERM: new
         requests get 503, those in flight finish, then the worker exits."""
-        drain_on_signals(HTTP_DRAIN, HTTP_DRAIN.done, self.lifecycle.grace_seconds)
+        drain_on_signals(DRAIN, self.lifecycle.grace_seconds)
         self.predictor.start()
         self.predlog.start()
 
@@ -181,8 +180,7 @@ class Classifier:
             ctx.response.status_code = 503
             ctx.response.headers["Retry-After"] = "1"
             return [], {"error": str(error), "code": "overloaded"}
-        info = served.lineage
-        names = [c["name"] for c in info["classes"]]
+        info, names = served.lineage, list(served.class_names)
         mids = {c["name"]: c["mid"] for c in info["classes"]}
         k = min(top, len(names))
         labels = [[{**entry, "mid": mids[entry["label"]]} for entry in top_k(p, names, k)]
@@ -191,10 +189,9 @@ class Classifier:
         ids = [uuid.uuid4().hex for _ in paths]
         ctx.response.headers["X-Request-ID"] = ids[0]
         if self.predlog.enabled and (described := await self.described(paths)) is not None:
-            classes = self._classes.setdefault(info["tag"], tuple(names))
             endpoint = "classify_batch" if ctx.request.url.path.endswith("_batch") else "classify"
             self.predlog.add(Answered(datetime.now(UTC), endpoint, ids, described, info["tag"],
-                                      classes, probs, seconds * 1000))
+                                      served.class_names, probs, seconds * 1000))
         return labels, {"model": info["tag"], "seconds": round(seconds, 4), "request_ids": ids}
 
     async def described(self, paths: list[Path]) -> list | None:
