@@ -34,11 +34,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER openimager
 # Refuse to start, with every reason at once, when the settings would fail mid-run (exit 78);
 # then exec the command: a `python -m flows` subcommand, or `prefect ...` (e.g. a worker).
-ENTRYPOINT ["python", "-m", "flows.preflight", "--exec", "--"]
+ENTRYPOINT ["python", "-m", "flows.run.preflight", "--exec", "--"]
 CMD ["--help"]
 # Needs --format docker with buildah/podman (OCI images have no healthcheck). Re-checks the
 # settings and the workspace, and that PREFECT_API_URL answers when one is set.
 HEALTHCHECK --interval=60s --timeout=15s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "flows.preflight", "--reach"]
+    CMD ["python", "-m", "flows.run.preflight", "--reach"]
 # Last, so a change of the code rebuilds one small layer and nothing after it.
 COPY --chown=openimager:openimager . /app

@@ -188,7 +188,7 @@ def run_case(case: str, workspace: Path, classes: list[str]) -> int:
     meta = workspace / "metadata"
     if case == "build":
         from flows.openimages.metadata import Metadata
-        from flows.progress import stepper
+        from flows.run.progress import stepper
 
         shutil.rmtree(meta / "cache", ignore_errors=True)
         Metadata(f"file://{meta}", meta, "v6", ("train",), check_upstream=False,

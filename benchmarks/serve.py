@@ -66,7 +66,7 @@ def register(workdir: Path, architecture: str, image_size: int) -> tuple[str, Pa
     """Save and register the benchmark model; return its tag and file."""
     import bentoml
 
-    from flows.model_store import register_model
+    from flows.promotion.bentoml_store import register_model
     from model.architectures import build
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,7 @@ def speed(root: Path, rows: list[tuple[str, str]], size: int, batch: int,
 
 def build_sample(workspace: Path) -> Path:
     """Refresh and build the sample's crops through local servers, as the demo does."""
-    from flows import stages
+    from flows.pipeline import stages
     from flows.servers.local import LOCAL_CREDENTIALS, LocalS3
     from flows.servers.mirror import StaticHTTP
     from flows.settings import CVDF_BUCKET, Settings

@@ -13,8 +13,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.fanout import CHUNKS, chunk_files, collect, ran_on, read_chunk, task_runner, where
 from flows.openimages.cropjobs import CropChunk, CropRunner, run_chunk
+from flows.run.fanout import CHUNKS, chunk_files, collect, ran_on, read_chunk, task_runner, where
 from flows.settings import Settings
 
 

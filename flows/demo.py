@@ -10,7 +10,7 @@ import pandas as pd
 import requests
 
 from flows.publishing.lineage import PROJECT_ROOT
-from flows.runtime import prepare_run
+from flows.run.runtime import prepare_run
 from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, BentoServer, LocalS3
 from flows.servers.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET, Settings
@@ -114,7 +114,7 @@ def report(result: dict) -> str:
 def registry_access(workspace: Path, published: dict) -> list[str]:
     """The command that serves the demo's registry again, and the lines that then install the
     published version with plain quilt3 (what `python -m flows registry` prints)."""
-    from flows.cli_registry import DEFAULT_PORT
+    from flows.commands.registry import DEFAULT_PORT
     from flows.publishing.registries import access_lines
 
     endpoint = f"http://127.0.0.1:{DEFAULT_PORT}"

@@ -13,7 +13,9 @@ from pathlib import Path
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from flows.fanout import (
+from flows.openimages.download import Chunk, ChunkRunner, DownloadOptions
+from flows.openimages.downloader import run_chunks
+from flows.run.fanout import (
     CHUNKS,
     chunk_files,
     collect,
@@ -23,8 +25,6 @@ from flows.fanout import (
     task_runner,
     where,
 )
-from flows.openimages.download import Chunk, ChunkRunner, DownloadOptions
-from flows.openimages.downloader import run_chunks
 from flows.settings import Settings
 
 __all__ = ["CHUNKS", "chunk_runner", "download_chunks"]

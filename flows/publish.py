@@ -7,10 +7,10 @@ from dataclasses import asdict
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import release, stages
-from flows.artifacts import record
-from flows.params import retry_only, settings_from
+from flows.pipeline import release, stages
+from flows.pipeline.artifacts import record
 from flows.publishing.bundle import PublishError
+from flows.run.params import retry_only, settings_from
 from flows.settings import Settings
 
 

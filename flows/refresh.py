@@ -6,13 +6,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from flows import stages
-from flows.artifacts import record
 from flows.download_flow import chunk_runner
 from flows.openimages.fetch import transient
 from flows.openimages.sources import Transient
-from flows.params import Runner, Version, settings_from
+from flows.pipeline import stages
+from flows.pipeline.artifacts import record
 from flows.publishing.registries import EMBEDDED, check_registry
+from flows.run.params import Runner, Version, settings_from
 from flows.settings import Settings
 
 

@@ -19,16 +19,17 @@ import signal
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import release, stages, watch
-from flows.artifacts import record, record_checks
-from flows.datachecks import verdict
-from flows.fanout import shared_cluster
-from flows.params import Architecture, Runner, Version, report_images, settings_from
+from flows.pipeline import release, stages
+from flows.pipeline.artifacts import record, record_checks
 from flows.publish import promote_task, promotion_lines, publish_line, publish_task
 from flows.publishing.lineage import refuse_uncommitted
 from flows.refresh import check_inputs, refresh_task
+from flows.run.fanout import shared_cluster
+from flows.run.params import Architecture, Runner, Version, report_images, settings_from
 from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
+from flows.watching import watch
+from flows.watching.datachecks import verdict
 from model.atomic import atomic_path
 
 KILL_AT = "OPENIMAGER_TEST_KILL_AT"  # test-only, see stop_here_for_tests
@@ -100,8 +101,8 @@ def retrain(
 ) -> dict:
     """Refresh, crop, train and register; if the model passes the gate, publish it with its
     data, record its promotion, and build its Bento (build_bento). Returns every stage's
-    summary. An anomaly in the new dataset (flows/datachecks.py) stops the run before training
-    unless accept_anomalies."""
+    summary. An anomaly in the new dataset (flows/watching/datachecks.py) stops the run before
+    training unless accept_anomalies."""
     settings = settings_from(
         classes=classes, exclude_classes=exclude_classes,
         openimages_version=openimages_version, workspace=workspace, metadata_url=metadata_url,

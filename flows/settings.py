@@ -125,7 +125,7 @@ class Settings(BaseModel):
     publish_uncommitted: bool = True  # warn, not refuse, when the checkout has changes
     package_name: str = "openimager/classifier"
 
-    # Data checks before training (flows/datachecks.py): an anomaly stops the run unless
+    # Data checks before training (flows/watching/datachecks.py): an anomaly stops the run unless
     # accepted. Relative checks compare with the promoted model's dataset.
     accept_anomalies: bool = False
     check_max_class_drop: float = 0.5  # largest share of a class's crops that may vanish

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
-from flows.artifacts import record
 from flows.crop_flow import chunk_runner
-from flows.params import Architecture, Runner, report_images, settings_from
+from flows.pipeline import stages
+from flows.pipeline.artifacts import record
+from flows.run.params import Architecture, Runner, report_images, settings_from
 from flows.settings import Settings
 
 

@@ -54,7 +54,7 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: li
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
         "class_names": list(class_names),
-        # The reference for drift of the served model's confidence (flows/drift.py).
+        # The reference for drift of the served model's confidence (flows/watching/drift.py).
         "test_top_probabilities": [round(float(p), 4) for p in probs.max(axis=1)]
         if len(truth) else [],
     }

@@ -100,7 +100,7 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], dest: P
 
 def drift_chart(summary: dict, dest: Path) -> Path:
     """The served traffic's class mix beside the reference mix, with each drift test's
-    p-value underneath (summary: flows/drift.py drift)."""
+    p-value underneath (summary: flows/watching/drift.py drift)."""
     plt = _pyplot()
     mix = next(t for t in summary["tests"] if t["name"] == "class mix")
     names = sorted(mix["reference"] or {})

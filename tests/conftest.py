@@ -140,7 +140,7 @@ def mirror() -> Iterator[StaticHTTP]:
 
 def build_sample_workspace(workspace: Path, request: pytest.FixtureRequest) -> Path:
     """Refresh and build the sample's crops of three classes into workspace."""
-    from flows import stages
+    from flows.pipeline import stages
     from flows.settings import Settings
 
     local_s3, mirror = request.getfixturevalue("local_s3"), request.getfixturevalue("mirror")

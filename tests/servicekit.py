@@ -31,7 +31,7 @@ def wait_for(check, what: str, timeout: float = 120, every: float = 0.2):
 def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,
                         image_size: int = IMAGE_SIZE, name: str = "openimager-classifier") -> str:
     """Save an untrained seed CNN with metrics and register it like training does."""
-    from flows.model_store import register_model
+    from flows.promotion.bentoml_store import register_model
     from model.architectures import seed_cnn
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import base64
 
 from PIL import Image
 
-from flows.artifacts import classification_rows, inline_image, report
+from flows.pipeline.artifacts import classification_rows, inline_image, report
 
 REFRESH = {"classes": {"Car": {"mid": "/m/0k4j", "images": 10, "boxes": 12}},
            "images": 10, "boxes": 12, "downloads": {"ok": 9, "gone": 1}}

@@ -189,7 +189,7 @@ def test_code_is_the_commit_the_model_was_trained_at(registry_env, tmp_path):
     assert f"the code at commit `{trained_at}`" in (got / "README.md").read_text()
     pkg = quilt3.Package.browse("test/lineage", registry=registry_env, top_hash=done.top_hash)
     assert pkg.meta["git_commit"] == trained_at and not pkg.meta.get("dirty")
-    for path in ("flows/publishing/bundle.py", "flows/stages.py"):
+    for path in ("flows/publishing/bundle.py", "flows/pipeline/stages.py"):
         assert (got / "code" / path).read_text() == git("show", f"{trained_at}:{path}")
     assert (got / "env" / "requirements.lock").read_text() == git(
         "show", f"{trained_at}:requirements.lock")

@@ -1,6 +1,6 @@
 """The command line: class search with counts and trees, and clear errors for bad names."""
 
-from flows.__main__ import main
+from flows.commands.main import main
 from flows.openimages.metadata import Metadata
 
 

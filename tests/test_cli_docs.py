@@ -34,7 +34,7 @@ def documented() -> list[tuple[str, int | None]]:
 
 
 def test_the_page_documents_every_command():
-    from flows.__main__ import parser
+    from flows.commands.main import parser
 
     commands = set(parser()._subparsers._group_actions[0].choices)
     blocks = "".join(re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.S))

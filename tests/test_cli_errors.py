@@ -140,7 +140,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_refused_uncommitted_changes_are_bad_input_without_a_traceback(capsys) -> None:
-    from flows.cli_errors import BAD_INPUT, guarded
+    from flows.commands.errors import BAD_INPUT, guarded
     from flows.publishing.lineage import UncommittedChanges
 
     def refuse() -> int:

@@ -6,8 +6,8 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from flows.__main__ import main, parser
-from flows.cli_errors import BAD_INPUT, UPSTREAM, UsageError, expected, guarded, message
+from flows.commands.errors import BAD_INPUT, UPSTREAM, UsageError, expected, guarded, message
+from flows.commands.main import main, parser
 from flows.openimages.ontology import UnknownClassError
 from flows.publishing.lineage import UncommittedChanges
 from flows.settings import Settings

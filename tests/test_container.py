@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.preflight import EX_CONFIG
+from flows.run.preflight import EX_CONFIG
 from flows.servers.local import LOCAL_CREDENTIALS, LocalS3, free_port
 from flows.servers.mirror import StaticHTTP
 from tests import containerkit
@@ -75,7 +75,7 @@ def worker_image(request: pytest.FixtureRequest, timings: dict[str, float]) -> s
 def test_image_runs_as_a_user_with_a_healthcheck(worker_image: str) -> None:
     assert containerkit.inspect(worker_image, "{{.Config.User}}") == "openimager"
     health = containerkit.inspect(worker_image, "{{json .HealthCheck}}")
-    assert "flows.preflight" in health and "--reach" in health
+    assert "flows.run.preflight" in health and "--reach" in health
     done = containerkit.podman_run(worker_image, ["python", "-c", "import os; print(os.getuid())"])
     assert (done.returncode, done.stdout.strip()) == (0, "10001"), done.stderr
 

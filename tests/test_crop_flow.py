@@ -6,9 +6,9 @@ import os
 import pytest
 
 from flows.crop_flow import chunk_runner
-from flows.fanout import CHUNKS
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropChunk, crop_boxes
+from flows.run.fanout import CHUNKS
 from flows.settings import Settings
 from tests.test_cropjobs import manifest, selection
 
@@ -68,7 +68,7 @@ def test_a_failed_chunk_marks_its_boxes_failed_and_the_rest_is_kept(harness, tmp
 
 
 def test_one_local_cluster_serves_every_stage_of_a_run(harness, tmp_path):
-    from flows.fanout import shared_cluster
+    from flows.run.fanout import shared_cluster
 
     with shared_cluster(Settings(workspace=tmp_path)) as unchanged:
         assert unchanged.dask_address is None  # threads: no cluster at all

@@ -9,7 +9,15 @@ import shutil
 import pandas as pd
 import pytest
 
-from flows.datachecks import PROFILE, DataAnomaly, compare, markdown, outcome, profile, verdict
+from flows.watching.datachecks import (
+    PROFILE,
+    DataAnomaly,
+    compare,
+    markdown,
+    outcome,
+    profile,
+    verdict,
+)
 
 
 def sample_profile(workspace):
@@ -71,8 +79,8 @@ def test_the_retrain_flow_stops_before_training_on_an_anomaly(sample_workspace, 
                                                               monkeypatch):
     import bentoml
 
-    from flows.cli_errors import BAD_INPUT, expected
-    from flows.model_store import promote
+    from flows.commands.errors import BAD_INPUT, expected
+    from flows.promotion.bentoml_store import promote
     from flows.retrain import retrain
 
     workspace = tmp_path / "ws"

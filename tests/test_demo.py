@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import flows.demo
-from flows.__main__ import main
+from flows.commands.main import main
 from flows.demo import demo_workspace
 
 

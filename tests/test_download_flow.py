@@ -10,8 +10,8 @@ import pytest
 from flows.download_flow import CHUNKS, chunk_runner
 from flows.openimages import manifest as mf
 from flows.openimages.download import download_images
+from flows.pipeline.stages import download_options
 from flows.settings import Settings
-from flows.stages import download_options
 from tests.downloadkit import catalog, image_id, image_table, jpeg
 from tests.imageserver import Faults, ImageServer
 

@@ -94,7 +94,7 @@ def test_ctrl_c_stops_at_the_images_in_flight(tmp_path):
 
 
 def test_command_line_download_resumes_and_verifies(local_s3, mirror, tmp_path, capsys):
-    from flows.__main__ import main
+    from flows.commands.main import main
 
     args = ["download", "--workspace", str(tmp_path), "--metadata-url", mirror.url,
             "--image-endpoint-url", local_s3.endpoint_url, "--classes", "Hamburger"]

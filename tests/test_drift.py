@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.drift import Reference, drift, lines
+from flows.watching.drift import Reference, drift, lines
 from tests.predictionlog import log_rows, write_feedback, write_log
 
 NO_FEEDBACK = pd.DataFrame(columns=["request_id", "label", "time", "model"])
@@ -56,10 +56,10 @@ def test_the_drift_command_reads_the_log_since_the_promotion(sample_workspace, t
                                                              capsys, monkeypatch):
     import bentoml
 
-    from flows.__main__ import main
-    from flows.model_store import promote
-    from flows.params import settings_from
-    from flows.watch import drift_summary
+    from flows.commands.main import main
+    from flows.promotion.bentoml_store import promote
+    from flows.run.params import settings_from
+    from flows.watching.watch import drift_summary
 
     workspace = tmp_path / "ws"
     (workspace / "dataset").mkdir(parents=True)
@@ -102,7 +102,7 @@ def test_the_drift_command_reads_the_log_since_the_promotion(sample_workspace, t
 
 
 def test_the_drift_command_without_a_dataset_says_what_to_run(tmp_path, capsys):
-    from flows.__main__ import main
+    from flows.commands.main import main
 
     assert main(["drift", "--workspace", str(tmp_path)]) == 2
     assert "run build-dataset (or retrain) there first" in capsys.readouterr().err

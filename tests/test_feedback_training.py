@@ -38,8 +38,8 @@ def workspace_with_feedback(sample_workspace, tmp_path):
 
 
 def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_path):
-    from flows.params import settings_from
-    from flows.stages import join_feedback
+    from flows.pipeline.stages import join_feedback
+    from flows.run.params import settings_from
 
     workspace, _ = workspace_with_feedback(sample_workspace, tmp_path)
     settings = settings_from(workspace=str(workspace), use_feedback=True)
@@ -59,8 +59,8 @@ def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_pa
 
 def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_path,
                                                          monkeypatch):
-    from flows import release, stages
-    from flows.params import settings_from
+    from flows.pipeline import release, stages
+    from flows.run.params import settings_from
 
     workspace, _ = workspace_with_feedback(sample_workspace, tmp_path)
     settings = settings_from(workspace=str(workspace), use_feedback=True)
@@ -88,8 +88,8 @@ def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_p
 
 def test_without_feedback_never_writes_through_a_hard_link(sample_workspace, tmp_path):
     workspace, _ = workspace_with_feedback(sample_workspace, tmp_path)
-    from flows.params import settings_from
-    from flows.stages import join_feedback
+    from flows.pipeline.stages import join_feedback
+    from flows.run.params import settings_from
 
     join_feedback(settings_from(workspace=str(workspace), use_feedback=True),
                   pd.read_parquet(workspace / "dataset" / "crops.parquet"))

@@ -35,7 +35,7 @@ def test_retries_stop_at_errors_another_try_cannot_mend():
     from prefect.states import Completed, Failed
 
     from flows.openimages.ontology import UnknownClassError
-    from flows.params import retry_unless
+    from flows.run.params import retry_unless
 
     retry = retry_unless(UnknownClassError)
     assert not retry(None, None, Failed(data=UnknownClassError("Hamburgr")))

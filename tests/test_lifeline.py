@@ -96,7 +96,7 @@ def test_a_run_that_forgets_to_stop_its_servers_stops_them_on_exit():
 
 
 PREFECT_TIMEOUT = """
-    from flows.runtime import use_prefect_defaults
+    from flows.run.runtime import use_prefect_defaults
     use_prefect_defaults()
     import threading
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout

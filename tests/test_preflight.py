@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import preflight
-from flows.__main__ import main as flows_main
+from flows.commands.main import main as flows_main
+from flows.run import preflight
 from flows.servers.local import free_port
 from flows.settings import Settings
 
@@ -213,7 +213,7 @@ def test_reach_asks_the_api_for_its_health(health_api: str) -> None:
 
 def entrypoint(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """The image's ENTRYPOINT, as a process: it must exec the command or exit 78."""
-    return subprocess.run([sys.executable, "-m", "flows.preflight", "--exec", "--", *argv],
+    return subprocess.run([sys.executable, "-m", "flows.run.preflight", "--exec", "--", *argv],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -16,14 +16,14 @@ import pytest
 
 from flows.openimages.metadata import Metadata
 from flows.openimages.select import Filters, select_boxes
-from flows.progress import amount, step, stepper
+from flows.run.progress import amount, step, stepper
 from tests.conftest import ROOT
 
 LINE = re.compile(r"^metadata: (?P<what>.+?)(?: \((?P<amount>[^)]+)\))? in \d+\.\d s$")
 
 SCRIPT = """
 import sys
-from flows.progress import step
+from flows.run.progress import step
 with step("verifying MD5 of x.csv", total=3_000_000, done="verified x.csv",
           stage="metadata") as advance:
     for _ in range(3):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.__main__ import main
+from flows.commands.main import main
 from model.promotion import Decision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def stored_model(workdir: Path, name: str, classes: tuple[str, ...] = ("A", "B")) -> str:
     """A model in the BentoML store without TensorFlow: the promotion code never opens it."""
-    from flows.model_store import register_model
+    from flows.promotion.bentoml_store import register_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "model.keras").write_bytes(b"not opened by these tests")
@@ -54,8 +54,8 @@ def never(*_):
 
 
 def test_the_gate_only_decides_and_the_record_waits_for_the_publish(tmp_path):
-    from flows.model_store import gate, pending, promoted, promotion_file
-    from flows.release import record_promotion
+    from flows.pipeline.release import record_promotion
+    from flows.promotion.bentoml_store import gate, pending, promoted, promotion_file
 
     name = "order-classifier"
     tag = stored_model(tmp_path, name)
@@ -81,7 +81,7 @@ def test_the_gate_only_decides_and_the_record_waits_for_the_publish(tmp_path):
 
 
 def test_a_pending_promotion_is_finished_only_if_its_model_was_published(tmp_path):
-    from flows.model_store import finish_pending, gate, pending, promote, promoted
+    from flows.promotion.bentoml_store import finish_pending, gate, pending, promote, promoted
 
     name = "pending-classifier"
     first = stored_model(tmp_path / "first", name)
@@ -108,8 +108,8 @@ def test_a_pending_promotion_is_finished_only_if_its_model_was_published(tmp_pat
 
 
 def test_a_promotion_by_hand_after_the_gate_is_not_overwritten(tmp_path):
-    from flows.model_store import gate, promote, promoted
-    from flows.release import record_promotion
+    from flows.pipeline.release import record_promotion
+    from flows.promotion.bentoml_store import gate, promote, promoted
 
     name = "race-classifier"
     first, second = (stored_model(tmp_path / str(i), name) for i in (1, 2))
@@ -123,8 +123,8 @@ def test_a_promotion_by_hand_after_the_gate_is_not_overwritten(tmp_path):
 
 
 def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, capsys):
-    from flows.model_store import gate, promoted
-    from flows.release import record_promotion
+    from flows.pipeline.release import record_promotion
+    from flows.promotion.bentoml_store import gate, promoted
 
     name = "cli-promote-classifier"
     first = stored_model(tmp_path / "first", name)
@@ -163,9 +163,9 @@ def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, 
 
 
 def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
-    import flows.model_store
-    from flows import release
-    from flows.model_store import promoted
+    import flows.promotion.bentoml_store
+    from flows.pipeline import release
+    from flows.promotion.bentoml_store import promoted
     from flows.settings import Settings
 
     def broken(tag, root):
@@ -173,7 +173,7 @@ def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
 
     name = "bentofail-classifier"
     tag = stored_model(tmp_path / "m", name)
-    monkeypatch.setattr(flows.model_store, "build_bento", broken)
+    monkeypatch.setattr(flows.promotion.bentoml_store, "build_bento", broken)
     decision = Decision(True, "first model of this name: nothing was promoted yet", "macro_f1",
                         0.5)
     summary = release.promote_published(Settings(workspace=tmp_path, build_bento=True),
@@ -190,8 +190,8 @@ def test_a_failed_bento_build_leaves_the_promotion(tmp_path, monkeypatch):
 def test_the_bento_of_a_promotion_is_built_and_recorded(tmp_path):
     import bentoml
 
-    from flows import release
-    from flows.model_store import promoted
+    from flows.pipeline import release
+    from flows.promotion.bentoml_store import promoted
     from flows.settings import Settings
     from tests.servicekit import register_tiny_model
 
@@ -270,7 +270,7 @@ class Loop:
         pending marker; checks that a promoted model is one the registry holds."""
         import quilt3
 
-        from flows.model_store import pending, promoted
+        from flows.promotion.bentoml_store import pending, promoted
         from flows.publishing.bundle import latest_meta
         from flows.publishing.registries import opened
 
@@ -338,7 +338,7 @@ def run_the_loop(loop: Loop) -> None:
     """Kill the runs at each stage boundary, rerun, and check the invariant after each run."""
     import bentoml
 
-    from flows.model_store import promoted
+    from flows.promotion.bentoml_store import promoted
 
     def stored() -> set[str]:
         try:

@@ -24,7 +24,7 @@ def workspace_with(sample_workspace, table, dest):
 
 
 def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
-    from flows import stages
+    from flows.pipeline import stages
     from flows.settings import Settings
 
     settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32,
@@ -36,7 +36,7 @@ def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
 @pytest.fixture(scope="module")
 def runs(sample_workspace, tmp_path_factory):
     """Four trainings on the same test split: bad (first), good, bad again, bad forced."""
-    from flows.model_store import promoted
+    from flows.promotion.bentoml_store import promoted
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
     shuffled = table.copy()
@@ -95,7 +95,7 @@ def test_first_run_is_promoted_then_the_gate_decides(runs):
 
 
 def test_another_class_set_is_not_scored(runs):
-    from flows.model_store import incumbent
+    from flows.promotion.bentoml_store import incumbent
 
     def never(*_):
         raise AssertionError("a model with other classes must not be scored")
@@ -105,7 +105,7 @@ def test_another_class_set_is_not_scored(runs):
 
 
 def test_reloaded_model_predicts_like_the_one_in_memory(sample_workspace, tmp_path):
-    from flows.model_store import load_model, register_model
+    from flows.promotion.bentoml_store import load_model, register_model
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")

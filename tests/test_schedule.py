@@ -127,7 +127,7 @@ def test_the_retrain_deployment_runs_to_completion(stack, retrained):
 def test_the_package_is_in_the_registry_and_the_model_in_the_store(retrained, local_s3):
     import bentoml
 
-    from flows.model_store import promoted
+    from flows.promotion.bentoml_store import promoted
 
     s3 = boto3.client("s3", endpoint_url=local_s3.endpoint_url)
     listed = s3.list_objects_v2(Bucket=REGISTRY_BUCKET,

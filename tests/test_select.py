@@ -269,7 +269,7 @@ def test_boxes_with_stored_ids_in_any_order_make_the_same_selection(onto):
 
 @pytest.mark.parametrize("rows", [1, 7, 100, 5000])
 def test_the_tally_of_a_written_selection_agrees_with_pandas(rows):
-    from flows.selection import Tally
+    from flows.pipeline.selection import Tally
 
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"ImageID": [img(i) for i in np.sort(rng.integers(0, 300, 2000))],

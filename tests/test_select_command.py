@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_select_prints_the_counts_of_its_file_and_loads_no_other_stage(mirror, tmp_path):
-    probe = ("import sys; from flows.__main__ import main; code = main(sys.argv[1:]); "
-             "print('loaded:', sorted(m for m in ('flows.stages', 'prefect', 'quilt3', "
+    probe = ("import sys; from flows.commands.main import main; code = main(sys.argv[1:]); "
+             "print('loaded:', sorted(m for m in ('flows.pipeline.stages', 'prefect', 'quilt3', "
              "'tensorflow', 'bentoml') if m in sys.modules)); sys.exit(code)")
     done = subprocess.run(
         [sys.executable, "-c", probe, "select", "--classes", "Hamburger", "Sandwich",
@@ -34,7 +34,7 @@ def test_select_prints_the_counts_of_its_file_and_loads_no_other_stage(mirror, t
 def select_loads(tmp_path: Path, url: str, cache: bool, *flags: str) -> str:
     """Which of pandas, requests and pydantic-settings `python -m flows select` loaded, in
     a fresh process."""
-    probe = ("import sys; from flows.__main__ import main; code = main(sys.argv[1:]); "
+    probe = ("import sys; from flows.commands.main import main; code = main(sys.argv[1:]); "
              "print('loaded:', sorted(m for m in ('pandas', 'requests', 'pydantic_settings') "
              "if m in sys.modules)); "
              "sys.exit(code)")

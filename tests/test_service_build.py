@@ -45,7 +45,7 @@ def lineage_of_bento(bento_tag: str, **env: str) -> dict:
 
 
 def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):
-    from flows.model_store import promote
+    from flows.promotion.bentoml_store import promote
 
     # Its own model name, so no other test sees this promotion record.
     name = "buildtest-classifier"

@@ -23,7 +23,7 @@ def isolated(monkeypatch, request) -> str:
 
 
 def test_the_choice_order_is_path_env_promoted_latest(isolated, monkeypatch, tmp_path):
-    from flows.model_store import promote
+    from flows.promotion.bentoml_store import promote
 
     name = isolated
     assert choose() == Choice("latest", tag=f"{name}:latest")
@@ -40,7 +40,7 @@ def test_the_choice_order_is_path_env_promoted_latest(isolated, monkeypatch, tmp
 
 
 def test_lineage_takes_the_promotion_only_for_the_promoted_tag(isolated, tmp_path):
-    from flows.model_store import promote
+    from flows.promotion.bentoml_store import promote
 
     name = isolated
     first = register_tiny_model(tmp_path / "a", name=name)

@@ -17,7 +17,7 @@ import bentoml
 import pytest
 import requests
 
-from flows.model_store import promote
+from flows.promotion.bentoml_store import promote
 from flows.servers.local import TELEMETRY_OFF, BentoServer, free_port, stop_group
 from tests.servicekit import Load, encoded, picture, register_tiny_model, wait_for
 

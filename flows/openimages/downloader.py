@@ -40,7 +40,7 @@ URL_COLUMNS = {"flickr": "OriginalURL", "thumbnail": "Thumbnail300KURL"}
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    """How to download (flows/stages.py download_options maps the OPENIMAGER_* settings)."""
+    """How to download (download_options in flows/pipeline/stages.py maps OPENIMAGER_*)."""
 
     sources: tuple[str, ...] = ("cvdf",)  # tried in order until one delivers
     bucket: str = "open-images-dataset"

@@ -34,7 +34,7 @@ class ChecksumError(MetadataError):
 
 
 class Progress(Protocol):
-    """Reports one long step; flows.progress.step is one (data code must not import it)."""
+    """Reports one long step; flows.run.progress.step is one (data code must not import it)."""
 
     def __call__(self, what: str, total: int | None = None, *, done: str | None = None,
                  unit: str = "B") -> AbstractContextManager[Callable[[int], None]]: ...

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.datachecks import PROFILE, Thresholds, compare, outcome, write_report
 from flows.openimages.dataset import CROPS_TABLE
+from flows.pipeline.stages import summary_path
 from flows.settings import Settings
-from flows.stages import summary_path
+from flows.watching.datachecks import PROFILE, Thresholds, compare, outcome, write_report
 from model.atomic import write_json
 
 
@@ -20,8 +20,8 @@ def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
     """Traffic since the last promotion (the prediction log) against the test split: the
     promoted model's predicted class mix on its own test split, the test crops' sizes; left
     in the workspace, and drawn to chart if given."""
-    from flows.drift import Reference, drift, since  # scipy loads only here
-    from flows.model_store import promoted
+    from flows.promotion.bentoml_store import promoted
+    from flows.watching.drift import Reference, drift, since  # scipy loads only here
     from model.predictions import read_feedback, read_log
 
     record = promoted(settings.model_name) or {}
@@ -65,7 +65,7 @@ def _stored_metadata(tag: str | None) -> dict:
 def previous_profile(settings: Settings) -> tuple[str | None, dict | None]:
     """The promoted model's tag and the profile of the dataset it was trained on, as recorded
     with it; (tag or None, None) when nothing is promoted or nothing was recorded."""
-    from flows.model_store import promoted
+    from flows.promotion.bentoml_store import promoted
 
     record = promoted(settings.model_name)
     if record is None:

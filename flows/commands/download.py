@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.cli_stages import add_selection_options
+from flows.commands.stages import add_selection_options
 
 SOURCES = ["cvdf", "flickr", "thumbnail"]
 
@@ -33,8 +33,8 @@ def add_download_command(sub: argparse._SubParsersAction) -> None:
 
 def run_download_command(args: argparse.Namespace) -> int:
     """Select and download; print the summary; exit 1 if an image failed (0 if all settled)."""
-    from flows import stages
-    from flows.params import settings_from
+    from flows.pipeline import stages
+    from flows.run.params import settings_from
 
     settings = settings_from(**{k: v for k, v in vars(args).items()
                                 if k not in {"command", "run", "debug"}})

@@ -45,7 +45,7 @@ def _connection_text(error: BaseException) -> str:
 # loaded: an error of a module that never loaded cannot have been raised, and a failing
 # command loads nothing new.
 EXPECTED: tuple[Expected, ...] = (
-    Expected("flows.cli_errors", "UsageError", BAD_INPUT),
+    Expected("flows.commands.errors", "UsageError", BAD_INPUT),
     Expected("pydantic_core", "ValidationError", BAD_INPUT,
              "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
     Expected("pydantic_settings", "SettingsError", BAD_INPUT,
@@ -55,8 +55,8 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("flows.openimages.select", "EmptySelection", BAD_INPUT,
              "choose other classes or loosen the box filters"),
     Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
-    Expected("flows.model_store", "UnknownModel", BAD_INPUT),
-    Expected("flows.datachecks", "DataAnomaly", BAD_INPUT,
+    Expected("flows.promotion.bentoml_store", "UnknownModel", BAD_INPUT),
+    Expected("flows.watching.datachecks", "DataAnomaly", BAD_INPUT,
              "if the change is meant, rerun with --accept-anomalies (OPENIMAGER_ACCEPT_ANOMALIES)"),
     Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
     # Uncommitted changes refused, or the training commit missing from this checkout.

@@ -84,7 +84,7 @@ def step(name: str) -> Iterator[dict]:
 
 def settings_of(args: argparse.Namespace) -> object:
     """The settings of a command: OPENIMAGER_* variables, overridden by the flags given."""
-    from flows.params import settings_from
+    from flows.run.params import settings_from
 
     skip = {"command", "run", "debug"}
     return settings_from(**{k: v for k, v in vars(args).items() if k not in skip})
@@ -97,7 +97,8 @@ def run_stage_command(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if args.command == "select":
         return select_command(settings)
-    from flows import stages, watch
+    from flows.pipeline import stages
+    from flows.watching import watch
 
     if args.command == "refresh":
         with step("refresh") as said:
@@ -115,8 +116,8 @@ def run_stage_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         require(settings, "dataset/crops.parquet", "build-dataset")
-        from flows.datachecks import PROFILE, verdict
         from flows.train import promotion_line
+        from flows.watching.datachecks import PROFILE, verdict
 
         if (settings.dataset_dir / PROFILE).exists():  # datasets built before checks have none
             verdict(*watch.check_dataset(settings))
@@ -131,7 +132,7 @@ def run_stage_command(args: argparse.Namespace) -> int:
 def require(settings: object, relative: str, stage: str) -> None:
     """Fail in one line when an earlier stage's output is missing from the workspace."""
     if not (settings.workspace / relative).exists():
-        from flows.cli_errors import UsageError
+        from flows.commands.errors import UsageError
 
         raise UsageError(f"{settings.workspace / relative} is missing: run `python -m flows "
                          f"{stage}` with this --workspace first")
@@ -139,7 +140,7 @@ def require(settings: object, relative: str, stage: str) -> None:
 
 def select_command(settings: object) -> int:
     """Select and print the boxes and images per class; pandas is not loaded."""
-    from flows.selection import Tally, select_to_file
+    from flows.pipeline.selection import Tally, select_to_file
 
     with step("select") as said:
         tally = Tally()
@@ -157,7 +158,7 @@ def select_command(settings: object) -> int:
 
 def publish_command(settings: object) -> int:
     """Publish the last trained model; record its promotion if it passed the gate."""
-    from flows import release, stages
+    from flows.pipeline import release, stages
     from flows.publish import promotion_lines
 
     require(settings, "summaries/train.json", "train")
@@ -181,7 +182,7 @@ def publish_command(settings: object) -> int:
 
 def retrain_command(args: argparse.Namespace) -> int:
     """Check the settings, the class names and the registry, then run the retrain flow."""
-    from flows import stages
+    from flows.pipeline import stages
     from flows.publishing.registries import EMBEDDED, check_registry
 
     settings = settings_of(args)
@@ -192,7 +193,7 @@ def retrain_command(args: argparse.Namespace) -> int:
     if args.splits:  # not a flow parameter: the flow reads it from the environment
         os.environ["OPENIMAGER_SPLITS"] = ",".join(settings.splits)
     from flows.retrain import retrain
-    from flows.runtime import prepare_run
+    from flows.run.runtime import prepare_run
 
     prepare_run()
     options = {k: v for k, v in vars(args).items()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.datachecks import PROFILE, profile
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
@@ -19,9 +18,10 @@ from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, 
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
 from flows.openimages.select import images_of, select_boxes, summary
+from flows.pipeline.selection import filters, metadata, validate_classes
 from flows.publishing.lineage import PROJECT_ROOT, code_state
-from flows.selection import filters, metadata, validate_classes
 from flows.settings import Settings
+from flows.watching.datachecks import PROFILE, profile
 from model.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     A model already trained on the same dataset with the same configuration and code is reused
     (unless reuse_trained is off): a rerun after a failed publish does not train again.
     """
-    from flows.model_store import find_trained, gate, register_model, restore_model
+    from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from model.evaluate import evaluate_model
     from model.train import TrainConfig
 

@@ -16,10 +16,10 @@ def add_drift_command(sub: argparse._SubParsersAction) -> None:
 
 def run_drift_command(args: argparse.Namespace) -> int:
     """Print the drift summary, one line per test; exit 0 whether or not it drifted."""
-    from flows.cli_errors import UsageError
+    from flows.commands.errors import UsageError
     from flows.openimages.dataset import CROPS_TABLE
-    from flows.params import settings_from
-    from flows.watch import drift_summary
+    from flows.run.params import settings_from
+    from flows.watching.watch import drift_summary
 
     settings = settings_from(workspace=args.workspace,
                              prediction_log_dir=args.prediction_log_dir)
@@ -29,7 +29,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
     if settings.prediction_log_dir and settings.prediction_log_dir.startswith("s3://"):
         raise UsageError("--log-dir: the drift command reads a local folder; copy the log "
                          "down first (aws s3 sync)")
-    from flows.drift import lines
+    from flows.watching.drift import lines
 
     for line in lines(drift_summary(settings)):
         print(line)

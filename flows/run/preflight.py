@@ -3,7 +3,7 @@
 A broken setting otherwise surfaces late: a registry without credentials fails at publish, after
 the download and the training. The worker image's entrypoint runs this first:
 
-    python -m flows.preflight [--reach] [--exec] [--] [COMMAND ...]
+    python -m flows.run.preflight [--reach] [--exec] [--] [COMMAND ...]
 
 --exec then runs COMMAND (a `python -m flows` subcommand, or `prefect ...`), --reach also asks
 PREFECT_API_URL for its health (the image's HEALTHCHECK). Problems exit with EX_CONFIG (78).

@@ -10,12 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flows.openimages.feedback import without_feedback
+from flows.pipeline.selection import filters
+from flows.pipeline.stages import summary_path
 from flows.publishing.bundle import Published, publish
 from flows.publishing.lineage import PROJECT_ROOT
 from flows.publishing.registries import opened
-from flows.selection import filters
 from flows.settings import Settings
-from flows.stages import summary_path
 from model.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
 
 def finish_pending_promotion(settings: Settings) -> dict | None:
     """Finish the promotion a stopped run decided and published but did not record (see
-    model_store.finish_pending). Opens the registry only when a promotion is pending."""
-    from flows.model_store import finish_pending, pending
+    bentoml_store.finish_pending). Opens the registry only when a promotion is pending."""
+    from flows.promotion.bentoml_store import finish_pending, pending
     from flows.publishing.bundle import latest_meta
 
     if pending(settings.model_name) is None:
@@ -72,7 +72,7 @@ def record_promotion(trained: dict, published: dict) -> dict | None:
     """After the publish: write the promotion record of a model that passed the gate, naming
     the package revision it was published in. Returns the record, or None when another model
     was promoted since the gate decided (by hand, say): that later decision stands."""
-    from flows.model_store import promote, promoted
+    from flows.promotion.bentoml_store import promote, promoted
 
     tag, decision = trained["model_tag"], trained["promotion"]
     current = promoted(tag.split(":", 1)[0])
@@ -91,8 +91,8 @@ def record_promotion(trained: dict, published: dict) -> dict | None:
 def build_bento(tag: str) -> dict:
     """Build the Bento of the promoted model tag and note its tag in the promotion record.
     A failed build is logged and returned as the error: the promotion stands."""
-    from flows.model_store import annotate_promotion
-    from flows.model_store import build_bento as build
+    from flows.promotion.bentoml_store import annotate_promotion
+    from flows.promotion.bentoml_store import build_bento as build
 
     started = time.monotonic()
     try:

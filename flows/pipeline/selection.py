@@ -17,7 +17,7 @@ from flows.openimages.metadata import Metadata
 from flows.openimages.ontology import Ontology
 from flows.openimages.releases import KINDS
 from flows.openimages.select import Filters, select_batches, write_selection
-from flows.progress import stepper
+from flows.run.progress import stepper
 from flows.settings import Settings
 
 

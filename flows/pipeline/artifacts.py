@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from flows.datachecks import markdown
+from flows.watching.datachecks import markdown
 
 IMAGE_SIDE = 640  # embedded pictures are shrunk to this longest side
 

@@ -1,0 +1,1 @@
+"""The stages as functions of the settings: selection, dataset, training, release, report."""

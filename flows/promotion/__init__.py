@@ -1,0 +1,1 @@
+"""Which model is promoted: the BentoML model store that caches trained models."""
