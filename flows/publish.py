@@ -43,6 +43,11 @@ def promotion_lines(promoted: dict | None) -> list[str]:
         return []
     record, bento = promoted["promotion"], promoted["bento"]
     if record is None:
+        winner = promoted.get("lost_to") or {}
+        if winner.get("tag"):
+            return [f"NOT promoted: lost to {winner['tag']} (revision "
+                    f"{(winner.get('top_hash') or '?')[:12]}, {winner.get('by')}), promoted in "
+                    "the registry after the gate compared with the revision before it"]
         return ["promotion not recorded: another model was promoted since the gate decided"]
     replaced = record.get("replaced") or "nothing"
     lines = [f"promotion recorded: {record['tag']} (replaced {replaced})"]

@@ -38,6 +38,9 @@ class Decision:
     candidate_score: float | None
     incumbent_tag: str | None = None
     incumbent_score: float | None = None
+    # The registry revision the decision was taken against: a promotion written later stands
+    # only if that revision is still the promoted one (model/registry_state.py).
+    incumbent_top_hash: str | None = None
 
     def as_dict(self) -> dict:
         """The decision as plain JSON-able values."""

@@ -130,7 +130,7 @@ def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, 
     first = stored_model(tmp_path / "first", name)
     second = stored_model(tmp_path / "second", name, ("A", "B", "C"))  # not scored
 
-    assert main(["promote", first]) == 0
+    assert main(["promote", first, "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"promoted {first} (nothing was promoted before)" in out
     assert "no published package revision of it is known" in out
@@ -143,7 +143,7 @@ def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, 
     assert promoted(name)["tag"] == second
 
     # Rolling back: the older tag is served again, with the revision it was published in.
-    assert main(["promote", first]) == 0
+    assert main(["promote", first, "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"promoted {first} (replaced {second})" in out
     assert f"published as loop/pkg@{'1' * 12} in s3://loop-registry" in out
@@ -151,11 +151,11 @@ def test_promote_command_promotes_rolls_back_and_refuses_unknown_tags(tmp_path, 
     assert (record["tag"], record["replaced"], record["top_hash"]) == (first, second, "1" * 64)
     assert "by hand" in record["reason"]
 
-    assert main(["promote", first]) == 0
+    assert main(["promote", first, "--workspace", str(tmp_path)]) == 0
     assert "it already was the promoted model" in capsys.readouterr().out
 
     for unknown in (f"{name}:nosuchversion", "no-such-classifier", "Not A Tag!"):
-        assert main(["promote", unknown]) == 2
+        assert main(["promote", unknown, "--workspace", str(tmp_path)]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.startswith("error: no model") and captured.err.count("\n") == 1

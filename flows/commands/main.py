@@ -16,19 +16,17 @@ from flows.commands.bundle import add_bundle_commands, run_bundle_command
 from flows.commands.download import add_download_command, run_download_command
 from flows.commands.drift import add_drift_command, run_drift_command
 from flows.commands.errors import guarded
+from flows.commands.promotion import add_promotion_commands, run_promotion_command
 from flows.commands.registry import add_registry_command, run_registry_command
 from flows.commands.stages import VERSIONS, add_stage_commands, run_stage_command, split_names
 from flows.run.preflight import add_check_command, run_check_command
 
 
 def add_other_commands(sub: argparse._SubParsersAction) -> None:
-    """demo, promote and classes."""
+    """demo and classes."""
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
     demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, workspace/demo")
     demo.add_argument("--epochs", type=int, default=8)
-    promote = sub.add_parser("promote", help="make a stored model the served one (an older tag "
-                                             "rolls back)")
-    promote.add_argument("tag", help="name:version in the BentoML store")
     classes = sub.add_parser("classes", help="search the boxable classes and their hierarchy")
     classes.add_argument("query", nargs="?", default="")
     classes.add_argument("--tree", action="store_true", help="print the subtree of each match")
@@ -40,13 +38,11 @@ def add_other_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_other_command(args: argparse.Namespace) -> int:
-    """Run demo, promote or classes."""
+    """Run demo or classes."""
     if args.command == "demo":
         from flows.demo import report, run_demo
 
         print(report(run_demo(args.workspace, epochs=args.epochs)))
-    elif args.command == "promote":
-        return promote_command(args.tag)
     else:
         print(classes_report(args))
     return 0
@@ -62,6 +58,7 @@ COMMANDS = (
     (add_check_command, run_check_command),
     (add_registry_command, run_registry_command),
     (add_drift_command, run_drift_command),
+    (add_promotion_commands, run_promotion_command),
 )
 
 
@@ -95,26 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flows").setLevel(logging.INFO)
     return guarded(lambda: args.run(args), debug=args.debug)
-
-
-def promote_command(tag: str) -> int:
-    """Write the promotion record of a stored model, as the retrain flow does after a publish;
-    say what it replaced. An unknown tag is UnknownModel (exit 2)."""
-    from flows.promotion.bentoml_store import promote_stored  # BentoML loads only here
-
-    record, before = promote_stored(tag)
-    if before is None:
-        replaced = "nothing was promoted before"
-    elif before["tag"] == record["tag"]:
-        replaced = "it already was the promoted model"
-    else:
-        replaced = f"replaced {before['tag']}"
-    print(f"promoted {record['tag']} ({replaced})")
-    print(f"published as {record['package']}@{record['top_hash'][:12]} in {record['registry']}"
-          if record.get("top_hash") else "no published package revision of it is known")
-    print(f"its Bento: {record['bento']}" if record.get("bento") else
-          "no Bento of it is known: `bentoml build` packs it")
-    return 0
 
 
 def classes_report(args: argparse.Namespace) -> str:

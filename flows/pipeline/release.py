@@ -57,26 +57,68 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
 
 def finish_pending_promotion(settings: Settings) -> dict | None:
     """Finish the promotion a stopped run decided and published but did not record (see
-    bentoml_store.finish_pending). Opens the registry only when a promotion is pending."""
+    bentoml_store.finish_pending), in the registry too. Opens the registry only when a
+    promotion is pending."""
     from flows.promotion.bentoml_store import finish_pending, pending
     from flows.publishing.bundle import latest_meta
 
-    if pending(settings.model_name) is None:
+    marker = pending(settings.model_name)
+    if marker is None:
         return None
     with opened(settings.registry, settings.registry_dir) as registry:
         newest = latest_meta(settings.package_name, registry)
-        return finish_pending(settings.model_name, newest, settings.package_name, registry)
+        record = finish_pending(settings.model_name, newest, settings.package_name, registry)
+        if record is None:
+            return None
+        published = {"name": settings.package_name, "registry": registry,
+                     "top_hash": record["top_hash"]}
+        decision = {"incumbent_top_hash": marker.get("replaces_top_hash")}
+        lost = promote_in_registry(settings, record["tag"], decision, published, record)
+        return None if lost else record
 
 
-def record_promotion(trained: dict, published: dict) -> dict | None:
-    """After the publish: write the promotion record of a model that passed the gate, naming
-    the package revision it was published in. Returns the record, or None when another model
-    was promoted since the gate decided (by hand, say): that later decision stands."""
+def promote_in_registry(settings: Settings, tag: str, decision: dict, published: dict,
+                        details: dict) -> dict | None:
+    """Make the published revision the registry's promoted one, if the revision the gate
+    compared with still is; return None when written, or the entry that won instead."""
+    from flows.promotion.registry import entry_of, registry_of, run_name
+    from model import registry_state
+
+    keep = ("metric", "score", "reason", "dataset_id")
+    entry = entry_of(tag, published["top_hash"], registry_state.actor(run_name()),
+                     package=published["name"], **{k: details.get(k) for k in keep})
+    with registry_of(settings) as registry:
+        try:
+            registry.update(registry_state.promote(
+                entry, expected=decision.get("incumbent_top_hash")))
+        except registry_state.Lost as lost:
+            log.warning("%s", lost)
+            registry.update(registry_state.note("lost", entry, to=lost.winner and {
+                k: lost.winner.get(k) for k in ("tag", "top_hash", "by")}))
+            return lost.winner or {"tag": None, "top_hash": None}
+    return None
+
+
+def record_promotion(trained: dict, published: dict, settings: Settings | None = None
+                     ) -> dict | None:
+    """After the publish: make the published model that passed the gate the promoted one, in
+    the registry (with settings: compare-and-swap against the revision the gate compared
+    with) and in this host's record, naming the package revision it was published in.
+    Returns the record, or None when another model was promoted since the gate decided (by
+    hand, or by another run): that later decision stands, and trained["lost_to"] names it."""
     from flows.promotion.bentoml_store import promote, promoted
 
     tag, decision = trained["model_tag"], trained["promotion"]
+    details = {"metric": decision["metric"], "score": decision["candidate_score"],
+               "reason": decision["reason"], "dataset_id": trained["dataset_id"]}
+    if settings is not None:
+        winner = promote_in_registry(settings, tag, decision, published, details)
+        if winner is not None:
+            trained["lost_to"] = winner
+            return None
     current = promoted(tag.split(":", 1)[0])
-    if current is not None and current["tag"] not in (tag, decision.get("incumbent_tag")):
+    if settings is None and current is not None \
+            and current["tag"] not in (tag, decision.get("incumbent_tag")):
         log.warning("%s is not promoted: %s was promoted after the gate compared it with %s",
                     tag, current["tag"], decision.get("incumbent_tag"))
         return None
@@ -84,8 +126,7 @@ def record_promotion(trained: dict, published: dict) -> dict | None:
                    "top_hash": published["top_hash"]}
     if current is not None and current["tag"] == tag:  # keep why and when it was promoted
         return promote(tag, **publication)
-    return promote(tag, metric=decision["metric"], score=decision["candidate_score"],
-                   reason=decision["reason"], dataset_id=trained["dataset_id"], **publication)
+    return promote(tag, **details, **publication)
 
 
 def build_bento(tag: str) -> dict:
@@ -107,10 +148,10 @@ def build_bento(tag: str) -> dict:
 def promote_published(settings: Settings, trained: dict, published: dict) -> dict:
     """Record the promotion of a published model that passed the gate, then build its Bento
     if build_bento is on; return (and leave in the workspace) what was recorded and built."""
-    record = record_promotion(trained, published)
+    record = record_promotion(trained, published, settings)
     bento = build_bento(record["tag"]) if record is not None and settings.build_bento else None
     if bento and bento["tag"]:
         record = {**record, "bento": bento["tag"]}
-    summary = {"promotion": record, "bento": bento}
+    summary = {"promotion": record, "bento": bento, "lost_to": trained.get("lost_to")}
     write_json(summary_path(settings, "promote"), summary)
     return summary

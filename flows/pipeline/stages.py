@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,6 +147,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     (unless reuse_trained is off): a rerun after a failed publish does not train again.
     """
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
+    from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import evaluate_model
     from model.train import TrainConfig
 
@@ -176,9 +178,13 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
         return evaluate_model(model, list(theirs["class_names"]), test, crops,
                               int(theirs["image_size"]), settings.batch_size)[metric]
 
-    decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric], score,
-                    settings.force_promote, promote_now=promote_now,
-                    dataset_id=metadata["dataset_id"])
+    # The registry's promoted revision is the incumbent, whichever host trained it.
+    opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
+    with opened as registry:
+        decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
+                        score, settings.force_promote, promote_now=promote_now,
+                        registry=registry, cache=settings.workspace / "cache" / "promoted",
+                        dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ from model.promotion import (
 
 if TYPE_CHECKING:
     import keras
+
+    from flows.promotion.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -221,21 +224,33 @@ def annotate_promotion(tag: str, **details: object) -> dict | None:
 
 def gate(tag: str, class_names: list[str], metric: str, candidate_score: float | None,
          score: Callable[[keras.Model, dict], float | None], force: bool = False,
-         promote_now: bool = True, **details: object) -> Decision:
+         promote_now: bool = True, registry: Registry | None = None,
+         cache: Path | None = None, **details: object) -> Decision:
     """Decide whether tag replaces the promoted model of its name.
 
-    With promote_now, a promotion is recorded at once (the train flow, which publishes
-    nothing). Without, the decision is only marked pending beside the record: the retrain flow
-    writes the record once the model is published, so the service never serves a model the
-    registry does not hold.
+    With a registry, the incumbent is the registry's promoted revision, whichever host trained
+    it: its model comes from this host's store if it is there, else from the registry (into
+    cache). A model trained on the data of a rolled-back one is refused unless forced, and a
+    refusal is written to the registry's history. Without a registry (an embedded one never
+    started), the promotion record beside this host's store decides, as on one machine.
+
+    With promote_now, a promotion is recorded at once in the local record (the train flow,
+    which publishes nothing; the registry learns of it only from a publish). Without, the
+    decision is only marked pending beside the record: the retrain flow writes the promotion
+    once the model is published, so nothing is served that the registry does not hold.
     """
     name = tag.split(":", 1)[0]
-    record = promoted(name)
-    if record is not None and record["tag"] == tag:  # a resumed run, or the same model again
-        return Decision(True, f"{tag} is already the promoted model", metric, candidate_score,
-                        tag, candidate_score)
-    decision = decide(metric, candidate_score, class_names, incumbent(name, class_names, score),
-                      force)
+    if registry is not None:
+        decision = registry_decision(tag, class_names, metric, candidate_score, score, force,
+                                     registry, cache or bentoml_home() / "openimager" / "cache",
+                                     details.get("dataset_id"))
+    else:
+        record = promoted(name)
+        if record is not None and record["tag"] == tag:  # a resumed run, the same model again
+            return Decision(True, f"{tag} is already the promoted model", metric,
+                            candidate_score, tag, candidate_score)
+        decision = decide(metric, candidate_score, class_names,
+                          incumbent(name, class_names, score), force)
     if decision.promote:
         what = {"metric": metric, "score": candidate_score, "reason": decision.reason, **details}
         if promote_now:
@@ -243,9 +258,52 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
         else:
             write_pending(bentoml_home(), {
                 "tag": tag, "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "replaces": decision.incumbent_tag, "details": what})
+                "replaces": decision.incumbent_tag,
+                "replaces_top_hash": decision.incumbent_top_hash, "details": what})
     log.info("%s: %s", tag, decision.reason)
     return decision
+
+
+def registry_decision(tag: str, class_names: list[str], metric: str,
+                      candidate_score: float | None, score: Callable, force: bool,
+                      registry: Registry, cache: Path, dataset_id: object) -> Decision:
+    """The gate against the registry's promoted revision (see gate)."""
+    from flows.promotion.registry import registry_incumbent, run_name
+    from model import registry_state
+
+    state, _ = registry.state()
+    current = state.get("promoted")
+    against = current.get("top_hash") if current else None
+    if current is not None and current.get("tag") == tag:
+        return Decision(True, f"{tag} is already the promoted model", metric, candidate_score,
+                        tag, candidate_score, against)
+    gone = registry_state.rolled_back(state, tag, str(dataset_id) if dataset_id else None)
+    if gone and not force:
+        decision = Decision(False, (
+            f"not promoted: {gone['tag']}, trained on the same data, was rolled back "
+            f"({gone.get('at')}, {gone.get('by')}); promote it with force_promote "
+            "(OPENIMAGER_FORCE_PROMOTE=true) if that is meant"), metric, candidate_score,
+            current and current.get("tag"), None, against)
+    else:
+        theirs = registry_incumbent(registry, current, class_names, cache, score) \
+            if current else None
+        decision = replace(decide(metric, candidate_score, class_names, theirs, force),
+                           incumbent_top_hash=against)
+    if not decision.promote:
+        registry.update(registry_state.note("rejected", {
+            "tag": tag, "metric": metric, "score": candidate_score, "reason": decision.reason,
+            "dataset_id": dataset_id, "by": registry_state.actor(run_name())},
+            against=against))
+    return decision
+
+
+def stored_model_file(tag: str) -> tuple[Path, dict] | None:
+    """The model file and metadata of tag in this host's store, or None if it is not here."""
+    try:
+        stored = bentoml.models.get(tag)
+    except (bentoml.exceptions.BentoMLException, ValueError):
+        return None
+    return Path(stored.path_of("model.keras")), dict(stored.info.metadata)
 
 
 BENTO_BUILD_SECONDS = 900

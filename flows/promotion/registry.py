@@ -1,0 +1,190 @@
+"""The registry's promotion state as the pipeline uses it: the gate's incumbent, fetched from
+the registry into a cache when this process has never seen it; the promotion written after a
+publish with compare-and-swap; promoting a revision or rolling back by hand.
+
+The state itself (its object, format and conditional writes) is model/registry_state.py,
+which the service reads too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.publishing.registries import EMBEDDED, opened
+from flows.publishing.s3clients import boto3_session
+from flows.settings import Settings
+from model import registry_state
+from model.promotion import Incumbent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """An opened registry: its s3:// URL, the package, and an S3 client on its endpoint."""
+
+    url: str
+    package: str
+    client: Any
+
+    def state(self) -> tuple[dict, str | None]:
+        return registry_state.read(self.client, self.url, self.package)
+
+    def update(self, change: Callable[[dict], dict | None]) -> dict:
+        return registry_state.update(self.client, self.url, self.package, change)
+
+
+def has_registry(settings: Settings) -> bool:
+    """Whether there is a registry to ask: any s3:// one, or an embedded one that exists (an
+    embedded registry never started holds no promotion, and starting it costs seconds)."""
+    if settings.registry != EMBEDDED:
+        return True
+    return settings.registry_dir.is_dir() and any(settings.registry_dir.iterdir())
+
+
+@contextmanager
+def registry_of(settings: Settings) -> Iterator[Registry]:
+    """The settings' registry, opened (the embedded one started if it is not running)."""
+    with opened(settings.registry, settings.registry_dir) as url:
+        client = boto3_session().client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+        yield Registry(url, settings.package_name, client)
+
+
+def fetched_model(registry: Registry, entry: dict, cache: Path) -> tuple[Path, dict]:
+    """The folder holding the model/ files of the promoted revision entry names (fetched from
+    the registry into cache once) and its servable metadata."""
+    from flows.publishing.servable import METADATA_FILE, fetch_model
+
+    folder = cache / entry["top_hash"][:16]
+    if not (folder / METADATA_FILE).exists():
+        incoming = cache / f".{entry['top_hash'][:16]}.incoming"
+        fetch_model(registry.package, registry.url, entry["top_hash"], incoming)
+        incoming.replace(folder)  # the folder appears whole, or not at all
+    return folder, json.loads((folder / METADATA_FILE).read_text())
+
+
+def registry_incumbent(registry: Registry, entry: dict, class_names: list[str], cache: Path,
+                       score: Callable[[Any, dict], float | None]) -> Incumbent:
+    """The registry's promoted model scored by score(model, metadata) if its classes match:
+    taken from the BentoML store when this host has it, else fetched from the registry."""
+    import keras
+
+    from flows.promotion.bentoml_store import stored_model_file
+
+    theirs = None
+    file = stored_model_file(entry["tag"])
+    if file is not None:
+        file, theirs = file
+    else:
+        folder, theirs = fetched_model(registry, entry, cache)
+        file = folder / "model.keras"
+    names = tuple(theirs.get("class_names", ()))
+    if set(names) != set(class_names):
+        return Incumbent(entry["tag"], names, None)
+    model = keras.saving.load_model(file, compile=False)
+    size = theirs.get("image_size") or input_size(model)
+    return Incumbent(entry["tag"], names, score(model, {**theirs, "image_size": size}))
+
+
+def input_size(model: Any) -> int:
+    """The square input size of a model, from its Resizing layer."""
+    for layer in model.layers:
+        if type(layer).__name__ == "Resizing":
+            return int(layer.height)
+    raise ValueError("the model has no Resizing layer: its input size is unknown")
+
+
+def entry_of(tag: str, top_hash: str, by: str, **details: Any) -> dict:
+    """A promoted entry: the model, the revision that holds it, who decided, and why."""
+    return {"tag": tag, "top_hash": top_hash, "by": by, **details}
+
+
+def run_name() -> str:
+    """The Prefect flow run writing a decision, or the command."""
+    try:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+    except ImportError:  # pragma: no cover - prefect is always installed with the pipeline
+        context = None
+    if context is not None and context.flow_run is not None:
+        return f"flow run {context.flow_run.name} ({context.flow_run.id})"
+    return "python -m flows"
+
+
+class NoRevision(LookupError):
+    """A tag or top hash that names no revision of the package in the registry."""
+
+
+def find_revision(registry: Registry, state: dict, wanted: str) -> dict:
+    """The revision a tag or a (short) top hash names: from the history first, else from the
+    package's revisions in the registry. Returns {"tag", "top_hash", ...}."""
+    for seen in reversed(state.get("history", [])):
+        if seen.get("tag") == wanted or (seen.get("top_hash") or "").startswith(wanted):
+            return {k: seen.get(k) for k in ("tag", "top_hash", "dataset_id") if seen.get(k)}
+    from flows.publishing.s3clients import quilt3_module
+
+    quilt3 = quilt3_module()
+    try:
+        versions = list(quilt3.list_package_versions(registry.package, registry=registry.url))
+    except Exception as error:
+        raise NoRevision(f"no package {registry.package} in {registry.url}: {error}") from error
+    for _, top_hash in versions:
+        if top_hash.startswith(wanted):
+            meta = quilt3.Package.browse(registry.package, registry=registry.url,
+                                         top_hash=top_hash).meta
+            return {"tag": meta.get("model_tag"), "top_hash": top_hash,
+                    "dataset_id": meta.get("dataset_id")}
+    for _, top_hash in reversed(versions):
+        meta = quilt3.Package.browse(registry.package, registry=registry.url,
+                                     top_hash=top_hash).meta
+        if meta.get("model_tag") == wanted:
+            return {"tag": wanted, "top_hash": top_hash, "dataset_id": meta.get("dataset_id")}
+    raise NoRevision(f"no revision of {registry.package} in {registry.url} holds {wanted!r}: "
+                     f"`python -m flows promotions` lists the promoted ones")
+
+
+class NothingToRollBack(LookupError):
+    """The promoted revision replaced nothing, or nothing is promoted."""
+
+
+def promote_by_hand(registry: Registry, wanted: str) -> tuple[dict, dict | None]:
+    """Make the revision a tag or top hash names the promoted one; return the state's new
+    promoted entry and the one it replaced."""
+    state, _ = registry.state()
+    found = find_revision(registry, state, wanted)
+    entry = entry_of(found["tag"], found["top_hash"],
+                     registry_state.actor("python -m flows promote"),
+                     reason="promoted by hand with python -m flows promote",
+                     **{k: v for k, v in found.items() if k == "dataset_id"})
+    before = state.get("promoted")
+    after = registry.update(registry_state.promote(entry))
+    return after["promoted"], before
+
+
+def rollback(registry: Registry) -> tuple[dict, dict]:
+    """Promote again the revision the promoted one replaced, and mark the promoted one rolled
+    back (a retrain on its data is then not promoted unless forced); return (new, old)."""
+    state, _ = registry.state()
+    current = state.get("promoted")
+    if current is None or not current.get("replaced"):
+        raise NothingToRollBack(
+            f"{registry.package} in {registry.url}: "
+            + ("nothing is promoted" if current is None else
+               f"{current['tag']} replaced nothing") + ": name a revision with "
+            "`python -m flows promote TAG_OR_TOP_HASH`")
+    target = find_revision(registry, state, current["replaced"]["top_hash"])
+    entry = entry_of(target["tag"], target["top_hash"],
+                     registry_state.actor("python -m flows rollback"),
+                     reason=f"rolled back from {current['tag']}",
+                     **{k: v for k, v in target.items() if k == "dataset_id"})
+    after = registry.update(registry_state.promote(entry, expected=current["top_hash"],
+                                                   action="rolled back to"))
+    return after["promoted"], current

@@ -1,0 +1,139 @@
+"""The promotion state in the registry: conditional writes against a real S3 endpoint (moto),
+one winner among concurrent promotions, rollback, and the commands that write it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from flows.commands.main import main
+from model import registry_state
+from model.registry_state import Conflict, Lost
+
+PACKAGE = "state/classifier"
+
+
+@pytest.fixture
+def client(local_s3, registry_env):
+    from flows.publishing.s3clients import boto3_session
+
+    s3 = boto3_session().client("s3", endpoint_url=local_s3.endpoint_url)
+    s3.delete_object(Bucket=registry_env[5:], Key=registry_state.state_key(PACKAGE))
+    return s3
+
+
+def entry(n: int, **details) -> dict:
+    return {"tag": f"m:{n}", "top_hash": f"{n}" * 64, "by": f"run {n}", **details}
+
+
+def test_the_second_writer_of_one_read_gets_a_conflict(client, registry_env):
+    state, etag = registry_state.read(client, registry_env, PACKAGE)
+    assert etag is None and state["promoted"] is None
+    first = registry_state.write(client, registry_env, PACKAGE, {**state, "generation": 1}, etag)
+    with pytest.raises(Conflict):  # If-None-Match: * on an object that exists now
+        registry_state.write(client, registry_env, PACKAGE, {**state, "generation": 1}, etag)
+    registry_state.write(client, registry_env, PACKAGE, {**state, "generation": 2}, first)
+    with pytest.raises(Conflict):  # If-Match on the ETag that was replaced
+        registry_state.write(client, registry_env, PACKAGE, {**state, "generation": 3}, first)
+    assert registry_state.read(client, registry_env, PACKAGE)[0]["generation"] == 2
+
+
+def test_concurrent_promotions_against_one_incumbent_give_exactly_one(client, registry_env):
+    results: dict[int, object] = {}
+    start = threading.Barrier(6)
+
+    def contend(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = registry_state.update(client, registry_env, PACKAGE,
+                                               registry_state.promote(entry(n), expected=None))
+        except Lost as lost:
+            results[n] = lost
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    won = [n for n, r in results.items() if isinstance(r, dict)]
+    lost = [r for r in results.values() if isinstance(r, Lost)]
+    assert len(won) == 1 and len(lost) == 5
+    state = registry_state.read(client, registry_env, PACKAGE)[0]
+    assert state["promoted"]["tag"] == f"m:{won[0]}" and state["generation"] == 1
+    for loser in lost:  # each names the winner
+        assert loser.winner["tag"] == f"m:{won[0]}" and f"m:{won[0]}" in str(loser)
+
+
+def test_rollback_marks_the_model_and_the_gate_refuses_its_data_unless_forced(
+        client, registry_env, tmp_path):
+    from flows.promotion.bentoml_store import registry_decision
+    from flows.promotion.registry import Registry, rollback
+
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1, dataset_id="d0"), expected=None))
+    registry.update(registry_state.promote(entry(2, dataset_id="d1"), expected="1" * 64))
+    new, old = rollback(registry)
+    assert (new["tag"], old["tag"]) == ("m:1", "m:2")
+    state = registry.state()[0]
+    assert state["promoted"]["replaced"] == {"tag": "m:2", "top_hash": "2" * 64}
+    assert [h["action"] for h in state["history"]] == ["promoted", "promoted", "rolled back to"]
+    assert state["rolled_back"][0]["tag"] == "m:2"
+
+    def never(*_):
+        raise AssertionError("a refused model is not scored")
+
+    refused = registry_decision("m:3", ["A", "B"], "macro_f1", 0.9, never, False, registry,
+                                tmp_path, "d1")
+    assert not refused.promote and "m:2" in refused.reason and "rolled back" in refused.reason
+    assert refused.incumbent_top_hash == "1" * 64
+    history = registry.state()[0]["history"]
+    assert history[-1]["action"] == "rejected" and history[-1]["tag"] == "m:3"
+
+
+def test_the_commands_promote_roll_back_and_list(client, registry_env, tmp_path, capsys):
+    registry = ["--workspace", str(tmp_path), "--registry", registry_env, "--package", PACKAGE]
+    assert main(["promotions", *registry]) == 0
+    assert "nothing promoted" in capsys.readouterr().out
+    assert main(["rollback", *registry]) == 2
+    assert "nothing is promoted" in capsys.readouterr().err
+
+    for n in (1, 2):
+        registry_state.update(client, registry_env, PACKAGE, registry_state.promote(entry(n)))
+    assert main(["rollback", *registry]) == 0
+    out = capsys.readouterr().out
+    assert "promoted m:1" in out and "replaced m:2" in out
+    # an older revision by its short top hash, found in the history
+    assert main(["promote", "2222222", *registry]) == 0
+    assert "promoted m:2" in capsys.readouterr().out
+    state = registry_state.read(client, registry_env, PACKAGE)[0]
+    assert state["promoted"]["tag"] == "m:2" and "by hand" in state["promoted"]["reason"]
+    assert main(["promotions", *registry]) == 0
+    listing = capsys.readouterr().out
+    assert listing.splitlines()[0].startswith(f"{PACKAGE} in {registry_env}: promoted m:2")
+    assert "rolled back to m:1" in listing
+    assert main(["promote", "m:99", *registry]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no ") and err.count("\n") <= 2
+
+
+def test_the_state_is_plain_json_where_the_docs_say(client, registry_env):
+    registry_state.update(client, registry_env, PACKAGE, registry_state.promote(entry(5)))
+    raw = client.get_object(Bucket=registry_env[5:],
+                            Key=f".openimager/promotion/{PACKAGE}.json")["Body"].read()
+    assert json.loads(raw)["promoted"]["top_hash"] == "5" * 64
+
+
+def test_a_workspace_without_a_registry_keeps_the_local_promotion(tmp_path):
+    from flows.promotion.registry import has_registry
+    from flows.settings import Settings
+
+    settings = Settings(workspace=tmp_path)
+    assert not has_registry(settings)
+    (tmp_path / "registry").mkdir()
+    assert not has_registry(settings)
+    (tmp_path / "registry" / "lock").touch()
+    assert has_registry(settings)
+    assert has_registry(Settings(workspace=Path("/nonexistent"), registry="s3://bucket"))
