@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -33,6 +35,7 @@ from flows.watching.datachecks import verdict
 from model.atomic import atomic_path
 
 KILL_AT = "OPENIMAGER_TEST_KILL_AT"  # test-only, see stop_here_for_tests
+BARRIER = "OPENIMAGER_TEST_BARRIER"  # test-only, see wait_here_for_tests
 
 
 def stop_here_for_tests(boundary: str) -> None:
@@ -40,6 +43,20 @@ def stop_here_for_tests(boundary: str) -> None:
     killed worker would, when OPENIMAGER_TEST_KILL_AT names it. Not a setting."""
     if os.environ.get(KILL_AT) == boundary:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_here_for_tests(boundary: str) -> None:
+    """Test-only (tests/test_registry_truth.py): at this boundary, when OPENIMAGER_TEST_BARRIER
+    is "boundary:folder:n", leave a mark in folder and wait until n runs have, so that
+    concurrent runs all pass the gate before any of them publishes. Not a setting."""
+    wanted, _, rest = os.environ.get(BARRIER, "").partition(":")
+    if wanted != boundary:
+        return
+    folder, _, count = rest.rpartition(":")
+    (Path(folder) / str(os.getpid())).touch()
+    deadline = time.monotonic() + 600
+    while len(list(Path(folder).iterdir())) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 @task(cache_policy=NO_CACHE)
@@ -126,6 +143,7 @@ def retrain(
     drifted = drift_task(settings)
     trained = train_task(settings, promote_now=False)
     stop_here_for_tests("train")
+    wait_here_for_tests("train")
     published = promoted = None
     if trained["promoted"]:
         published = publish_task(settings, trained, built)
@@ -134,6 +152,7 @@ def retrain(
     result = {"refresh": refreshed, "dataset": built, "datachecks": checked, "drift": drifted,
               "train": trained, "publish": published,
               "promotion": promoted and promoted["promotion"],
+              "lost_to": promoted and promoted.get("lost_to"),
               "bento": promoted and promoted["bento"]}
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
           f"{built['crops']} crops; test accuracy {trained['metrics']['accuracy']}")

@@ -287,7 +287,9 @@ def registry_decision(tag: str, class_names: list[str], metric: str,
     else:
         theirs = registry_incumbent(registry, current, class_names, cache, score) \
             if current else None
-        decision = replace(decide(metric, candidate_score, class_names, theirs, force),
+        decision = decide(metric, candidate_score, class_names, theirs, force)
+        where = f" (revision {against[:12]} in {registry.url})" if against else ""
+        decision = replace(decision, reason=decision.reason + where,
                            incumbent_top_hash=against)
     if not decision.promote:
         registry.update(registry_state.note("rejected", {

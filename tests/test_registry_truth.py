@@ -1,0 +1,116 @@
+"""The registry decides what is promoted, for every process: retrains in fresh containers (each
+with its own BENTOML_HOME, HOME, TMPDIR and workspace) that share only the S3 endpoint and the
+Prefect API gate against the registry's promoted revision, and two retrains started together
+give exactly one promotion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model import registry_state
+from tests.conftest import REGISTRY_BUCKET
+from tests.test_promotion_loop import result_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "truth/classifier"
+REGISTRY = f"s3://{REGISTRY_BUCKET}"
+
+
+def container(root: Path, s3_url: str, prefect_api: str, **settings: str) -> dict[str, str]:
+    """The environment of a fresh container: its own homes, temp folder and stores; only the
+    S3 endpoint and the Prefect API are shared."""
+    for folder in ("home", "tmp"):
+        (root / folder).mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENIMAGER_", "PREFECT_", "AWS_ENDPOINT_URL", "BENTOML_",
+                                "XDG_"))}
+    env.update(HOME=str(root / "home"), TMPDIR=str(root / "tmp"),
+               BENTOML_HOME=str(root / "home" / "bentoml"),
+               XDG_DATA_HOME=str(root / "home" / "data"),
+               PREFECT_HOME=str(root / "home" / "prefect"), PREFECT_API_URL=prefect_api,
+               AWS_ENDPOINT_URL=s3_url, OPENIMAGER_IMAGE_SIZE="32",
+               OPENIMAGER_BATCH_SIZE="32", OPENIMAGER_CROP_WORKERS="1", **settings)
+    return env
+
+
+def retrain(root: Path, env: dict[str, str], mirror_url: str, s3_url: str, epochs: int,
+            *extra: str) -> subprocess.Popen:
+    """`python -m flows retrain` in its own process group, its output in root."""
+    args = ["--workspace", str(root / "workspace"), "--metadata-url", mirror_url,
+            "--image-endpoint-url", s3_url, "--classes", "Hamburger", "Car",
+            "--max-images-per-class", "20", "--epochs", str(epochs), "--architecture",
+            "seed-cnn", "--registry", REGISTRY, "--package-name", PACKAGE, *extra]
+    return subprocess.Popen([sys.executable, "-m", "flows", "retrain", *args], cwd=ROOT,
+                            env=env, stdout=(root / "out").open("w"),
+                            stderr=(root / "err").open("w"), start_new_session=True)
+
+
+def finished(root: Path, process: subprocess.Popen) -> dict:
+    """The run's result once it exited 0."""
+    try:
+        code = process.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert code == 0, (root / "err").read_text()[-4000:]
+    return result_of((root / "out").read_text())
+
+
+def state(local_s3) -> dict:
+    return registry_state.read(local_s3.client(), REGISTRY, PACKAGE)[0]
+
+
+def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, prefect_api):
+    s3 = local_s3.endpoint_url
+
+    def run(name: str, epochs: int, *extra: str, **settings: str) -> subprocess.Popen:
+        env = container(tmp_path / name, s3, prefect_api, **settings)
+        return retrain(tmp_path / name, env, mirror.url, s3, epochs, *extra)
+
+    # A promotes and publishes its model.
+    a = finished(tmp_path / "a", run("a", 6))
+    assert a["train"]["promoted"] and a["publish"]["pushed"]
+    promoted = state(local_s3)["promoted"]
+    assert promoted["tag"] == a["train"]["model_tag"]
+    assert promoted["top_hash"] == a["publish"]["top_hash"] and "flow run" in promoted["by"]
+
+    # B, in a container that has never seen the package, trains a worse model: it is scored
+    # against A's model fetched from the registry and not promoted.
+    b = finished(tmp_path / "b", run("b", 1, OPENIMAGER_LEARNING_RATE="1e-7"))
+    assert not b["train"]["promoted"], b["train"]["promotion_reason"]
+    assert a["train"]["model_tag"] in b["train"]["promotion_reason"]
+    assert a["publish"]["top_hash"][:12] in b["train"]["promotion_reason"]
+    assert b["train"]["promotion"]["incumbent_score"] is not None  # A was scored here
+    assert b["publish"] is None
+    after_b = state(local_s3)
+    assert after_b["promoted"] == promoted
+    assert after_b["history"][-1]["action"] == "rejected"
+    assert after_b["history"][-1]["tag"] == b["train"]["model_tag"]
+
+    # C and D start together (forced, so each would replace A): both pass the gate before
+    # either publishes, and exactly one promotion is written; the other names the winner.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    hold = {"OPENIMAGER_TEST_BARRIER": f"train:{barrier}:2"}
+    runs = {name: run(name, 1, "--force-promote", **hold) for name in ("c", "d")}
+    results = {name: finished(tmp_path / name, process) for name, process in runs.items()}
+    winners = [n for n, r in results.items() if r["promotion"]]
+    assert len(winners) == 1, {n: (r["promotion"], r["lost_to"]) for n, r in results.items()}
+    (loser,) = set(results) - set(winners)
+    won = results[winners[0]]
+    final = state(local_s3)["promoted"]
+    assert final["tag"] == won["train"]["model_tag"]
+    assert final["top_hash"] == won["publish"]["top_hash"]
+    assert final["replaced"]["tag"] == a["train"]["model_tag"]
+    assert results[loser]["lost_to"]["tag"] == final["tag"]
+    said = (tmp_path / loser / "out").read_text() + (tmp_path / loser / "err").read_text()
+    assert "NOT promoted: lost to " + final["tag"] in said
+    actions = [h["action"] for h in state(local_s3)["history"]]
+    assert actions.count("promoted") == 2 and actions[-1] == "lost"
