@@ -98,6 +98,28 @@ def read_feedback(directory: str | Path) -> pandas.DataFrame:
     return read_parts(subfolder(directory, "feedback"), FEEDBACK_SCHEMA).to_pandas()
 
 
+def fetch_images(url: str, names: list[str], dest: Path) -> Path:
+    """Copy kept uploads (file names under images/ of an s3:// log) down to dest, those not
+    there yet; one evicted since it was logged is left out. Returns dest."""
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    prefix = f"{prefix.strip('/')}/images/" if prefix.strip("/") else "images/"
+    client = boto3.client("s3")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sorted(set(names)):
+        if (dest / name).exists():
+            continue
+        try:
+            body = client.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue
+        temp = dest / f".{name}.tmp"
+        temp.write_bytes(body)
+        temp.replace(dest / name)
+    return dest
+
+
 def image_name(sha256: str, image_format: str) -> str:
     """The file name of a kept upload: its hash and the format's usual extension."""
     return f"{sha256}.{EXTENSIONS.get(image_format.upper(), image_format.lower())}"
