@@ -273,8 +273,8 @@ class PredictionLog:
         """answered_by for /feedback: an id answered by another worker or replica moments ago
         may not be in a part yet, so this polls the store for new parts until that worker
         must have written it (the id's time, part_seconds, a margin; at most
-        FEEDBACK_MAX_WAIT). Ids of older versions (no time) and ids from the future are looked
-        up once."""
+        FEEDBACK_MAX_WAIT). Ids of older versions (no time) are looked up once, ids made more
+        than CLOCK_SLACK ahead of this clock not at all."""
         if request_id in self.recent:
             return self.recent[request_id]
         if not self.enabled:
