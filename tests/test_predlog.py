@@ -149,6 +149,9 @@ def test_an_s3_prefix_holds_the_log(tmp_path, monkeypatch, local_s3):
     assert log.answered_by(one.request_ids[0]) == ("tiny:1", tuple(CLASSES))
     listed = local_s3.client().list_objects_v2(Bucket="predlog", Prefix="served/")["Contents"]
     assert sorted(o["Key"].split("/")[1] for o in listed) == ["images", "log"]
+    # A part another replica evicted meanwhile reads as a missing file, as in a folder.
+    with pytest.raises(FileNotFoundError):
+        log.store.source("log/part-20260101T000000-0123456789abcdef-000000.parquet")
 
 
 @pytest.mark.parametrize(("name", "value"), [
