@@ -3,12 +3,16 @@
 Layout under the log folder (OPENIMAGER_PREDICTION_LOG_DIR): `log/part-*.parquet` (one row per
 classified image), `feedback/part-*.parquet` (corrections sent to /feedback) and `images/` (the
 uploads kept for labelling). Parts appear whole (written under a temporary name, then renamed).
+The folder may be an S3 prefix (`s3://bucket/prefix`), where replicas of the service in
+separate containers write their parts side by side; the readers read every replica's.
 """
 
 from __future__ import annotations
 
+import io
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -36,25 +40,84 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(PART_GLOB)) if folder.is_dir() else []
 
 
-def read_parts(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Every part of a folder as one table in the given schema (empty when there is none)."""
+def s3_part_files(url: str) -> list[Any]:
+    """The complete parts under an s3://bucket/prefix folder, oldest name first, each as the
+    bytes pyarrow reads (boto3 reads the standard AWS configuration, AWS_ENDPOINT_URL too)."""
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/"
+    client = boto3.client("s3")
+    keys = [item["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                         Prefix=prefix)
+            for item in page.get("Contents", [])
+            if "/" not in item["Key"][len(prefix):]
+            and fnmatch(item["Key"][len(prefix):], PART_GLOB)]
+    found = []
+    for key in sorted(keys):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:  # evicted by the service since the listing
+            continue
+        found.append(io.BytesIO(body))
+    return found
+
+
+def read_parts(folder: str | Path, schema: pa.Schema,
+               columns: list[str] | None = None) -> pa.Table:
+    """Every part of a folder (or s3:// prefix) as one table in the given schema (empty when
+    there is none)."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(path, schema=schema, columns=columns) for path in part_files(folder)]
+    parts = s3_part_files(folder) if is_s3(folder) else part_files(Path(folder))
+    tables = [pq.read_table(part, schema=schema, columns=columns) for part in parts]
     if not tables:
         empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return empty.empty_table()
     return pa.concat_tables(tables)
 
 
+def is_s3(directory: str | Path) -> bool:
+    return isinstance(directory, str) and directory.startswith("s3://")
+
+
+def subfolder(directory: str | Path, name: str) -> str | Path:
+    """A folder under a log folder or s3:// prefix."""
+    return f"{directory.rstrip('/')}/{name}" if is_s3(directory) else Path(directory) / name
+
+
 def read_log(directory: str | Path) -> pandas.DataFrame:
-    """Every logged prediction under a log folder, one row per image, oldest part first."""
-    return read_parts(Path(directory) / "log", LOG_SCHEMA).to_pandas()
+    """Every logged prediction under a log folder or s3:// prefix (the parts of every worker
+    and replica), one row per image, oldest part first."""
+    return read_parts(subfolder(directory, "log"), LOG_SCHEMA).to_pandas()
 
 
 def read_feedback(directory: str | Path) -> pandas.DataFrame:
-    """Every correction sent to /feedback under a log folder."""
-    return read_parts(Path(directory) / "feedback", FEEDBACK_SCHEMA).to_pandas()
+    """Every correction sent to /feedback under a log folder or s3:// prefix."""
+    return read_parts(subfolder(directory, "feedback"), FEEDBACK_SCHEMA).to_pandas()
+
+
+def fetch_images(url: str, names: list[str], dest: Path) -> Path:
+    """Copy kept uploads (file names under images/ of an s3:// log) down to dest, those not
+    there yet; one evicted since it was logged is left out. Returns dest."""
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    prefix = f"{prefix.strip('/')}/images/" if prefix.strip("/") else "images/"
+    client = boto3.client("s3")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sorted(set(names)):
+        if (dest / name).exists():
+            continue
+        try:
+            body = client.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue
+        temp = dest / f".{name}.tmp"
+        temp.write_bytes(body)
+        temp.replace(dest / name)
+    return dest
 
 
 def image_name(sha256: str, image_format: str) -> str:

@@ -60,7 +60,7 @@ async def feedback(request: Request) -> Response:
                      "is (OPENIMAGER_PREDICTION_LOG=false)")
     request_id, label = got["request_id"], got["label"]
     try:
-        found = await anyio.to_thread.run_sync(predlog.answered_by, request_id)
+        found = await predlog.find(request_id)
     except Exception as failure:  # noqa: BLE001 - an unreadable log: say so, keep serving
         log.warning("feedback: cannot search the prediction log: %s", failure)
         return error(503, "log_unavailable", f"cannot read the prediction log: {failure}")

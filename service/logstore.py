@@ -33,13 +33,14 @@ class LocalStore:
         temp.write_bytes(data)
         os.replace(temp, path)
 
-    def entries(self, folder: str) -> list[Entry]:
-        """The finished files of a folder (temporary ones excluded)."""
+    def entries(self, folder: str, after: str = "") -> list[Entry]:
+        """The finished files of a folder (temporary ones excluded), only those whose key sorts
+        after `after` when given."""
         found = []
         try:
             with os.scandir(self.root / folder) as scan:
                 for item in scan:
-                    if item.name.startswith("."):
+                    if item.name.startswith(".") or f"{folder}/{item.name}" <= after:
                         continue
                     try:
                         stat = item.stat()
@@ -80,11 +81,13 @@ class S3Store:
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.name(key), Body=data)
 
-    def entries(self, folder: str) -> list[Entry]:
+    def entries(self, folder: str, after: str = "") -> list[Entry]:
         found = []
         start = self.name(folder) + "/"
+        # Keys are listed in order: the listing starts after `after` instead of filtering.
+        skip = {"StartAfter": self.name(after)} if after else {}
         for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start):
+                Bucket=self.bucket, Prefix=start, **skip):
             for item in page.get("Contents", []):
                 key = f"{folder}/{item['Key'][len(start):]}"
                 found.append(Entry(key, item["Size"], item["LastModified"].timestamp()))
@@ -94,7 +97,12 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=self.name(key))
 
     def source(self, key: str) -> Any:
-        body = self.client.get_object(Bucket=self.bucket, Key=self.name(key))["Body"]
+        """The object's bytes; FileNotFoundError when it is gone (another replica evicted
+        it), as for a folder."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.name(key))["Body"]
+        except self.client.exceptions.NoSuchKey as gone:
+            raise FileNotFoundError(f"{self.url}/{key}") from gone
         return io.BytesIO(body.read())
 
     def __str__(self) -> str:

@@ -5,6 +5,11 @@ are dropped and counted); a background thread wakes a few times a second, turns 
 into rows and writes a part every `part_rows` rows or `part_seconds` seconds, then evicts the
 oldest files over the size bound. A crash loses the rows not yet in a part; SIGTERM writes
 them (close()).
+
+Replicas in separate containers share only the store (an S3 prefix): part names carry a random
+id of the writing process, never its pid, so two replicas cannot overwrite each other's parts;
+request ids carry the time they were made, so /feedback on any replica knows which parts can
+hold an id and how long its answering worker may still take to write it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +47,43 @@ RECENT_IDS = 100_000  # request ids remembered for /feedback without reading the
 # from the event loop and decode threads hundreds of times a second.
 TICK_SECONDS = 0.5
 INLINE_BYTES = 256 * 1024  # uploads up to this size are described in the event loop
+STAMP = "%Y%m%dT%H%M%S"  # part names start with their UTC time: names sort oldest first
+# /feedback for an id answered elsewhere (another worker or replica) whose part is not written
+# yet waits for it: its time plus part_seconds plus this margin (the writer's tick, the
+# upload), polling the store this often, never longer than FEEDBACK_MAX_WAIT in all and with
+# at most FEEDBACK_WAITING lookups waiting per worker (the rest answer at once).
+WRITE_MARGIN = 2 * TICK_SECONDS + 2.0
+FEEDBACK_POLL = 0.5
+FEEDBACK_MAX_WAIT = 30.0
+FEEDBACK_WAITING = 16
+# Clocks of replicas differ a little: an id made further ahead of this clock is no answer of
+# ours, and parts stamped up to CLOCK_SLACK before an id's time are searched for it too.
+CLOCK_SLACK = 60.0
+
+
+def new_request_id() -> str:
+    """32 hex digits laid out as a UUIDv7: the time in milliseconds, then 74 random bits."""
+    millis = time.time_ns() // 1_000_000 & (1 << 48) - 1
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80 | 7 << 76 | (rand >> 62 & 0xFFF) << 64 | 0b10 << 62
+             | rand & (1 << 62) - 1)
+    return f"{value:032x}"
+
+
+def request_time(request_id: str) -> float | None:
+    """When a request id of new_request_id() was made (epoch seconds); None for other ids
+    (random ones of older versions)."""
+    if len(request_id) != 32 or request_id[12] != "7" or request_id[16] not in "89ab":
+        return None
+    try:
+        return int(request_id[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
+def part_stamp(at: float) -> str:
+    """The start of the names of the parts written at epoch second at."""
+    return datetime.fromtimestamp(at, UTC).strftime(STAMP)
 
 
 @dataclass(frozen=True)
@@ -93,7 +138,9 @@ class PredictionLog:
         self.failed = 0  # rows lost to failed writes
         self.written = 0
         self._seq = itertools.count()
+        self._writer = (os.getpid(), uuid.uuid4().hex[:16])
         self._thread: threading.Thread | None = None
+        self.waiting = 0  # /feedback lookups waiting for another worker's part
 
     @property
     def enabled(self) -> bool:
@@ -109,10 +156,7 @@ class PredictionLog:
         """Queue an answered request; never waits."""
         if not self.enabled:
             return
-        for request_id in item.request_ids:
-            self.recent[request_id] = (item.model, item.classes)
-        while len(self.recent) > RECENT_IDS:
-            self.recent.popitem(last=False)
+        self.remember(item.request_ids, (item.model, item.classes))
         if len(self.pending) >= QUEUE_ITEMS:
             self.dropped += len(item.request_ids)
         else:
@@ -173,9 +217,20 @@ class PredictionLog:
             log.warning("prediction log: cannot keep an image in %s: %s", self.store, error)
             return False
 
+    @property
+    def writer(self) -> str:
+        """This process's random id in part names: a pid repeats across containers (every
+        replica may be pid 1), 64 random bits do not; a forked child draws its own."""
+        if self._writer[0] != os.getpid():
+            self._writer = (os.getpid(), uuid.uuid4().hex[:16])
+        return self._writer[1]
+
     def part_key(self, folder: str) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        return f"{folder}/{PART_GLOB.replace('*', f'{stamp}-{os.getpid()}-{next(self._seq)}')}"
+        """part-<UTC second>-<writer>-<seq>: unique across processes and replicas, and in time
+        order (the sequence is zero-padded, so one writer's parts of a second sort too)."""
+        stamp = datetime.now(UTC).strftime(STAMP)
+        name = f"{stamp}-{self.writer}-{next(self._seq):06d}"
+        return f"{folder}/{PART_GLOB.replace('*', name)}"
 
     def flush(self, rows: list[dict]) -> None:
         """Write rows as one part, then keep the folder under its size bound."""
@@ -205,22 +260,78 @@ class PredictionLog:
             total -= entry.size
 
     def answered_by(self, request_id: str) -> tuple[str, tuple[str, ...]] | None:
-        """The model tag and classes that answered a request id, or None if it is unknown."""
+        """The model tag and classes that answered a request id, or None if it is unknown:
+        this worker's memory, then the parts in the store (every worker's and replica's) that
+        can hold it, without waiting for parts not yet written."""
         if request_id in self.recent:
             return self.recent[request_id]
         if not self.enabled:
             return None
-        # Older than the memory: the parts on disk, newest first.
-        for entry in sorted(self.store.entries("log"), key=lambda f: f.key, reverse=True):
-            if not entry.key.endswith(".parquet"):
+        return self.search(request_id, set())
+
+    async def find(self, request_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """answered_by for /feedback: an id answered by another worker or replica moments ago
+        may not be in a part yet, so this polls the store for new parts until that worker
+        must have written it (the id's time, part_seconds, a margin; at most
+        FEEDBACK_MAX_WAIT). Ids of older versions (no time) are looked up once, ids made more
+        than CLOCK_SLACK ahead of this clock not at all."""
+        if request_id in self.recent:
+            return self.recent[request_id]
+        if not self.enabled:
+            return None
+        made, now = request_time(request_id), time.time()
+        if made is not None and made > now + CLOCK_SLACK:
+            return None
+        until = now if made is None else min(made + self.settings.part_seconds + WRITE_MARGIN,
+                                             now + FEEDBACK_MAX_WAIT)
+        searched: set[str] = set()
+        waiting = False
+        try:
+            while True:
+                found = await anyio.to_thread.run_sync(self.search, request_id, searched)
+                if found is None and request_id in self.recent:  # answered here meanwhile
+                    found = self.recent[request_id]
+                if found is not None or time.time() >= until:
+                    return found
+                if not waiting:
+                    if self.waiting >= FEEDBACK_WAITING:
+                        return None
+                    self.waiting, waiting = self.waiting + 1, True
+                await anyio.sleep(min(FEEDBACK_POLL, max(until - time.time(), 0)))
+        finally:
+            if waiting:
+                self.waiting -= 1
+
+    def search(self, request_id: str, searched: set[str]) -> tuple[str, tuple[str, ...]] | None:
+        """One look through the log parts not in searched (which it extends), newest first:
+        only those written since the id was made when its time is known. A hit is
+        remembered."""
+        made = request_time(request_id)
+        first = "" if made is None else f"log/part-{part_stamp(made - CLOCK_SLACK)}"
+        entries = [entry for entry in self.store.entries("log", after=first)
+                   if fnmatch(entry.key.rpartition("/")[2], PART_GLOB)
+                   and entry.key >= first and entry.key not in searched]
+        for entry in sorted(entries, key=lambda f: f.key, reverse=True):
+            searched.add(entry.key)
+            try:
+                table = pq.read_table(self.store.source(entry.key),
+                                      columns=["request_id", "model", "classes"],
+                                      filters=[("request_id", "=", request_id)])
+            except FileNotFoundError:  # evicted since the listing
                 continue
-            table = pq.read_table(self.store.source(entry.key),
-                                  columns=["request_id", "model", "classes"],
-                                  filters=[("request_id", "=", request_id)])
             if table.num_rows:
                 row = table.slice(0, 1).to_pylist()[0]
-                return row["model"], tuple(row["classes"])
+                found = row["model"], tuple(row["classes"])
+                self.remember([request_id], found)
+                return found
         return None
+
+    def remember(self, request_ids: list[str], answer: tuple[str, tuple[str, ...]]) -> None:
+        """Keep request ids and what answered them, the last RECENT_IDS only."""
+        for request_id in request_ids:
+            self.recent[request_id] = answer
+        while len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
 
     def feedback(self, request_id: str, label: str, model: str) -> None:
         """Store one correction at once, as a part of its own."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +41,13 @@ with bentoml.importing():
 
     from model.predict import top_k
     from service.images import BadImage, Lanes, prepare_all
-    from service.predlog import Answered, PredictionLog, describe_all, small_uploads
+    from service.predlog import (
+        Answered,
+        PredictionLog,
+        describe_all,
+        new_request_id,
+        small_uploads,
+    )
 
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 PAGE = Path(__file__).parent / "static" / "ui.html"
@@ -186,7 +191,7 @@ class Classifier:
         labels = [[{**entry, "mid": mids[entry["label"]]} for entry in top_k(p, names, k)]
                   for p in probs]
         seconds = time.perf_counter() - start
-        ids = [uuid.uuid4().hex for _ in paths]
+        ids = [new_request_id() for _ in paths]
         ctx.response.headers["X-Request-ID"] = ids[0]
         if self.predlog.enabled and (described := await self.described(paths)) is not None:
             endpoint = "classify_batch" if ctx.request.url.path.endswith("_batch") else "classify"

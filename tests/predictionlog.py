@@ -13,11 +13,13 @@ import pyarrow.parquet as pq
 
 from model.predictions import FEEDBACK_SCHEMA, LOG_SCHEMA
 
+WRITER = uuid.uuid4().hex[:16]  # as a worker of the service names its parts
+
 
 def _part(folder: Path, rows: list[dict], schema: pa.Schema, seq: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    dest = folder / f"part-{stamp}-1-{seq}.parquet"
+    dest = folder / f"part-{stamp}-{WRITER}-{seq:06d}.parquet"
     tmp = dest.with_name("." + dest.name + ".tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     tmp.rename(dest)

@@ -57,6 +57,27 @@ def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_pa
     assert set(off.Source) == {"openimages"}
 
 
+def test_an_s3_log_of_several_replicas_gives_its_labelled_images_too(
+        sample_workspace, tmp_path, local_s3, monkeypatch):
+    from flows.pipeline.stages import join_feedback
+    from flows.run.params import settings_from
+
+    workspace, _ = workspace_with_feedback(sample_workspace, tmp_path)
+    logs = workspace / "predictions"
+    local_s3.create_bucket("feedback-replicas", versioned=False)
+    client = local_s3.client()
+    for path in sorted(p for p in logs.rglob("*") if p.is_file()):
+        client.upload_file(str(path), "feedback-replicas",
+                           f"served/{path.relative_to(logs).as_posix()}")
+    shutil.rmtree(logs)  # only S3 holds the log now
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
+    settings = settings_from(workspace=str(workspace), use_feedback=True,
+                             prediction_log_dir="s3://feedback-replicas/served")
+    table = join_feedback(settings, pd.read_parquet(workspace / "dataset" / "crops.parquet"))
+    assert sorted(table[table.Source == "feedback"].Class) == ["Car", "Sandwich"]
+    assert len(list((workspace / "feedback-images").iterdir())) == 3  # kept and labelled
+
+
 def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_path,
                                                          monkeypatch):
     from flows.pipeline import release, stages

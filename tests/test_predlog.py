@@ -149,6 +149,9 @@ def test_an_s3_prefix_holds_the_log(tmp_path, monkeypatch, local_s3):
     assert log.answered_by(one.request_ids[0]) == ("tiny:1", tuple(CLASSES))
     listed = local_s3.client().list_objects_v2(Bucket="predlog", Prefix="served/")["Contents"]
     assert sorted(o["Key"].split("/")[1] for o in listed) == ["images", "log"]
+    # A part another replica evicted meanwhile reads as a missing file, as in a folder.
+    with pytest.raises(FileNotFoundError):
+        log.store.source("log/part-20260101T000000-0123456789abcdef-000000.parquet")
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -176,3 +179,74 @@ def test_small_uploads_are_described_in_place_and_large_or_missing_ones_in_a_thr
     assert not predlog_module.small_uploads([small, large])
     assert not predlog_module.small_uploads([tmp_path / "gone.png"])
     assert predlog_module.describe_all([tmp_path / "gone.png"], 0) is None
+
+
+def replica_answer(tmp_path: Path, seed: int = 0) -> Answered:
+    """An answer with a request id as the service makes them (its time inside)."""
+    one = answered([describe(upload(tmp_path, seed), 0)])
+    return replace(one, request_ids=[predlog_module.new_request_id()])
+
+
+def test_request_ids_carry_their_time_and_older_ids_none():
+    before = time.time()
+    ids = [predlog_module.new_request_id() for _ in range(1000)]
+    after = time.time()
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert all(uuid.UUID(hex=i).version == 7 for i in ids)
+    assert all(before - 0.001 <= predlog_module.request_time(i) <= after for i in ids)
+    assert predlog_module.request_time(uuid.uuid4().hex) is None
+    assert predlog_module.request_time("0" * 32) is None
+    assert predlog_module.request_time("z" * 12 + "7" + "0" * 3 + "8" + "0" * 15) is None
+
+
+def test_two_writers_of_one_process_in_one_second_never_share_a_part_name(tmp_path):
+    # Two replicas in two containers may both have pid 1: the pid cannot tell their parts
+    # apart, so here both writers even share one.
+    first, second = writer(tmp_path, part_rows=1), writer(tmp_path, part_rows=1)
+    assert first.writer != second.writer
+    sent = [replica_answer(tmp_path, seed) for seed in range(8)]
+    for one, log in zip(sent, [first, second] * 4, strict=True):
+        log.flush(log.rows(one))  # all within a second or two: the same stamps
+    names = [p.name for p in (tmp_path / "predictions" / "log").iterdir()]
+    assert len(names) == 8
+    writers = {name.split("-")[2] for name in names}
+    assert writers == {first.writer, second.writer}
+    rows = read_log(tmp_path / "predictions")
+    assert sorted(rows.request_id) == sorted(one.request_ids[0] for one in sent)
+    # One writer's parts of a second sort in the order they were written.
+    mine = sorted(n for n in names if first.writer in n)
+    assert [int(n.split("-")[3].split(".")[0]) for n in mine] == [0, 1, 2, 3]
+
+
+def test_feedback_on_one_worker_waits_for_the_part_of_another(tmp_path):
+    import anyio
+
+    answering = writer(tmp_path, part_seconds=1)
+    other = writer(tmp_path)  # another worker or replica on the same store
+    answering.start()
+    one = replica_answer(tmp_path)
+    answering.add(one)
+    # Not written yet: the other worker waits for the part instead of answering 404.
+    found = anyio.run(other.find, one.request_ids[0])
+    answering.close()
+    assert found == ("tiny:1", tuple(CLASSES))
+    assert other.recent[one.request_ids[0]] == found and other.waiting == 0
+
+
+def test_feedback_for_ids_that_cannot_appear_any_more_does_not_wait(tmp_path, monkeypatch):
+    import anyio
+
+    log = writer(tmp_path, part_seconds=1)  # every worker's parts are written within 1 s
+    log.start()
+    log.add(replica_answer(tmp_path))
+    log.close()
+    looks = []
+    search = log.search
+    monkeypatch.setattr(log, "search", lambda *args: looks.append(args) or search(*args))
+    hour_ago = f"{int((time.time() - 3600) * 1000):012x}7abc8{'0' * 15}"
+    future = f"{int((time.time() + 3600) * 1000):012x}7abc8{'0' * 15}"
+    assert anyio.run(log.find, hour_ago) is None
+    assert anyio.run(log.find, uuid.uuid4().hex) is None  # an id of an older version
+    assert len(looks) == 2  # one look each, no polling
+    assert anyio.run(log.find, future) is None and len(looks) == 2  # not even one

@@ -11,7 +11,8 @@ def add_drift_command(sub: argparse._SubParsersAction) -> None:
                                          "prediction log) with the test split")
     drift.add_argument("--workspace", help="else OPENIMAGER_WORKSPACE, ./workspace")
     drift.add_argument("--log-dir", dest="prediction_log_dir",
-                       help="else OPENIMAGER_PREDICTION_LOG_DIR, <workspace>/predictions")
+                       help="a folder or s3://bucket/prefix (every replica's parts); else "
+                            "OPENIMAGER_PREDICTION_LOG_DIR, <workspace>/predictions")
 
 
 def run_drift_command(args: argparse.Namespace) -> int:
@@ -26,9 +27,6 @@ def run_drift_command(args: argparse.Namespace) -> int:
     if not (settings.dataset_dir / CROPS_TABLE).exists():
         raise UsageError(f"no dataset in {settings.workspace}: its test split is the "
                          "reference; run build-dataset (or retrain) there first")
-    if settings.prediction_log_dir and settings.prediction_log_dir.startswith("s3://"):
-        raise UsageError("--log-dir: the drift command reads a local folder; copy the log "
-                         "down first (aws s3 sync)")
     from flows.watching.drift import lines
 
     for line in lines(drift_summary(settings)):

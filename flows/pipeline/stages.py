@@ -122,13 +122,21 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
 def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
     """With use_feedback, add the served images people labelled to the train split and
     rewrite the crops table; else mark every row's Source as Open Images."""
-    from model.predictions import read_feedback, read_log
+    from flows.watching.watch import log_location
+    from model.predictions import fetch_images, image_name, read_feedback, read_log
 
     images = pd.DataFrame()
     if settings.use_feedback:
-        folder = settings.predictions_dir
-        images = labelled_images(read_log(folder), read_feedback(folder), folder / "images",
-                                 sorted(table.Class.unique()))
+        folder = log_location(settings)
+        log, feedback = read_log(folder), read_feedback(folder)
+        if isinstance(folder, str):  # s3://: the labelled kept images come down first
+            labelled = log[log.kept & log.request_id.isin(feedback.request_id)]
+            names = [image_name(sha, fmt) for sha, fmt in zip(labelled.sha256,
+                                                               labelled.format, strict=True)]
+            images_dir = fetch_images(folder, names, settings.workspace / "feedback-images")
+        else:
+            images_dir = folder / "images"
+        images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
     table = add_feedback(table, images, settings.dataset_dir / "crops", settings.crop_size,
                          settings.crop_quality)
     write_parquet(settings.dataset_dir / CROPS_TABLE, table)

@@ -38,7 +38,7 @@ def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
     reference = Reference({str(k): float(v) for k, v in counts.items()}, test.Width.tolist(),
                           test.Height.tolist(), metrics.get("test_top_probabilities", []))
     start = record.get("promoted_at")
-    folder = settings.predictions_dir
+    folder = log_location(settings)
     rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)
     summary = {"model": tag, "since": start, "log_dir": str(folder), "class_mix_of": mix,
                **drift(rows, read_feedback(folder), reference)}
@@ -48,6 +48,13 @@ def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
 
         drift_chart(summary, chart)
     return summary
+
+
+def log_location(settings: Settings) -> str | Path:
+    """The prediction log's folder, or its s3:// prefix as it is (the parts of every replica
+    of the service are read from there)."""
+    location = settings.prediction_log_dir or ""
+    return location if location.startswith("s3://") else settings.predictions_dir
 
 
 def _stored_metadata(tag: str | None) -> dict:
