@@ -17,17 +17,12 @@ from flows.settings import CVDF_BUCKET, Settings
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 DEMO_CLASSES = ["Hamburger", "Sandwich", "Car"]
-DEMO_WORKSPACE = Path("workspace/demo")
 
 
 def demo_workspace(flag: Path | None = None) -> Path:
-    """The demo's workspace: --workspace, else OPENIMAGER_WORKSPACE, else workspace/demo."""
-    if flag is not None:
-        return flag.resolve()
-    settings = Settings()
-    # The settings' own default (workspace/) would mix the demo's files with a real run's.
-    chosen = "workspace" in settings.model_fields_set
-    return (settings.workspace if chosen else DEMO_WORKSPACE).resolve()
+    """The demo's workspace: --workspace, else the one every command and `bentoml serve` use
+    (OPENIMAGER_WORKSPACE, else ./workspace), so that they find what the demo left."""
+    return (flag if flag is not None else Settings().workspace).resolve()
 
 
 def pick_test_crop(workspace: Path) -> tuple[Path, str]:
@@ -42,7 +37,7 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
     """Refresh, crop, train, publish and serve on the sample; return what happened.
 
     Starts its own S3 endpoint unless given one that already holds the sample images;
-    workspace None: OPENIMAGER_WORKSPACE, else workspace/demo.
+    workspace None: OPENIMAGER_WORKSPACE, else ./workspace.
     """
     from flows.retrain import retrain  # Prefect loads only when the demo runs
 
@@ -68,8 +63,9 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
             result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
             result["publish"]["access"] = registry_access(workspace, result["publish"])
         crop, truth = pick_test_crop(workspace)
-        # The service logs its predictions into the demo's workspace, not ./workspace.
-        logged = {"OPENIMAGER_PREDICTION_LOG_DIR": str(workspace / "predictions")}
+        # The service logs its predictions where it would without the demo: into the
+        # workspace (<workspace>/predictions unless OPENIMAGER_PREDICTION_LOG_DIR says where).
+        logged = {"OPENIMAGER_WORKSPACE": str(workspace)}
         with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log",
                          env=logged) as server:
             with crop.open("rb") as handle:
@@ -116,8 +112,10 @@ def registry_access(workspace: Path, published: dict) -> list[str]:
     published version with plain quilt3 (what `python -m flows registry` prints)."""
     from flows.commands.registry import DEFAULT_PORT
     from flows.publishing.registries import access_lines
+    from flows.run.shell import flows_command, shown
 
     endpoint = f"http://127.0.0.1:{DEFAULT_PORT}"
-    return [f"  python -m flows registry --workspace {workspace}",
+    return [f"  {flows_command(f'registry --workspace {shown(workspace)}')}",
             *(f"  {line}" for line in access_lines(
-                endpoint, {published["name"]: published["top_hash"]}))]
+                endpoint, {published["name"]: published["top_hash"]},
+                shown(workspace / "installed")))]

@@ -24,7 +24,7 @@ from flows.run.preflight import add_check_command, run_check_command
 def add_other_commands(sub: argparse._SubParsersAction) -> None:
     """demo, promote and classes."""
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
-    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, workspace/demo")
+    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, ./workspace")
     demo.add_argument("--epochs", type=int, default=8)
     promote = sub.add_parser("promote", help="make a stored model the served one (an older tag "
                                              "rolls back)")
