@@ -1,4 +1,5 @@
-"""Where the demo works: --workspace, else OPENIMAGER_WORKSPACE, else workspace/demo."""
+"""Where the demo works: --workspace, else OPENIMAGER_WORKSPACE, else ./workspace, the
+workspace of every other command and of `bentoml serve`."""
 
 from pathlib import Path
 
@@ -17,10 +18,18 @@ def test_the_variable_wins_over_the_default(monkeypatch, tmp_path):
     assert demo_workspace(None) == tmp_path / "from-env"
 
 
-def test_the_default_is_workspace_demo(monkeypatch, tmp_path):
+def test_the_default_is_the_workspace_of_every_command_and_the_service(monkeypatch, tmp_path):
+    from flows.settings import Settings
+    from service.config import PredictionLogging
+
     monkeypatch.delenv("OPENIMAGER_WORKSPACE", raising=False)
+    monkeypatch.delenv("OPENIMAGER_PREDICTION_LOG_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert demo_workspace(None) == tmp_path / "workspace" / "demo"
+    assert demo_workspace(None) == tmp_path / "workspace"
+    assert Settings().workspace.resolve() == demo_workspace(None)
+    # The service logs where the drift command reads.
+    logged = Path(PredictionLogging.from_env().directory).resolve()
+    assert logged == Settings().predictions_dir.resolve() == tmp_path / "workspace" / "predictions"
 
 
 def test_the_command_leaves_the_choice_to_the_demo(monkeypatch, tmp_path):
