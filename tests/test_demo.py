@@ -40,3 +40,26 @@ def test_the_command_leaves_the_choice_to_the_demo(monkeypatch, tmp_path):
     assert main(["demo", "--epochs", "1"]) == 0
     assert main(["demo", "--workspace", str(tmp_path)]) == 0
     assert chosen == [(None, 1), (Path(str(tmp_path)), 8)]
+
+
+def test_the_printed_commands_run_in_a_new_shell(monkeypatch):
+    """The lines the demo prints name python and quilt3 by their path in this environment
+    (`quilt3` alone is not found outside the activated venv), relative to the folder the demo
+    ran in, and install under the workspace."""
+    import os
+    import sys
+
+    from flows.demo import registry_access
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    printed = registry_access(root / "workspace", {"name": "openimager/classifier",
+                                                   "top_hash": "0" * 64})
+    commands = [line.split()[0] for line in printed if not line.strip().startswith("export")]
+    assert len(commands) == 3
+    for program in commands:
+        assert "/" in program and os.access(root / program, os.X_OK), program
+    python = os.path.relpath(sys.executable, root) if sys.executable.startswith(f"{root}/") \
+        else sys.executable
+    assert printed[0].strip() == f"{python} -m flows registry --workspace workspace"
+    assert "--dest workspace/installed/openimager_classifier" in printed[-2]

@@ -262,13 +262,16 @@ def doc_blocks() -> list[list[str]]:
 def test_the_embedded_bucket_without_an_endpoint_is_refused(monkeypatch, capsys):
     from flows.publishing import servable
     from flows.publishing.registries import RegistryError, check_registry
+    from flows.run.shell import program
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with pytest.raises(RegistryError, match="python -m flows registry"):
+    monkeypatch.chdir(ROOT)  # the printed command names this python from here
+    with pytest.raises(RegistryError, match=f"`{program('python')} -m flows registry`"):
         check_registry(f"s3://{EMBEDDED_BUCKET}")
     command, printed = next(b for b in doc_blocks() if "servable" in b[0])
     code = servable.main(command.split()[3:])
-    assert code == 2 and capsys.readouterr().err.strip() == printed
+    assert code == 2 and capsys.readouterr().err.strip() == printed.replace(
+        ".venv/bin/python", program("python"))
 
 
 @pytest.mark.integration

@@ -32,8 +32,11 @@ def refuse_embedded_bucket(registry: str) -> None:
     """Refuse the embedded registry's bucket when no endpoint points at a local server: the
     request would go to the AWS bucket of that name, which is somebody else's."""
     if registry.startswith(f"s3://{EMBEDDED_BUCKET}") and not os.environ.get("AWS_ENDPOINT_URL"):
-        raise RegistryError(f"{registry} is the embedded registry: run `python -m flows registry` "
-                            "and set the AWS_ENDPOINT_URL it prints")
+        from flows.run.shell import flows_command
+
+        raise RegistryError(f"{registry} is the embedded registry: run "
+                            f"`{flows_command('registry')}` and set the AWS_ENDPOINT_URL it "
+                            "prints")
 
 
 def check_registry(registry: str) -> None:
