@@ -132,13 +132,35 @@ def test_the_drift_reference_is_compact_and_keeps_what_the_tests_need():
     widths = [*rng.integers(20, 257, 5000).tolist(), 30, 30, 256]
     summary = drift_reference(top, widths, widths[::-1])
     assert len(json.dumps(summary)) < 8000  # 5,003 examples: bins and sizes, not a list
-    sample, got_widths, got_heights, mean = recorded(summary)
+    found = recorded(summary)
+    sample, got_widths, got_heights = (found[k] for k in ("top_probabilities", "widths",
+                                                          "heights"))
+    mean = found["top_mean"]
+    assert found["top_bins"] == 100
     assert len(sample) == len(top) and sorted(got_widths) == sorted(widths)
     assert sorted(got_heights) == sorted(widths)
     assert mean == round(float(np.mean(top)), 4)
     # The share under 0.5 is exact; every value stays within its bin of 0.01.
     assert sum(p < 0.5 for p in sample) == sum(p < 0.5 for p in top)
     assert np.allclose(sorted(sample), sorted(top), atol=0.01)
+
+
+def test_a_binned_reference_is_compared_with_the_traffic_in_the_same_bins():
+    from flows.watching.drift import recorded
+    from model.evaluate import drift_reference
+
+    # The test split and the traffic alike: confident answers of 0.991 to 0.999.
+    rng = np.random.default_rng(5)
+    test = rng.uniform(0.991, 0.9999, 60)
+    reference = Reference({"a": 1.0, "b": 1.0}, [50], [50],
+                          **{k: v for k, v in recorded(drift_reference(test, [50], [50])).items()
+                             if k.startswith("top")})
+    traffic = pd.DataFrame({"top_label": ["a"] * 40, "top_probability": rng.uniform(
+        0.997, 0.9999, 40), "width": 50, "height": 50, "request_id": [str(i) for i in range(40)]})
+    summary = drift(traffic, NO_FEEDBACK, reference)
+    assert "mean top-1 probability" not in summary["drifted"]
+    low = traffic.assign(top_probability=0.6)
+    assert "mean top-1 probability" in drift(low, NO_FEEDBACK, reference)["drifted"]
 
 
 def test_with_no_requests_each_figure_still_shows_its_reference():

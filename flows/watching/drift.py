@@ -25,6 +25,7 @@ class Reference:
     heights: list[int]
     top_probabilities: list[float] = field(default_factory=list)
     top_mean: float | None = None  # exact, when top_probabilities are bin midpoints
+    top_bins: int = 0  # top_probabilities are the midpoints of this many bins; 0: exact
 
 
 def expand(counts: dict[str, int] | list[int], values: list[float] | None = None
@@ -36,16 +37,27 @@ def expand(counts: dict[str, int] | list[int], values: list[float] | None = None
     return [float(v) for v, n in zip(values or [], counts, strict=True) for _ in range(int(n))]
 
 
-def recorded(summary: dict | None) -> tuple[list[float], list[int], list[int], float | None]:
-    """Top-1 probabilities, widths, heights and the exact mean top-1 probability from a
-    model's drift_reference (model/evaluate.py drift_reference); empty when none."""
+def recorded(summary: dict | None) -> dict:
+    """The Reference fields a model's drift_reference gives (model/evaluate.py
+    drift_reference): top-1 probabilities as bin midpoints with their exact mean, widths and
+    heights; {} when none was recorded."""
     if not summary:
-        return [], [], [], None
-    top = summary.get("top_probability") or {}
-    counts = top.get("counts") or []
+        return {}
+    counts = (summary.get("top_probability") or {}).get("counts") or []
     middles = [(i + 0.5) / len(counts) for i in range(len(counts))]
-    return (expand(counts, middles), [int(v) for v in expand(summary.get("width") or {})],
-            [int(v) for v in expand(summary.get("height") or {})], top.get("mean"))
+    found = {"widths": [int(v) for v in expand(summary.get("width") or {})],
+             "heights": [int(v) for v in expand(summary.get("height") or {})]}
+    if counts:
+        found.update(top_probabilities=expand(counts, middles), top_bins=len(counts),
+                     top_mean=summary["top_probability"].get("mean"))
+    return {k: v for k, v in found.items() if v}
+
+
+def binned(values: np.ndarray, bins: int) -> np.ndarray:
+    """values in [0, 1] as the midpoints of their bins (bins of 1/bins, the last closed),
+    as drift_reference records the reference."""
+    index = np.minimum(np.floor(np.round(values * bins, 6)), bins - 1)
+    return (index + 0.5) / bins
 
 
 def since(log: pd.DataFrame, start: datetime | None, model: str | None = None) -> pd.DataFrame:
@@ -99,10 +111,12 @@ def _ks(name: str, traffic: pd.Series, reference: list[int]) -> dict:
                 result.pvalue, "Kolmogorov-Smirnov")
 
 
-def confidence(top: pd.Series, reference: list[float], reference_mean: float | None = None
-               ) -> list[dict]:
+def confidence(top: pd.Series, reference: list[float], reference_mean: float | None = None,
+               bins: int = 0) -> list[dict]:
     """Mean top-1 probability (Mann-Whitney U) and the share under 0.5 (Fisher's exact test)
-    against the reference's, or the figures alone when either side has none."""
+    against the reference's, or the figures alone when either side has none. A reference
+    recorded in bins (bins > 0) is tested against the traffic in the same bins: a traffic of
+    0.998s against a reference bin of [0.99, 1) at its midpoint 0.995 is no drift."""
     mean = round(float(top.mean()), 4) if len(top) else None
     low = round(float((top < 0.5).mean()), 4) if len(top) else None
     ref = np.asarray(reference, dtype=float)
@@ -112,7 +126,8 @@ def confidence(top: pd.Series, reference: list[float], reference_mean: float | N
     if top.empty or not len(ref):
         return [_row("mean top-1 probability", mean, ref_mean, None, None, "Mann-Whitney U"),
                 _row("share under 0.5", low, ref_low, None, None, "Fisher exact")]
-    u = stats.mannwhitneyu(top.to_numpy(dtype=float), ref)
+    traffic = top.to_numpy(dtype=float)
+    u = stats.mannwhitneyu(binned(traffic, bins) if bins else traffic, ref)
     table = [[int((top < 0.5).sum()), int((top >= 0.5).sum())],
              [int((ref < 0.5).sum()), int((ref >= 0.5).sum())]]
     fisher = stats.fisher_exact(table)
@@ -135,7 +150,7 @@ def drift(log: pd.DataFrame, feedback: pd.DataFrame, reference: Reference) -> di
     """Every drift figure of the log rows against the reference, and the feedback accuracy."""
     tests = [class_mix(log.top_label, reference.class_counts),
              *confidence(log.top_probability, reference.top_probabilities,
-                         reference.top_mean),
+                         reference.top_mean, reference.top_bins),
              _ks("image width", log.width, reference.widths),
              _ks("image height", log.height, reference.heights)]
     return {"requests": len(log), "tests": tests, "drifted": [t["name"] for t in tests

@@ -66,13 +66,11 @@ def reference_of(metadata: dict, test: pd.DataFrame) -> tuple[object, str]:
         mix = "the promoted model's predictions on its test split"
     else:
         counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
-    top, widths, heights, top_mean = recorded(metadata.get("drift_reference"))
-    if not widths:
-        widths, heights = test.Width.tolist(), test.Height.tolist()
-    if not top:  # models trained before drift_reference kept the whole list, if anything
-        top = list(metrics.get("test_top_probabilities") or [])
-    return Reference({str(k): float(v) for k, v in counts.items()}, widths, heights, top,
-                     top_mean), mix
+    found = {"widths": test.Width.tolist(), "heights": test.Height.tolist(),
+             # models trained before drift_reference kept the whole list, if anything
+             "top_probabilities": list(metrics.get("test_top_probabilities") or []),
+             **recorded(metadata.get("drift_reference"))}
+    return Reference({str(k): float(v) for k, v in counts.items()}, **found), mix
 
 
 def _stored_metadata(tag: str | None) -> dict:
