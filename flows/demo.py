@@ -74,7 +74,26 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
             answer.raise_for_status()
             result["serve"] = {"url": f"{server.url}/classify", "image": str(crop),
                                "true_class": truth, "answer": answer.json()}
+    result["serve"]["next"] = serve_next(workspace, result["train"]["model_tag"])
     return result
+
+
+def serve_next(workspace: Path, tag: str) -> list[str]:
+    """What `bentoml serve` serves after the demo (the promoted model, from the same BentoML
+    store, logging into the same workspace) and how to see its traffic's drift."""
+    from flows.promotion.bentoml_store import promoted
+    from flows.run.shell import flows_command, program, shown
+
+    record = promoted(tag.split(":", 1)[0])
+    which = "this model" if record and record["tag"] == tag else \
+        f"{record['tag']}, the promoted model (`{flows_command('promote ' + tag)}` serves " \
+        "this one)" if record else "no model: none is promoted"
+    default = Settings().workspace.resolve() == workspace
+    serve = f"{'' if default else f'OPENIMAGER_WORKSPACE={shown(workspace)} '}" \
+        f"{program('bentoml')} serve service.service:Classifier"
+    drift = flows_command("drift" if default else f"drift --workspace {shown(workspace)}")
+    return [f"`{serve}` now serves {which}; `{drift}` then compares its requests with the "
+            "test split."]
 
 
 def report(result: dict) -> str:
@@ -100,6 +119,7 @@ def report(result: dict) -> str:
         f"POST {served['url']} with a held-out {served['true_class']} crop answered: "
         + ", ".join(f"{x['label']} {x['probability']:.3f}" for x in served["answer"]["labels"])
         + f" ({served['answer']['seconds']} s)",
+        *served.get("next", []),
     ]
     if published and published.get("access"):
         lines += ["", "The registry stopped with the demo. To install the package with plain "

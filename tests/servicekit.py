@@ -212,18 +212,19 @@ def demo_like_project(sample_workspace: Path, project: Path, name: str) -> tuple
 
 
 @contextmanager
-def served_as_documented(project: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """The README's `bentoml serve` line run as written in project (on a free port) until
-    the block ends with a SIGTERM, which writes the open prediction log part; yields its
-    URL."""
+def served_as_documented(project: Path, env: dict[str, str], log: Path,
+                         line: str | None = None) -> Iterator[str]:
+    """The README's `bentoml serve` line (or line) run as written in project (on a free
+    port) until the block ends with a SIGTERM, which writes the open prediction log part;
+    yields its URL."""
     import shlex
     import subprocess
 
     from flows.servers.local import free_port, stop_group, wait_ready
 
     root = Path(__file__).resolve().parent.parent
-    line = next(line for line in (root / "README.md").read_text().splitlines()
-                if line.startswith(".venv/bin/bentoml serve "))
+    line = line or next(line for line in (root / "README.md").read_text().splitlines()
+                        if line.startswith(".venv/bin/bentoml serve "))
     port = free_port()
     with log.open("ab") as out:
         server = subprocess.Popen([*shlex.split(line.split("   #")[0]), "--host", "127.0.0.1",

@@ -4,12 +4,15 @@ after the demo are the requests the drift report counts."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 
 import pandas as pd
 import pytest
 import requests
 
+from tests.conftest import ROOT
 from tests.servicekit import demo_like_project, served_as_documented
 
 pytestmark = pytest.mark.integration
@@ -31,10 +34,17 @@ def test_after_the_demo_served_requests_reach_the_drift_command_without_argument
     demo = flows.demo.run_demo(None, s3=local_s3)
     assert demo["serve"]["answer"]["model"] == tag
     assert (project / "workspace" / "logs" / "bentoml.log").exists()
+    # It says what to run next, as a new shell in the project runs it.
+    (said,) = demo["serve"]["next"]
+    serve, drift = re.findall(r"`([^`]+)`", said)
+    assert said.startswith(f"`{serve}` now serves this model; ")
+    assert serve.endswith(" serve service.service:Classifier") and drift.endswith(" drift")
+    readme = (ROOT / "README.md").read_text()
+    assert " serve service.service:Classifier` now serves this model; `" in readme
 
     table = pd.read_parquet(project / "workspace" / "dataset" / "crops.parquet")
     crops = table[table.Split == "test"].sort_values("CropPath").head(2)
-    with served_as_documented(project, env, tmp_path / "serve.log") as url:
+    with served_as_documented(project, env, tmp_path / "serve.log", serve) as url:
         for path in crops.CropPath:
             with (project / "workspace" / "dataset" / "crops" / path).open("rb") as image:
                 answer = requests.post(f"{url}/classify", timeout=60, files={"image": image})
@@ -42,8 +52,8 @@ def test_after_the_demo_served_requests_reach_the_drift_command_without_argument
             assert answer.json()["model"] == tag
     assert list((project / "workspace" / "predictions" / "log").glob("part-*.parquet"))
 
-    done = subprocess.run([".venv/bin/python", "-m", "flows", "drift"], cwd=project, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(shlex.split(drift), cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # The demo's request and the two since.
     assert done.stdout.startswith(f"3 requests to {tag} since "), done.stdout
