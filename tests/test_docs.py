@@ -136,3 +136,14 @@ def test_the_docs_quote_the_demos_figures() -> None:
     watching = (ROOT / "docs" / "watching.md").read_text()
     labels = re.findall(r'label[=": ]+(\w+)', watching.split("## Feedback")[1].split("```")[1])
     assert labels and set(labels) <= set(DEMO_CLASSES)
+
+
+def test_documented_commands_name_the_venvs_programs() -> None:
+    """A new shell on a fresh clone has neither python with the project's packages nor quilt3
+    or bentoml on its PATH: documented commands run them from .venv/bin."""
+    bare = re.compile(r"^\s*(?:\w+=\S+ )*(?:python -m flows|python -c 'import quilt3|quilt3 |"
+                      r"bentoml )")
+    found = [f"{page.name}: {line.strip()}" for page in PAGES
+             for block in page.read_text().split("```")[1::2]
+             for line in block.splitlines() if bare.match(line)]
+    assert not found, "\n".join(found)
