@@ -63,3 +63,20 @@ def test_the_printed_commands_run_in_a_new_shell(monkeypatch):
         else sys.executable
     assert printed[0].strip() == f"{python} -m flows registry --workspace workspace"
     assert "--dest workspace/installed/openimager_classifier" in printed[-2]
+
+
+def test_the_summary_says_what_bentoml_serve_serves_after_the_demo(monkeypatch, tmp_path):
+    import flows.promotion.bentoml_store as store
+    from flows.demo import serve_next
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENIMAGER_WORKSPACE", raising=False)
+    monkeypatch.setattr(store, "promoted", lambda name: {"tag": f"{name}:better"})
+    (said,) = serve_next(tmp_path / "workspace", "m:demo")
+    assert " serve service.service:Classifier` now serves m:better, the promoted model (`" in said
+    assert " -m flows promote m:demo` serves this one)" in said
+    assert " -m flows drift` then compares" in said
+    # Another workspace than the default: both lines name it.
+    (said,) = serve_next(tmp_path / "elsewhere", "m:better")
+    assert said.startswith("`OPENIMAGER_WORKSPACE=elsewhere ")
+    assert "now serves this model" in said and " -m flows drift --workspace elsewhere`" in said
