@@ -38,8 +38,11 @@ def run_drift_command(args: argparse.Namespace) -> int:
 
     model_path = Path(args.model_path) if args.model_path else None
     if model_path is not None and not (model_path / SERVED_METADATA).is_file():
+        from flows.run.shell import program
+
         raise UsageError(f"--model-path: {model_path} has no {SERVED_METADATA}; install a "
-                         "package there with python -m flows.publishing.servable")
+                         f"package there with {program('python')} -m "
+                         "flows.publishing.servable")
     for line in lines(drift_summary(settings, model_path=model_path)):
         print(line)
     return 0
