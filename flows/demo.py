@@ -17,17 +17,12 @@ from flows.settings import CVDF_BUCKET, Settings
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 DEMO_CLASSES = ["Hamburger", "Sandwich", "Car"]
-DEMO_WORKSPACE = Path("workspace/demo")
 
 
 def demo_workspace(flag: Path | None = None) -> Path:
-    """The demo's workspace: --workspace, else OPENIMAGER_WORKSPACE, else workspace/demo."""
-    if flag is not None:
-        return flag.resolve()
-    settings = Settings()
-    # The settings' own default (workspace/) would mix the demo's files with a real run's.
-    chosen = "workspace" in settings.model_fields_set
-    return (settings.workspace if chosen else DEMO_WORKSPACE).resolve()
+    """The demo's workspace: --workspace, else the one every command and `bentoml serve` use
+    (OPENIMAGER_WORKSPACE, else ./workspace), so that they find what the demo left."""
+    return (flag if flag is not None else Settings().workspace).resolve()
 
 
 def pick_test_crop(workspace: Path) -> tuple[Path, str]:
@@ -42,7 +37,7 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
     """Refresh, crop, train, publish and serve on the sample; return what happened.
 
     Starts its own S3 endpoint unless given one that already holds the sample images;
-    workspace None: OPENIMAGER_WORKSPACE, else workspace/demo.
+    workspace None: OPENIMAGER_WORKSPACE, else ./workspace.
     """
     from flows.retrain import retrain  # Prefect loads only when the demo runs
 
@@ -68,8 +63,9 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
             result["publish"]["where"] = f"embedded registry kept in {workspace / 'registry'}"
             result["publish"]["access"] = registry_access(workspace, result["publish"])
         crop, truth = pick_test_crop(workspace)
-        # The service logs its predictions into the demo's workspace, not ./workspace.
-        logged = {"OPENIMAGER_PREDICTION_LOG_DIR": str(workspace / "predictions")}
+        # The service logs its predictions where it would without the demo: into the
+        # workspace (<workspace>/predictions unless OPENIMAGER_PREDICTION_LOG_DIR says where).
+        logged = {"OPENIMAGER_WORKSPACE": str(workspace)}
         with BentoServer(result["train"]["model_tag"], log_path=logs / "bentoml.log",
                          env=logged) as server:
             with crop.open("rb") as handle:
@@ -78,7 +74,26 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
             answer.raise_for_status()
             result["serve"] = {"url": f"{server.url}/classify", "image": str(crop),
                                "true_class": truth, "answer": answer.json()}
+    result["serve"]["next"] = serve_next(workspace, result["train"]["model_tag"])
     return result
+
+
+def serve_next(workspace: Path, tag: str) -> list[str]:
+    """What `bentoml serve` serves after the demo (the promoted model, from the same BentoML
+    store, logging into the same workspace) and how to see its traffic's drift."""
+    from flows.promotion.bentoml_store import promoted
+    from flows.run.shell import flows_command, program, shown
+
+    record = promoted(tag.split(":", 1)[0])
+    which = "this model" if record and record["tag"] == tag else \
+        f"{record['tag']}, the promoted model (`{flows_command('promote ' + tag)}` serves " \
+        "this one)" if record else "no model: none is promoted"
+    default = Settings().workspace.resolve() == workspace
+    serve = f"{'' if default else f'OPENIMAGER_WORKSPACE={shown(workspace)} '}" \
+        f"{program('bentoml')} serve service.service:Classifier"
+    drift = flows_command("drift" if default else f"drift --workspace {shown(workspace)}")
+    return [f"`{serve}` now serves {which}; `{drift}` then compares its requests with the "
+            "test split."]
 
 
 def report(result: dict) -> str:
@@ -104,6 +119,7 @@ def report(result: dict) -> str:
         f"POST {served['url']} with a held-out {served['true_class']} crop answered: "
         + ", ".join(f"{x['label']} {x['probability']:.3f}" for x in served["answer"]["labels"])
         + f" ({served['answer']['seconds']} s)",
+        *served.get("next", []),
     ]
     if published and published.get("access"):
         lines += ["", "The registry stopped with the demo. To install the package with plain "
@@ -116,8 +132,10 @@ def registry_access(workspace: Path, published: dict) -> list[str]:
     published version with plain quilt3 (what `python -m flows registry` prints)."""
     from flows.commands.registry import DEFAULT_PORT
     from flows.publishing.registries import access_lines
+    from flows.run.shell import flows_command, shown
 
     endpoint = f"http://127.0.0.1:{DEFAULT_PORT}"
-    return [f"  python -m flows registry --workspace {workspace}",
+    return [f"  {flows_command(f'registry --workspace {shown(workspace)}')}",
             *(f"  {line}" for line in access_lines(
-                endpoint, {published["name"]: published["top_hash"]}))]
+                endpoint, {published["name"]: published["top_hash"]},
+                shown(workspace / "installed")))]

@@ -60,6 +60,33 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: li
     }
 
 
+TOP_BINS = 100  # top-1 probabilities are kept as counts in bins of 0.01
+
+
+def drift_reference(top_probabilities: list[float], widths: list[int], heights: list[int]
+                    ) -> dict:
+    """What the served traffic is compared with (flows/watching/drift.py), compact enough
+    for the model's metadata: the test split's top-1 probabilities as counts in 100 bins of
+    0.01 (bin 50 and up: 0.5 and over) with their exact mean, and the test crops' widths and
+    heights as counts per size in pixels."""
+    top = np.clip(np.asarray(top_probabilities, dtype=float), 0.0, 1.0)
+    # Rounded first, so 0.29 (28.999... in floating point) falls in bin 29.
+    bins = np.minimum(np.floor(np.round(top * TOP_BINS, 6)).astype(int), TOP_BINS - 1)
+
+    def sizes(values: list[int]) -> dict[str, int]:
+        found, counts = np.unique(np.asarray(values, dtype=int), return_counts=True)
+        return {str(int(v)): int(n) for v, n in zip(found, counts, strict=True)}
+
+    return {
+        "test_examples": len(top),
+        "top_probability": {
+            "counts": np.bincount(bins, minlength=TOP_BINS).tolist() if len(top) else [],
+            "mean": round(float(top.mean()), 4) if len(top) else None},
+        "width": sizes(widths),
+        "height": sizes(heights),
+    }
+
+
 def evaluate_model(model: keras.Model, class_names: list[str], table: pd.DataFrame, root: Path,
                    image_size: int, batch_size: int = 32) -> dict:
     """Score a Keras model (whose outputs follow class_names) on the rows of table."""

@@ -29,7 +29,8 @@ def wait_for(check, what: str, timeout: float = 120, every: float = 0.2):
 
 
 def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,
-                        image_size: int = IMAGE_SIZE, name: str = "openimager-classifier") -> str:
+                        image_size: int = IMAGE_SIZE, name: str = "openimager-classifier",
+                        extra: dict | None = None) -> str:
     """Save an untrained seed CNN with metrics and register it like training does."""
     from flows.promotion.bentoml_store import register_model
     from model.architectures import seed_cnn
@@ -44,6 +45,7 @@ def register_tiny_model(workdir: Path, classes: list[str] = CLASSES,
         "openimages_version": "v7", "git_commit": "0" * 40,
         "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "test_examples")},
         "train_seconds": 0.0, "trained_at": "2026-01-01T00:00:00+00:00", "config": {},
+        **(extra or {}),
     }
     labels = {"dataset": "tiny-dataset", "commit": "0" * 12, "architecture": "seed_cnn"}
     return register_model(workdir, name, metadata, labels)
@@ -169,3 +171,69 @@ class Load:
                                        body.get("model"), body.get("code")))
             if reply.status_code == 503:
                 time.sleep(float(reply.headers.get("Retry-After", "0.2")) / 5)
+
+
+DEMO_CLASSES = ["Car", "Hamburger", "Sandwich"]  # the demo's (flows/demo.py), sorted
+
+
+def demo_like_project(sample_workspace: Path, project: Path, name: str) -> tuple[str, dict]:
+    """A project folder as `make demo` leaves it: the sample's dataset in ./workspace, the
+    project's .venv, and a promoted model of the demo's classes in the BentoML store (a tiny
+    one under name, so other tests' promotions in this store do not matter). Returns its tag
+    and the environment of a new shell there (no OPENIMAGER_* but the model's name)."""
+    import os
+    import shutil
+    import sys
+
+    from flows.promotion.bentoml_store import promote
+    from flows.servers.local import TELEMETRY_OFF
+
+    root = Path(__file__).resolve().parent.parent
+    dataset = project / "workspace" / "dataset"
+    dataset.mkdir(parents=True)
+    shutil.copy(sample_workspace / "dataset" / "crops.parquet", dataset)
+    (dataset / "crops").symlink_to(sample_workspace / "dataset" / "crops")
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    import pandas as pd
+
+    from model.evaluate import drift_reference
+
+    # Like a trained model, it records its test split's reference (confident answers here).
+    test = pd.read_parquet(dataset / "crops.parquet").query("Split == 'test'")
+    reference = drift_reference([0.9] * len(test), test.Width.tolist(), test.Height.tolist())
+    tag = register_tiny_model(project.parent / f"{name}-model", DEMO_CLASSES, name=name,
+                              extra={"drift_reference": reference})
+    promote(tag)
+    venv = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENIMAGER_")}
+    env.update(TELEMETRY_OFF, PYTHONPATH=str(root), OPENIMAGER_MODEL_NAME=name,
+               PATH=":".join(p for p in os.environ["PATH"].split(":") if p != venv))
+    return tag, env
+
+
+@contextmanager
+def served_as_documented(project: Path, env: dict[str, str], log: Path,
+                         line: str | None = None) -> Iterator[str]:
+    """The README's `bentoml serve` line (or line) run as written in project (on a free
+    port) until the block ends with a SIGTERM, which writes the open prediction log part;
+    yields its URL."""
+    import shlex
+    import subprocess
+
+    from flows.servers.local import free_port, stop_group, wait_ready
+
+    root = Path(__file__).resolve().parent.parent
+    line = line or next(line for line in (root / "README.md").read_text().splitlines()
+                        if line.startswith(".venv/bin/bentoml serve "))
+    port = free_port()
+    with log.open("ab") as out:
+        server = subprocess.Popen([*shlex.split(line.split("   #")[0]), "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=project, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", 300, server)
+        yield f"http://127.0.0.1:{port}"
+    except (RuntimeError, TimeoutError) as error:
+        raise RuntimeError(f"{error}; log:\n{log.read_text()[-3000:]}") from error
+    finally:
+        stop_group(server)

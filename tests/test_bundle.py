@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -304,7 +305,7 @@ def doc_commands() -> list[str]:
     text = (PROJECT_ROOT / "docs" / "publishing.md").read_text()
     blocks = text.split("```")[1::2]
     return [line for block in blocks for line in block.splitlines()
-            if line.startswith(("python ", "cp ", "quilt3 "))]
+            if line.startswith((".venv/bin/python ", "cp ", ".venv/bin/quilt3 "))]
 
 
 @pytest.mark.integration
@@ -318,28 +319,27 @@ def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tm
     config = TrainConfig(architecture="seed-cnn", weights=None, image_size=32, epochs=1,
                          tensorboard=False)
     result = train(table, sample_workspace / "dataset" / "crops", tmp_path / "model", config)
-    workspace = tmp_path / "workspace" / "demo"
+    workspace = tmp_path / "workspace"
     meta = {**META, "package": "openimager/classifier", "classes": result.class_names,
             "class_mids": dict.fromkeys(result.class_names, "/m/x"), "metrics": result.metrics}
     with opened("embedded", workspace / "registry") as registry:
         done = publish(sample_workspace / "dataset", tmp_path / "model", meta,
                        "openimager/classifier", registry, "docs")
     commands = doc_commands()
-    run = [c for c in commands if not c.startswith("quilt3 ")]  # the one needing AWS
+    run = [c for c in commands if not c.startswith(".venv/bin/quilt3 ")]  # the one needing AWS
     assert len(run) == 3 and len(commands) == 4
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    # As written, relative folders included: the workspace is tmp_path/workspace/demo.
-    places = {"<hash>": done.top_hash, "python ": f"{sys.executable} "}
+    # As written, in a folder with the project's .venv, relative folders included: the
+    # workspace is tmp_path/workspace.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
     for command in run:
-        line = command
-        for word, value in places.items():
-            line = line.replace(word, value)
+        line = command.replace("<hash>", done.top_hash)
         out = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=900)
         assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
-    assert (tmp_path / "bundle" / "code" / "requirements.lock").exists()
+    assert (workspace / "bundle" / "code" / "requirements.lock").exists()
     assert "REPRODUCED: test accuracy" in out.stdout
-    assert (tmp_path / "reproduced" / "reproduced" / "model.keras").exists()
+    assert (workspace / "reproduced" / "reproduced" / "model.keras").exists()
 
 
 def test_the_package_readme_names_the_workspace_of_an_embedded_registry() -> None:

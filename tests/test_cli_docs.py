@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.test_cli_errors import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DOC = ROOT / "docs" / "commands.md"
+VENV_PYTHON = ".venv/bin/python"  # as a new shell in the project's folder runs it
 NOT_RUN = ("needs internet", "needs a cloud account", "not run by tests/test_cli_docs.py")
 
 
@@ -22,7 +24,7 @@ def documented() -> list[tuple[str, int | None]]:
     (`# exits N`; 0 when none), leaving out the lines marked as not run here."""
     blocks = re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.S)
     lines = [line for block in blocks for line in block.splitlines()
-             if line.startswith("python -m flows")]
+             if line.startswith(f"{VENV_PYTHON} -m flows")]
     found = []
     for line in lines:
         command, _, comment = line.partition("   # ")
@@ -38,11 +40,13 @@ def test_the_page_documents_every_command():
 
     commands = set(parser()._subparsers._group_actions[0].choices)
     blocks = "".join(re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.S))
-    shown = {line.split()[3] for line in blocks.splitlines() if line.startswith("python -m")}
+    shown = {line.split()[3] for line in blocks.splitlines()
+             if line.startswith(f"{VENV_PYTHON} -m")}
     assert commands - shown == set()
 
 
 def test_every_documented_command_runs(tmp_path, mirror, local_s3):
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the project's
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPENIMAGER_", "PREFECT_", "AWS_ENDPOINT_URL"))}
     env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(tmp_path / "prefect-home"),
@@ -57,7 +61,7 @@ def test_every_documented_command_runs(tmp_path, mirror, local_s3):
     said = {}
     for command, code in commands:
         words = shlex.split(command)
-        done = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, env=env,
+        done = subprocess.run(words, cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == code, (
             f"{command}\nexited {done.returncode}, not {code}:\n{done.stdout[-2000:]}\n"
@@ -66,9 +70,9 @@ def test_every_documented_command_runs(tmp_path, mirror, local_s3):
         # (Prefect's local API logs "database is locked" tracebacks on a loaded machine).
         assert code == 0 or "Traceback" not in done.stderr, f"{command}\n{done.stderr[-4000:]}"
         said[shlex.split(command)[3]] = done.stderr
-    assert (tmp_path / "ws" / "selection.parquet").exists()
-    assert (tmp_path / "bundle" / "model" / "model.keras").exists()
-    assert len(list((tmp_path / "ws" / "reproduce").iterdir())) == 1
+    assert (tmp_path / "workspace" / "selection.parquet").exists()
+    assert (tmp_path / "workspace" / "bundle" / "model" / "model.keras").exists()
+    assert len(list((tmp_path / "workspace" / "reproduce").iterdir())) == 1
     # Not a terminal: one line per step, with its name and duration.
     assert re.search(r"^crop: \d+ crops of \d+ images in [\d.]+ s$", said["build-dataset"], re.M)
     assert re.search(r"^publish: openimager/classifier@\w+ in [\d.]+ s$", said["publish"], re.M)

@@ -130,7 +130,8 @@ def test_an_empty_embedded_registry_says_which_workspace_to_pass(tmp_path):
 
 def test_a_missing_earlier_stage_says_which_to_run(tmp_path):
     err = failed(flows("build-dataset", "--workspace", "ws", cwd=tmp_path), 2)
-    assert "selection.parquet is missing: run `python -m flows refresh`" in err
+    # This python by its path: the line runs in a shell without the venv.
+    assert f"selection.parquet is missing: run `{sys.executable} -m flows refresh`" in err
 
 
 def test_debug_shows_the_traceback(tmp_path):

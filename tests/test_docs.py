@@ -73,3 +73,77 @@ def test_links_resolve(page: Path) -> None:
 
 def test_readme_fits_on_two_pages() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 160
+
+
+OUTPUT_FLAG = re.compile(r"(?:--dest|--workspace|--out|--log-dir|--model-path)[ =](?P<path>\S+)")
+
+
+def test_what_the_documented_commands_write_stays_out_of_git() -> None:
+    """Every folder a documented command writes to (relative to the project, where the docs
+    run them) is under the workspace or otherwise ignored by git."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = {m["path"] for page in [*PAGES, ROOT / "data" / "sample" / "README.md"]
+               for block in page.read_text().split("```")[1::2]
+               for m in OUTPUT_FLAG.finditer(block)
+               if not m["path"].startswith(("/", "<", "$", "s3://")) and not m["path"].isupper()}
+    assert {"workspace", "workspace/bundle", "workspace/reproduced"} <= written
+    tracked = [path for path in sorted(written) if subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", f"{path}/x"], cwd=ROOT).returncode != 0]
+    assert not tracked, f"documented outputs git would pick up: {tracked}"
+
+
+def readme_demo_output() -> str:
+    """The demo's closing summary as the README shows it."""
+    text = (ROOT / "README.md").read_text()
+    return next(b for b in text.split("```")[1::2] if "== openimager demo" in b)
+
+
+def test_the_readme_shows_a_first_run_of_the_demo_as_it_prints(monkeypatch) -> None:
+    import sys
+
+    from flows.demo import registry_access
+
+    shown = readme_demo_output()
+    assert "promotion: promoted (first model of this name: nothing was promoted yet)" in shown
+    top_hash = re.search(r"published openimager/classifier@(\w+)", shown)[1]
+    monkeypatch.chdir(ROOT)  # make demo runs from the project's folder
+    printed = registry_access(ROOT / "workspace", {"name": "openimager/classifier",
+                                                   "top_hash": top_hash})
+    python = Path(sys.executable)
+    if python.parent != ROOT / ".venv" / "bin":  # another environment: its own paths
+        printed = [line.replace(str(python.parent), ".venv/bin") for line in printed]
+    assert "\n".join(printed) in shown
+
+
+def test_the_docs_quote_the_demos_figures() -> None:
+    import inspect
+
+    from flows.demo import DEMO_CLASSES, run_demo
+
+    defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+    accuracy = float(re.search(r"held-out test accuracy: ([\d.]+)", readme_demo_output())[1])
+    sample = (ROOT / "data" / "sample" / "README.md").read_text()
+    assert f"reaches {accuracy:.2f} test accuracy" in sample
+    assert f"{defaults['image_size']} px, {defaults['epochs']} epochs)" in sample
+    publishing = (ROOT / "docs" / "publishing.md").read_text()
+    assert (f"a {defaults['image_size']}-pixel seed CNN, {defaults['epochs']} epochs"
+            in " ".join(publishing.split()))
+    # Feedback names a class of the demo's model (another is refused with 400).
+    watching = (ROOT / "docs" / "watching.md").read_text()
+    labels = re.findall(r'label[=": ]+(\w+)', watching.split("## Feedback")[1].split("```")[1])
+    assert labels and set(labels) <= set(DEMO_CLASSES)
+
+
+def test_documented_commands_name_the_venvs_programs() -> None:
+    """A new shell on a fresh clone has neither python with the project's packages nor quilt3
+    or bentoml on its PATH: documented commands run them from .venv/bin."""
+    bare = re.compile(r"^\s*(?:\w+=\S+ )*(?:python -m flows|python -c 'import quilt3|quilt3 |"
+                      r"bentoml )")
+    found = [f"{page.name}: {line.strip()}" for page in PAGES
+             for block in page.read_text().split("```")[1::2]
+             for line in block.splitlines() if bare.match(line)]
+    assert not found, "\n".join(found)

@@ -41,9 +41,10 @@ def mirror_copy(tmp_path):
 
 def test_the_pages_commands(mirror_copy, tmp_path):
     assert set(blocks()) == {"fresh", "broken"}
+    # A new shell in a folder with the project's .venv (not on its PATH).
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
     env = {**os.environ, "OPENIMAGER_METADATA_URL": mirror_copy.url,
-           "OPENIMAGER_WORKSPACE": "workspace", "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "OPENIMAGER_WORKSPACE": "workspace", "PYTHONPATH": str(ROOT)}
     fresh = run(blocks()["fresh"], tmp_path, env)
     assert re.search(r"^metadata: downloaded class-descriptions-boxable\.csv \(11\.\d kB\) in "
                      r"\d+\.\d s$", fresh, re.M)

@@ -1,4 +1,6 @@
-"""docs/watching.md as written: its feedback commands and reader example run."""
+"""docs/watching.md and docs/watching-pipeline.md as written, after the demo: the feedback
+commands, the reader example and the drift command run in a project folder as `make demo`
+leaves it (its workspace and promoted model), against `bentoml serve` as the README runs it."""
 
 from __future__ import annotations
 
@@ -6,41 +8,64 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 
-from tests.servicekit import encoded, picture
+from tests.conftest import ROOT
+from tests.servicekit import DEMO_CLASSES, demo_like_project, served_as_documented
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "watching.md"
+
+WATCHING = ROOT / "docs" / "watching.md"
+PIPELINE = ROOT / "docs" / "watching-pipeline.md"
 EXAMPLE_HOST = "http://127.0.0.1:3000"
 
 
-def blocks(language: str = "") -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.MULTILINE | re.DOTALL)
+def blocks(page, language: str = "") -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def drift_lines() -> list[str]:
+    """The drift command lines of docs/watching-pipeline.md."""
+    return [line for block in blocks(PIPELINE) for line in block.splitlines()
+            if " -m flows drift" in line]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_feedback_commands_and_the_reader_work(classifier_server):
-    answer = requests.post(f"{classifier_server.url}/classify", timeout=30,
-                           files={"image": ("x.jpg", encoded(picture(30)))}).json()
-    (commands,) = blocks()
-    for line in commands.splitlines():
-        line = line.replace(EXAMPLE_HOST, classifier_server.url)
-        args = shlex.split(line.replace("REQUEST_ID", answer["request_id"]))
-        done = subprocess.run([*args, "--silent", "--show-error", "--fail"], text=True,
-                              capture_output=True, timeout=60, check=False)
-        assert done.returncode == 0, f"{line}: {done.stderr}"
-        assert '"stored":true' in done.stdout.replace(" ", "")
-    folder = classifier_server.log.parent / "predictions"
-    (code,) = blocks("python")
-    done = subprocess.run([sys.executable, "-c", code.replace("workspace/predictions",
-                                                              str(folder))],
-                          cwd=ROOT, text=True, capture_output=True, timeout=120, check=False)
+def test_the_feedback_reader_and_drift_examples_run_after_the_demo(sample_workspace, tmp_path):
+    project = tmp_path / "project"
+    tag, env = demo_like_project(sample_workspace, project, "docs-watching-classifier")
+    table = pd.read_parquet(project / "workspace" / "dataset" / "crops.parquet")
+    crops = table[table.Split == "test"].sort_values("CropPath").head(3)
+    (commands,) = blocks(WATCHING)
+    labels = re.findall(r'label[=": ]+(\w+)', commands)
+    assert len(labels) == 2 and set(labels) <= set(DEMO_CLASSES)
+    with served_as_documented(project, env, tmp_path / "serve.log") as url:
+        answers = []
+        for path in crops.CropPath:
+            with (project / "workspace" / "dataset" / "crops" / path).open("rb") as image:
+                answers.append(requests.post(f"{url}/classify", timeout=60,
+                                             files={"image": image}).json())
+        for line, answer in zip(commands.splitlines(), answers, strict=False):
+            line = line.replace(EXAMPLE_HOST, url).replace("REQUEST_ID", answer["request_id"])
+            done = subprocess.run([*shlex.split(line), "--silent", "--show-error", "--fail"],
+                                  cwd=project, env=env, text=True, capture_output=True,
+                                  timeout=60, check=False)
+            assert done.returncode == 0, f"{line}: {done.stderr}"
+            assert '"stored":true' in done.stdout.replace(" ", "")
+    (code,) = blocks(WATCHING, "python")
+    done = subprocess.run([".venv/bin/python", "-c", code], cwd=project, env=env, text=True,
+                          capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     logged, feedback, _ = map(int, done.stdout.split())
-    assert feedback >= 2 and logged >= 0  # the log part may still be open
+    assert logged == len(crops) and feedback == 2
+
+    (line,) = drift_lines()
+    done = subprocess.run(shlex.split(line), cwd=project, env=env, text=True,
+                          capture_output=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert out.startswith(f"{len(crops)} requests to {tag} since "), out
+    assert "feedback: 2 labelled requests" in out and "no reference" not in out

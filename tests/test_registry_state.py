@@ -262,13 +262,16 @@ def doc_blocks() -> list[list[str]]:
 def test_the_embedded_bucket_without_an_endpoint_is_refused(monkeypatch, capsys):
     from flows.publishing import servable
     from flows.publishing.registries import RegistryError, check_registry
+    from flows.run.shell import program
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with pytest.raises(RegistryError, match="python -m flows registry"):
+    monkeypatch.chdir(ROOT)  # the printed command names this python from here
+    with pytest.raises(RegistryError, match=f"`{program('python')} -m flows registry`"):
         check_registry(f"s3://{EMBEDDED_BUCKET}")
     command, printed = next(b for b in doc_blocks() if "servable" in b[0])
     code = servable.main(command.split()[3:])
-    assert code == 2 and capsys.readouterr().err.strip() == printed
+    assert code == 2 and capsys.readouterr().err.strip() == printed.replace(
+        ".venv/bin/python", program("python"))
 
 
 @pytest.mark.integration
@@ -284,30 +287,39 @@ def test_the_registry_command_serves_what_the_documented_lines_install(tmp_path)
         package = quilt3.Package().set_dir("model/", str(files))
         first = package.push("openimager/classifier", registry=registry, force=True).top_hash
     command = next(b for b in doc_blocks() if "flows registry" in b[0])[0]
-    command = command.replace("python", sys.executable, 1).replace("workspace/demo",
-                                                                    str(workspace))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    assert command.startswith(".venv/bin/python ") and command.endswith(" --workspace workspace")
+    command = command.replace(" workspace", f" {workspace}")
+    # A new shell: the venv's programs are not on its PATH.
+    venv = str(Path(sys.executable).parent)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if p != venv)
+    env = {**os.environ, "PATH": path}
     env.pop("AWS_ENDPOINT_URL", None)
-    server = subprocess.Popen([*command.split(), "--port", str(port)], cwd=ROOT, env=env,
+    words = [sys.executable, *command.split()[1:]]
+    server = subprocess.Popen([*words, "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout.readline().startswith(f"serving s3://{EMBEDDED_BUCKET} from")
         printed = [server.stdout.readline().rstrip("\n") for _ in range(7)]
         documented = next(b for b in doc_blocks() if b[0].startswith("export AWS_ENDPOINT"))
+        # The programs as this test's python names them from the project's folder.
+        here = os.path.relpath(venv, ROOT) if venv.startswith(f"{ROOT}/") else venv
         assert printed == [line.replace("9321", str(port)).replace("<top-hash>", first)
+                           .replace(".venv/bin", here)
+                           .replace("workspace/installed", f"{workspace}/installed")
                            for line in documented]
         # While it runs, --registry embedded on the same workspace goes to this server, and a
         # second server for it is refused in one line.
         with opened(EMBEDDED, state):
             assert os.environ["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{port}"
-        second = subprocess.run([*command.split(), "--port", str(free_port())], cwd=ROOT,
+        second = subprocess.run([*words, "--port", str(free_port())], cwd=ROOT,
                                 env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         assert second.stderr.strip().endswith(f"already served at http://127.0.0.1:{port}")
-        run = subprocess.run(["bash", "-euc", "\n".join(printed)], cwd=tmp_path, env=env,
+        # Run as printed, in the folder the command ran in.
+        run = subprocess.run(["bash", "-euc", "\n".join(printed)], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
-        got = tmp_path / "installed" / "openimager_classifier" / "model" / "model.keras"
+        got = workspace / "installed" / "openimager_classifier" / "model" / "model.keras"
         assert got.read_bytes() == b"weights"
         server.terminate()  # SIGTERM: a clean stop
         assert server.wait(60) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_drift_command(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +14,10 @@ def add_drift_command(sub: argparse._SubParsersAction) -> None:
     drift.add_argument("--log-dir", dest="prediction_log_dir",
                        help="a folder or s3://bucket/prefix (every replica's parts); else "
                             "OPENIMAGER_PREDICTION_LOG_DIR, <workspace>/predictions")
+    drift.add_argument("--model-path", help="a published model installed by python -m "
+                                            "flows.publishing.servable (what the service "
+                                            "serves with OPENIMAGER_MODEL_PATH): its "
+                                            "requests, against its recorded reference")
 
 
 def run_drift_command(args: argparse.Namespace) -> int:
@@ -20,7 +25,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
     from flows.commands.errors import UsageError
     from flows.openimages.dataset import CROPS_TABLE
     from flows.run.params import settings_from
-    from flows.watching.watch import drift_summary
+    from flows.watching.watch import SERVED_METADATA, drift_summary
 
     settings = settings_from(workspace=args.workspace,
                              prediction_log_dir=args.prediction_log_dir)
@@ -29,6 +34,13 @@ def run_drift_command(args: argparse.Namespace) -> int:
                          "reference; run build-dataset (or retrain) there first")
     from flows.watching.drift import lines
 
-    for line in lines(drift_summary(settings)):
+    model_path = Path(args.model_path) if args.model_path else None
+    if model_path is not None and not (model_path / SERVED_METADATA).is_file():
+        from flows.run.shell import program
+
+        raise UsageError(f"--model-path: {model_path} has no {SERVED_METADATA}; install a "
+                         f"package there with {program('python')} -m "
+                         "flows.publishing.servable")
+    for line in lines(drift_summary(settings, model_path=model_path)):
         print(line)
     return 0

@@ -25,7 +25,7 @@ from flows.run.preflight import add_check_command, run_check_command
 def add_other_commands(sub: argparse._SubParsersAction) -> None:
     """demo and classes."""
     demo = sub.add_parser("demo", help="run the whole job offline on the bundled sample")
-    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, workspace/demo")
+    demo.add_argument("--workspace", type=Path, help="else OPENIMAGER_WORKSPACE, ./workspace")
     demo.add_argument("--epochs", type=int, default=8)
     classes = sub.add_parser("classes", help="search the boxable classes and their hierarchy")
     classes.add_argument("query", nargs="?", default="")

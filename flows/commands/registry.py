@@ -18,10 +18,10 @@ def add_registry_command(sub: argparse._SubParsersAction) -> None:
                                              "print how quilt3 reaches it")
     parser.add_argument("--workspace", type=Path,
                         help="the workspace whose registry to serve (OPENIMAGER_WORKSPACE, "
-                             "else ./workspace; the demo's is workspace/demo)")
+                             "else ./workspace, where the demo works too)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--dest", default="installed", help="the folder the printed install "
-                                                            "commands write to")
+    parser.add_argument("--dest", help="the folder the printed install commands write to "
+                                       "(<workspace>/installed)")
 
 
 def newest_versions(registry: str) -> dict[str, str]:
@@ -43,10 +43,12 @@ def run_registry_command(args: argparse.Namespace) -> int:
         opened,
         running_endpoint,
     )
+    from flows.run.shell import shown
     from flows.settings import Settings
 
-    state_dir = Settings(**({"workspace": args.workspace} if args.workspace else {})
-                         ).registry_dir.resolve()
+    settings = Settings(**({"workspace": args.workspace} if args.workspace else {}))
+    state_dir = settings.registry_dir.resolve()
+    dest = args.dest or shown(settings.workspace / "installed")
     if url := running_endpoint(state_dir):
         print(f"error: the registry in {state_dir} is already served at {url}", file=sys.stderr)
         return 2
@@ -55,7 +57,7 @@ def run_registry_command(args: argparse.Namespace) -> int:
         with opened(EMBEDDED, state_dir, port=args.port) as registry:
             endpoint = os.environ["AWS_ENDPOINT_URL"]
             print(f"serving {registry} from {state_dir} at {endpoint} (Ctrl-C stops it)")
-            print("\n".join(access_lines(endpoint, newest_versions(registry), args.dest)),
+            print("\n".join(access_lines(endpoint, newest_versions(registry), dest)),
                   flush=True)
             while True:
                 time.sleep(3600)

@@ -133,9 +133,10 @@ def require(settings: object, relative: str, stage: str) -> None:
     """Fail in one line when an earlier stage's output is missing from the workspace."""
     if not (settings.workspace / relative).exists():
         from flows.commands.errors import UsageError
+        from flows.run.shell import flows_command
 
-        raise UsageError(f"{settings.workspace / relative} is missing: run `python -m flows "
-                         f"{stage}` with this --workspace first")
+        raise UsageError(f"{settings.workspace / relative} is missing: run "
+                         f"`{flows_command(stage)}` with this --workspace first")
 
 
 def select_command(settings: object) -> int:

@@ -21,9 +21,9 @@ from model.atomic import write_json
 log = logging.getLogger(__name__)
 
 
-def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
-    """Push data, model, code and environment as one quilt3 package."""
-    meta = {
+def bundle_meta(settings: Settings, trained: dict, built: dict) -> dict:
+    """The package metadata of a trained model: its lineage, scores and drift reference."""
+    return {
         "package": settings.package_name,
         "registry": settings.registry,
         "classes": trained["class_names"],
@@ -33,6 +33,7 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "dataset_id": built["dataset_id"],
         "openimages_version": settings.openimages_version,
         "metrics": trained["metrics"],
+        "drift_reference": trained.get("drift_reference"),
         "git_commit": trained["git_commit"],
         # None: trained before this was recorded, or outside a git checkout.
         "dirty": trained.get("git_dirty"),
@@ -41,6 +42,11 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "filters": asdict(filters(settings)),
         "train_config": trained.get("config"),
     }
+
+
+def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
+    """Push data, model, code and environment as one quilt3 package."""
+    meta = bundle_meta(settings, trained, built)
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
     if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
         meta["workspace"] = str(Path(settings.workspace).resolve())

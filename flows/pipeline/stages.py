@@ -225,8 +225,10 @@ def last_summary(settings: Settings, stage: str) -> dict:
 
 def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) -> dict:
     """Fit a model into the model folder; return its training summary."""
+    from model.evaluate import drift_reference
     from model.train import train as fit
 
+    test = table[table.Split == "test"]
     result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
     profile_path = settings.dataset_dir / PROFILE  # what the next run's data checks compare
@@ -245,6 +247,9 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
         "metrics": {k: result.metrics[k] for k in
                     ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
                      "confusion_matrix")},
+        # The test split as the drift report compares the served traffic with it.
+        "drift_reference": drift_reference(result.metrics["test_top_probabilities"],
+                                           test.Width.tolist(), test.Height.tolist()),
         "train_seconds": round(result.seconds, 2),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config),

@@ -63,6 +63,7 @@ def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
     # The embedded registry lives in the workspace that published to it.
     where = f" --workspace {shlex.quote(meta['workspace'])}" if meta.get("workspace") else ""
+    reproduce = f".venv/bin/python -m flows reproduce {meta['package']}"
     counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
                        for c, n in meta["crops_per_class"].items())
     dirty = (" (trained with uncommitted changes to it, listed in `code/UNCOMMITTED.md`)"
@@ -91,9 +92,10 @@ Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
   `bentofile.yaml` (copy them into `code/` for a full checkout), and the Python version
 
 ## Reproduce
-From a checkout of this project (the retrain itself runs this bundle's `code/`):
+From a checkout of this project with its environment (`make venv`; the retrain itself runs
+this bundle's `code/`):
 ```
-python -m flows reproduce {meta['package']} --registry {meta['registry']}{where} --top-hash <hash>
+{reproduce} --registry {meta['registry']}{where} --top-hash <hash>
 ```
 installs this version afresh, checks the environment against `env/requirements.lock`,
 retrains from `data/` with the recorded settings and seed, and compares the test accuracy.

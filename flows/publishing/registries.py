@@ -32,8 +32,11 @@ def refuse_embedded_bucket(registry: str) -> None:
     """Refuse the embedded registry's bucket when no endpoint points at a local server: the
     request would go to the AWS bucket of that name, which is somebody else's."""
     if registry.startswith(f"s3://{EMBEDDED_BUCKET}") and not os.environ.get("AWS_ENDPOINT_URL"):
-        raise RegistryError(f"{registry} is the embedded registry: run `python -m flows registry` "
-                            "and set the AWS_ENDPOINT_URL it prints")
+        from flows.run.shell import flows_command
+
+        raise RegistryError(f"{registry} is the embedded registry: run "
+                            f"`{flows_command('registry')}` and set the AWS_ENDPOINT_URL it "
+                            "prints")
 
 
 def check_registry(registry: str) -> None:
@@ -128,18 +131,21 @@ def running_endpoint(state_dir: Path) -> str | None:
 def access_lines(endpoint_url: str, packages: dict[str, str], dest: str = "installed",
                  registry: str = f"s3://{EMBEDDED_BUCKET}") -> list[str]:
     """Shell lines that reach a local registry: its environment, then quilt3 commands (CLI and
-    Python) that install each package version named in packages (name -> top hash)."""
+    Python) that install each package version named in packages (name -> top hash). The
+    programs are named by their path in this environment, so they run in a new shell."""
+    from flows.run.shell import program
+
     env = {"AWS_ENDPOINT_URL": endpoint_url, **LOCAL_CREDENTIALS,
            "QUILT_DISABLE_USAGE_METRICS": "true"}
     lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     for name, top_hash in packages.items():
         folder = f"{dest}/{name.replace('/', '_')}"
-        lines.append(f"quilt3 install {name} --registry {registry} --top-hash {top_hash} "
-                     f"--dest {folder}")
+        lines.append(f"{program('quilt3')} install {name} --registry {registry} "
+                     f"--top-hash {top_hash} --dest {folder}")
         code = (f"import quilt3; quilt3.Package.install({json.dumps(name)}, "
                 f"registry={json.dumps(registry)}, top_hash={json.dumps(top_hash)}, "
                 f"dest={json.dumps(folder)})")
-        lines.append(f"python -c {shlex.quote(code)}")
+        lines.append(f"{program('python')} -c {shlex.quote(code)}")
     if not packages:
         lines.append(f"# no package yet: publish one with --registry {registry} while this runs")
     return lines

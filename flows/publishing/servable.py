@@ -41,6 +41,7 @@ def servable_metadata(meta: dict, name: str, registry: str, top_hash: str) -> di
         "openimages_version": meta.get("openimages_version"),
         "git_commit": meta.get("git_commit"),
         "metrics": meta.get("metrics"),
+        "drift_reference": meta.get("drift_reference"),
         "package": name,
         "registry": registry,
         "top_hash": top_hash,

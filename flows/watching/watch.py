@@ -15,28 +15,29 @@ from flows.settings import Settings
 from flows.watching.datachecks import PROFILE, Thresholds, compare, outcome, write_report
 from model.atomic import write_json
 
+SERVED_METADATA = "openimager-model.json"  # beside model.keras in a servable package folder
 
-def drift_summary(settings: Settings, chart: Path | None = None) -> dict:
-    """Traffic since the last promotion (the prediction log) against the test split: the
-    promoted model's predicted class mix on its own test split, the test crops' sizes; left
-    in the workspace, and drawn to chart if given."""
+
+def drift_summary(settings: Settings, chart: Path | None = None,
+                  model_path: Path | None = None) -> dict:
+    """Traffic since the last promotion (the prediction log) against the promoted model's
+    test split (its reference as recorded with it, else this workspace's test split); left
+    in the workspace, and drawn to chart if given. With model_path (a published package's
+    model/, as the service serves with OPENIMAGER_MODEL_PATH), that model's traffic against
+    its own reference instead."""
     from flows.promotion.bentoml_store import promoted
-    from flows.watching.drift import Reference, drift, since  # scipy loads only here
+    from flows.watching.drift import drift, since  # scipy loads only here
     from model.predictions import read_feedback, read_log
 
     record = promoted(settings.model_name) or {}
     tag, metadata = record.get("tag"), _stored_metadata(record.get("tag"))
+    if model_path is not None:
+        metadata = json.loads((model_path / SERVED_METADATA).read_text())
+        if metadata.get("tag") != tag:  # served from the package, not promoted here
+            record, tag = {}, metadata.get("tag")
     test = pd.read_parquet(settings.dataset_dir / CROPS_TABLE,
                            columns=["Class", "Split", "Width", "Height"]).query("Split == 'test'")
-    metrics = metadata.get("metrics", {})
-    if metrics.get("confusion_matrix") and metadata.get("class_names"):
-        predicted = [sum(column) for column in zip(*metrics["confusion_matrix"], strict=True)]
-        counts = dict(zip(metadata["class_names"], predicted, strict=True))
-        mix = "the promoted model's predictions on its test split"
-    else:
-        counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
-    reference = Reference({str(k): float(v) for k, v in counts.items()}, test.Width.tolist(),
-                          test.Height.tolist(), metrics.get("test_top_probabilities", []))
+    reference, mix = reference_of(metadata, test)
     start = record.get("promoted_at")
     folder = log_location(settings)
     rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)
@@ -55,6 +56,28 @@ def log_location(settings: Settings) -> str | Path:
     of the service are read from there)."""
     location = settings.prediction_log_dir or ""
     return location if location.startswith("s3://") else settings.predictions_dir
+
+
+def reference_of(metadata: dict, test: pd.DataFrame) -> tuple[object, str]:
+    """The drift reference of a model from its metadata, as the BentoML store keeps it or as
+    a published package's model/ carries it (openimager-model.json): its predictions on its
+    test split (the confusion matrix), the test split's top-1 probabilities and crop sizes
+    (drift_reference); what the model lacks comes from test, this workspace's test split.
+    Returns the reference and what its class mix is."""
+    from flows.watching.drift import Reference, recorded
+
+    metrics = metadata.get("metrics") or {}
+    if metrics.get("confusion_matrix") and metadata.get("class_names"):
+        predicted = [sum(column) for column in zip(*metrics["confusion_matrix"], strict=True)]
+        counts = dict(zip(metadata["class_names"], predicted, strict=True))
+        mix = "the promoted model's predictions on its test split"
+    else:
+        counts, mix = test.Class.value_counts().to_dict(), "the test split's classes"
+    found = {"widths": test.Width.tolist(), "heights": test.Height.tolist(),
+             # models trained before drift_reference kept the whole list, if anything
+             "top_probabilities": list(metrics.get("test_top_probabilities") or []),
+             **recorded(metadata.get("drift_reference"))}
+    return Reference({str(k): float(v) for k, v in counts.items()}, **found), mix
 
 
 def _stored_metadata(tag: str | None) -> dict:
