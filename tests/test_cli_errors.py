@@ -149,3 +149,23 @@ def test_refused_uncommitted_changes_are_bad_input_without_a_traceback(capsys) -
     assert guarded(refuse, debug=False) == BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: uncommitted changes") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_imagenet_weights_that_cannot_be_had_fail_before_any_work(command, tmp_path):
+    # An empty Keras cache and HTTPS only through a refusing proxy on 127.0.0.1: no internet.
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "NO_PROXY": "", "no_proxy": ""}
+    err = failed(flows(command, "--workspace", "ws", cwd=tmp_path, env=env), 3)
+    first, hint = err.splitlines()
+    assert "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in first
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/" in first
+    assert "OPENIMAGER_WEIGHTS" in hint and "--architecture seed-cnn" in hint
+    assert not (tmp_path / "ws" / "metadata").exists()  # before anything was fetched
+
+
+def test_a_missing_local_weights_file_is_bad_input(tmp_path):
+    err = failed(flows("train", "--workspace", "ws", cwd=tmp_path,
+                       env={"OPENIMAGER_WEIGHTS": str(tmp_path / "mine.weights.h5")}), 2)
+    assert f"the weights file {tmp_path / 'mine.weights.h5'} does not exist" in err
