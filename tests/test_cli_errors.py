@@ -169,3 +169,15 @@ def test_a_missing_local_weights_file_is_bad_input(tmp_path):
     err = failed(flows("train", "--workspace", "ws", cwd=tmp_path,
                        env={"OPENIMAGER_WEIGHTS": str(tmp_path / "mine.weights.h5")}), 2)
     assert f"the weights file {tmp_path / 'mine.weights.h5'} does not exist" in err
+
+
+def test_a_metadata_url_without_a_scheme_is_a_local_folder(tmp_path):
+    shutil.copytree(SAMPLE_META, tmp_path / "mirror")
+    done = flows("classes", "Hamburger", "--workspace", "ws", "--metadata-url", "mirror",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Hamburger" in done.stdout
+    err = failed(flows("select", "--workspace", "ws", "--metadata-url", "no/such/mirror",
+                       cwd=tmp_path), 2)
+    assert err.startswith("error: bad setting: OPENIMAGER_METADATA_URL / --metadata-url: "
+                          "'no/such/mirror' is neither a URL nor a local folder")

@@ -104,7 +104,8 @@ def _setting_problem(item: dict) -> str:
     field = str(item["loc"][0]) if item["loc"] else ""
     where = (f"OPENIMAGER_{field.upper()} / --{field.replace('_', '-')}" if field
              else "settings")
-    return f"{where}: {item['msg']} (got {item.get('input')!r})"
+    text = item["msg"].removeprefix("Value error, ")  # pydantic's prefix of a validator's own
+    return f"{where}: {text} (got {item.get('input')!r})"
 
 
 def quiet_tracebacks() -> None:
