@@ -181,3 +181,18 @@ def test_a_metadata_url_without_a_scheme_is_a_local_folder(tmp_path):
                        cwd=tmp_path), 2)
     assert err.startswith("error: bad setting: OPENIMAGER_METADATA_URL / --metadata-url: "
                           "'no/such/mirror' is neither a URL nor a local folder")
+
+
+def test_a_registry_port_held_by_another_server_is_named_not_taken_over(tmp_path):
+    from flows.servers.local import LocalS3
+
+    # Another registry (a moto S3 with its own state), then a plain HTTP server.
+    with LocalS3(state_dir=tmp_path / "other" / "registry") as other, \
+            StaticHTTP(tmp_path) as web:
+        for port in (other.port, int(web.url.rsplit(":", 1)[1])):
+            done = flows("registry", "--workspace", "ws", "--port", str(port), cwd=tmp_path,
+                         timeout=60)
+            err = failed(done, 2)
+            assert f"port {port} of 127.0.0.1 is taken by another program" in err
+            assert "--port" in err and "serving" not in done.stdout
+        assert not (tmp_path / "ws" / "registry" / "endpoint").exists()

@@ -61,6 +61,7 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
     # Uncommitted changes refused, or the training commit missing from this checkout.
     Expected("flows.publishing.lineage", "LineageError", BAD_INPUT),
+    Expected("flows.servers.local", "PortInUse", BAD_INPUT, "pass another --port"),
     Expected("flows.publishing.reproduce", "NotReproduced", NOT_REPRODUCED),
     Expected("flows.publishing.registries", "RegistryError", UPSTREAM),
     Expected("flows.publishing.bundle", "PublishError", UPSTREAM),
