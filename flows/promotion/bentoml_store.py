@@ -244,7 +244,8 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
             write_pending(bentoml_home(), {
                 "tag": tag, "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "replaces": decision.incumbent_tag, "details": what})
-    log.info("%s: %s", tag, decision.reason)
+    log.info("%s %s: %s", tag, "promoted" if decision.promote else "not promoted",
+             decision.reason)
     return decision
 
 
