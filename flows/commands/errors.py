@@ -36,6 +36,14 @@ def _http_hint(error: BaseException) -> str:
     return "the server refused the request: check --metadata-url, or try again later"
 
 
+def _class_hint(error: BaseException) -> str:
+    if "," in getattr(error, "name", ""):
+        return ("class names are separated by spaces, not commas: --classes Hamburger Sandwich "
+                "(quote a name with a space: \"Ice cream\"); `python -m flows classes TEXT` "
+                "searches them")
+    return "`python -m flows classes TEXT` searches the class names"
+
+
 def _connection_text(error: BaseException) -> str:
     url = getattr(getattr(error, "request", None), "url", None)
     return f"cannot reach {url}" if url else f"cannot connect: {error}"
@@ -50,8 +58,7 @@ EXPECTED: tuple[Expected, ...] = (
              "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
     Expected("pydantic_settings", "SettingsError", BAD_INPUT,
              "lists are comma-separated or JSON, e.g. OPENIMAGER_CLASSES=Hamburger,Sandwich"),
-    Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT,
-             "`python -m flows classes TEXT` searches the class names"),
+    Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT, _class_hint),
     Expected("flows.openimages.select", "EmptySelection", BAD_INPUT,
              "choose other classes or loosen the box filters"),
     Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
