@@ -208,3 +208,22 @@ def test_comma_separated_class_names_are_told_to_use_spaces(mirror, tmp_path):
     assert "unknown Open Images class 'Hamburger,Sandwich'" in first
     assert hint.strip().startswith("class names are separated by spaces, not commas: "
                                    "--classes Hamburger Sandwich")
+
+
+def test_a_python_without_the_dependencies_says_how_to_get_them(tmp_path):
+    # -S: no site-packages at all, so pydantic is missing before the parser is built.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bare = subprocess.run([sys.executable, "-S", "-m", "flows", "classes"], cwd=tmp_path,
+                          env=environment, capture_output=True, text=True, timeout=120)
+    err = failed(bare, 2)
+    assert err.startswith("error: the module 'pydantic' is missing from this Python")
+    assert "make venv" in err and ".venv/bin/python -m flows" in err
+    # One dependency missing while the command runs (shadowed by a module that cannot load).
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "pyarrow.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
+    err = failed(flows("classes", "Hamburger", cwd=tmp_path,
+                       env={"PYTHONPATH": f"{ROOT}{os.pathsep}{shadow}"}), 2)
+    assert err.startswith("error: the module 'pyarrow' is missing from this Python")
+    assert "source .venv/bin/activate" in err

@@ -44,6 +44,23 @@ def _class_hint(error: BaseException) -> str:
     return "`python -m flows classes TEXT` searches the class names"
 
 
+# The project's own packages: a module missing among these is a bug, not a missing dependency.
+OWN_PACKAGES = ("flows", "model", "service", "benchmarks", "tests")
+DEPENDENCY_HINT = ("`make venv` installs the dependencies into .venv; then run "
+                   "`.venv/bin/python -m flows ...`, or `source .venv/bin/activate` first")
+
+
+def _missing_dependency(error: BaseException) -> bool:
+    name = getattr(error, "name", None) or ""
+    return bool(name) and name.split(".")[0] not in OWN_PACKAGES
+
+
+def missing_dependency_text(error: BaseException) -> str:
+    """What a missing dependency means: this Python is not the project's environment."""
+    return (f"the module {error.name!r} is missing from this Python ({sys.executable}): it "
+            "lacks the project's dependencies")
+
+
 def _connection_text(error: BaseException) -> str:
     url = getattr(getattr(error, "request", None), "url", None)
     return f"cannot reach {url}" if url else f"cannot connect: {error}"
@@ -54,6 +71,8 @@ def _connection_text(error: BaseException) -> str:
 # command loads nothing new.
 EXPECTED: tuple[Expected, ...] = (
     Expected("flows.commands.errors", "UsageError", BAD_INPUT),
+    Expected("builtins", "ModuleNotFoundError", BAD_INPUT, DEPENDENCY_HINT,
+             _missing_dependency),
     Expected("pydantic_core", "ValidationError", BAD_INPUT,
              "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
     Expected("pydantic_settings", "SettingsError", BAD_INPUT,
@@ -100,6 +119,8 @@ def message(error: BaseException, entry: Expected) -> str:
     """What went wrong (and where) on the first line, what to do on the second."""
     if entry.name == "ValidationError":
         text = "bad setting: " + "; ".join(_setting_problem(item) for item in error.errors())
+    elif entry.name == "ModuleNotFoundError":
+        text = missing_dependency_text(error)
     elif entry.name == "ConnectionError":
         text = _connection_text(error)
     else:
