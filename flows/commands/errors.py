@@ -169,3 +169,17 @@ def guarded(command: Callable[[], int], debug: bool = False) -> int:
             raise
         print(message(error, entry), file=sys.stderr)
         return entry.code
+
+
+def start(argv: list[str] | None = None) -> int:
+    """`python -m flows`: the command line, or one line when this Python cannot even load it
+    (its dependencies are missing: the parser's own modules need pydantic)."""
+    try:
+        from flows.commands.main import main
+    except ModuleNotFoundError as error:
+        args = sys.argv[1:] if argv is None else argv
+        if "--debug" in args or not _missing_dependency(error):
+            raise
+        print(f"error: {missing_dependency_text(error)}\n  {DEPENDENCY_HINT}", file=sys.stderr)
+        return BAD_INPUT
+    return main(argv)
