@@ -317,3 +317,18 @@ def test_the_registry_command_serves_what_the_documented_lines_install(tmp_path)
             server.kill()
             server.wait()
 
+
+
+def test_an_answer_from_another_server_on_the_port_is_not_taken_for_ours(tmp_path):
+    from flows.servers.local import wait_own_http
+    from flows.servers.mirror import StaticHTTP
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with StaticHTTP(tmp_path) as other, pytest.raises(TimeoutError):
+            wait_own_http(f"{other.url}/moto-api/", 2, child)
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(RuntimeError, match="exited"):
+        wait_own_http("http://127.0.0.1:9/moto-api/", 60, child)
