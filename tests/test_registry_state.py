@@ -332,3 +332,20 @@ def test_an_answer_from_another_server_on_the_port_is_not_taken_for_ours(tmp_pat
         child.wait()
     with pytest.raises(RuntimeError, match="exited"):
         wait_own_http("http://127.0.0.1:9/moto-api/", 60, child)
+
+
+def test_a_server_that_cannot_listen_says_so_and_records_no_endpoint(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "flows.servers.s3server", "-p", str(port),
+                               "--state-dir", str(tmp_path / "registry")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "registry" / "endpoint").exists()

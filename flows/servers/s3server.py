@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -195,11 +196,19 @@ def listen(host: str, port: int, app: Any) -> Any:
     from moto.server import MotoRequestHandler
     from werkzeug.serving import make_server
 
+    # Bound here, not by werkzeug, which prints two lines of its own and the advice to stop
+    # the other program.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        return make_server(host, port, identified(app), threaded=True,
-                           request_handler=MotoRequestHandler)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as error:
+        sock.close()
         sys.exit(f"error: cannot listen on {host}:{port}: {error.strerror or error}")
+    with sock:  # the server holds a duplicate of the socket
+        return make_server(host, port, identified(app), threaded=True,
+                           request_handler=MotoRequestHandler, fd=sock.fileno())
 
 
 def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
