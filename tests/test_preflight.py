@@ -274,7 +274,8 @@ def test_weights_are_checked_for_training_commands_only(clean_env: None, tmp_pat
     monkeypatch.setenv("OPENIMAGER_WEIGHTS", str(missing))
     (found,) = preflight.check(["train"], os.environ)
     assert found.startswith(f"OPENIMAGER_WEIGHTS: the weights file {missing} does not exist")
-    assert preflight.check(["retrain", "--architecture", "x"], os.environ) == [found]
+    assert preflight.check(["retrain", "--architecture", "transfer"], os.environ) == [found]
+    assert preflight.check(["retrain", "--architecture", "seed-cnn"], os.environ) == []
     assert preflight.check(["select"], os.environ) == []
     monkeypatch.setenv("OPENIMAGER_ARCHITECTURE", "seed-cnn")
     assert preflight.check(["train"], os.environ) == []

@@ -31,7 +31,7 @@ SKIP_VARIABLE = "OPENIMAGER_PREFLIGHT"  # "off": start without checking
 # `install` is one, and also a coreutils binary: no PATH lookup decides this).
 PASSTHROUGH = ("prefect", "python", "python3", "sh", "bash")
 # What `python -m flows` flags override in the settings the check sees.
-FLAG_SETTINGS = ("registry", "workspace")
+FLAG_SETTINGS = ("registry", "workspace", "architecture")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 CREDENTIAL_VARIABLES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
