@@ -2,7 +2,7 @@
 
 import sys
 
-from flows.commands.main import main
+from flows.commands.errors import start
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(start())

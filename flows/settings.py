@@ -148,6 +148,12 @@ class Settings(BaseModel):
         """Accept "train,validation" and '["train"]' as well as a list."""
         return parse_splits(value) if isinstance(value, str) else value
 
+    @field_validator("metadata_url")
+    @classmethod
+    def local_mirror(cls, value: str) -> str:
+        """A value without a scheme is a local folder, taken as its absolute file:// URL."""
+        return mirror_url(value)
+
     @field_validator("classes", "exclude_classes", "image_fallback_sources",
                      "download_placeholder_md5s", mode="before")
     @classmethod
@@ -208,3 +214,14 @@ def parse_splits(text: str) -> list[str]:
     if text.startswith("["):
         return json.loads(text)
     return [part for part in text.replace(",", " ").split() if part]
+
+
+def mirror_url(text: str) -> str:
+    """The metadata URL of text: an URL as it is, an existing folder as its file:// URL."""
+    if "://" in text or text.startswith("file:"):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{text!r} is neither a URL nor a local folder: give an http(s):// "
+                         "URL of a metadata mirror or the path of a local copy")
+    return path.resolve().as_uri()

@@ -134,8 +134,10 @@ def backbone(name: str, image_size: int, weights: str | None) -> keras.Model:
     if image_size < 32:
         raise ValueError(f"{name} needs images of at least 32 px, got {image_size}")
     try:
-        return factories[name](include_top=False, weights=weights, pooling="avg",
-                               input_shape=(image_size, image_size, 3), name=BACKBONE_LAYER)
+        # Built under its own name and renamed: EfficientNet names its weights file after
+        # the model ("backbone_notop.h5" would be fetched, and does not exist).
+        model = factories[name](include_top=False, weights=weights, pooling="avg",
+                                input_shape=(image_size, image_size, 3))
     except Exception as error:  # Keras raises a bare Exception when the download fails
         if weights != "imagenet" or "fetch failure" not in str(error).lower():
             raise
@@ -143,6 +145,8 @@ def backbone(name: str, image_size: int, weights: str | None) -> keras.Model:
             f"could not download the ImageNet weights of {name} (no internet?): set "
             "OPENIMAGER_WEIGHTS to a local .weights.h5 file of the backbone or to 'none', "
             "or OPENIMAGER_ARCHITECTURE=seed-cnn") from error
+    model.name = BACKBONE_LAYER
+    return model
 
 
 def transfer(image_size: int, num_classes: int, seed: int = 1337, *,

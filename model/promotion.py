@@ -70,17 +70,17 @@ def decide(metric: str, candidate_score: float | None, class_names: list[str] | 
         # The served label set is a contract with the service's clients, and a class can also
         # vanish by accident (its downloads failed): changing it takes an operator's decision.
         return decision(False, (
-            f"not promoted: the classes changed ({sorted(incumbent.class_names)} served, "
+            f"the classes changed ({sorted(incumbent.class_names)} served, "
             f"{sorted(class_names)} trained), so no test metric compares the two models; "
             "promote it with force_promote (OPENIMAGER_FORCE_PROMOTE=true) if the change is "
             "meant"))
     if candidate_score is None or theirs is None:
-        return decision(False, f"not promoted: {metric} is undefined on this test split "
+        return decision(False, f"{metric} is undefined on this test split "
                                f"(new {candidate_score}, promoted {theirs})")
     if candidate_score >= theirs:
         return decision(True, f"{metric} {candidate_score} >= {theirs} of the promoted {tag} "
                               "on the same test split")
-    return decision(False, f"not promoted: {metric} {candidate_score} < {theirs} of the "
+    return decision(False, f"{metric} {candidate_score} < {theirs} of the "
                            f"promoted {tag} on the same test split; kept in the store")
 
 

@@ -48,6 +48,15 @@ async def fields(request: Request) -> dict[str, str] | JSONResponse:
     return {name: value.strip() for name, value in values.items()}
 
 
+def canonical(label: str, classes: list[str]) -> str:
+    """The class name label means, in any case ("hamburger" is "Hamburger"), as the command
+    line takes class names; label itself when no class matches."""
+    if label in classes:
+        return label
+    matches = [name for name in classes if name.casefold() == label.casefold()]
+    return matches[0] if len(matches) == 1 else label
+
+
 async def feedback(request: Request) -> Response:
     """Store the right label for an answered image: request_id (from the /classify answer)
     and label (one of the classes of the model that answered)."""
@@ -68,6 +77,7 @@ async def feedback(request: Request) -> Response:
         return error(404, "unknown_request", f"no answered request with id {request_id!r} in "
                      "the prediction log")
     model, classes = found
+    label = canonical(label, classes)
     if label not in classes:
         return error(400, "unknown_label", f"label {label!r} is not a class of {model}: "
                      f"pick one of {', '.join(classes)}")

@@ -29,6 +29,7 @@ from starlette.responses import (
 
 from service.batcher import Overloaded
 from service.config import Lifecycle, Limits, PredictionLogging, Tuning
+from service.errorshape import ErrorShape
 from service.feedback import feedback
 from service.guard import UPLOAD_STATE, UploadGuard
 from service.lifecycle import DRAIN, drain_on_signals
@@ -248,4 +249,6 @@ def uploaded_names(ctx: bentoml.Context) -> list[str]:
 Classifier.add_asgi_middleware(LifecycleMiddleware)
 # Checks every upload before BentoML parses it (see service.guard).
 Classifier.add_asgi_middleware(UploadGuard)
+# Innermost: BentoML's own error answers (invalid input) get a code, like every other error.
+Classifier.add_asgi_middleware(ErrorShape)
 json_output(Classifier)

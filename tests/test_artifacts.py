@@ -15,7 +15,7 @@ DATASET = {"dataset_id": "abc123", "crops": 11, "images": 9, "crops_per_class": 
 METRICS = {"accuracy": 0.9, "macro_f1": 0.8, "roc_auc": None, "test_examples": 2,
            "per_class": {"Car": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}}}
 TRAINED = {"model_tag": "clf:v1", "metrics": METRICS, "promoted": False, "reused": True,
-           "promotion_reason": "not promoted: macro_f1 0.8 < 0.9 of the promoted clf:v0"}
+           "promotion_reason": "macro_f1 0.8 < 0.9 of the promoted clf:v0"}
 
 
 def test_the_report_covers_every_stage_that_ran(tmp_path):
@@ -26,7 +26,7 @@ def test_the_report_covers_every_stage_that_ran(tmp_path):
                   {"sample_grid": grid, "confusion_matrix": tmp_path / "missing.png"})
     assert "| Car | /m/0k4j | 10 | 12 |" in text and "gone 1, ok 9" in text
     assert "| Car | 11 | 2 | 7 | 2 |" in text and "too-small 1" in text
-    assert "**NOT promoted**: not promoted: macro_f1 0.8 < 0.9" in text and "reused" in text
+    assert "**NOT promoted**: macro_f1 0.8 < 0.9" in text and "reused" in text
     assert "Not published: the model was not promoted" in text
     assert text.count("data:image/png;base64,") == 1  # the missing picture is left out
 

@@ -57,7 +57,10 @@ def broken_mirror(tmp_path: Path):
 
 @pytest.mark.parametrize("command", ["select", "refresh", "download", "retrain"])
 def test_an_unknown_class_fails_before_the_box_files_are_fetched(command, mirror, tmp_path):
-    err = failed(flows(command, "--classes", "Hamburgr", "--workspace", "ws",
+    # retrain checks the ImageNet weights first (test_imagenet_weights_that_cannot_be_had_...):
+    # the seed CNN needs none, and nothing is asked of the internet.
+    model = ["--architecture", "seed-cnn"] if command == "retrain" else []
+    err = failed(flows(command, "--classes", "Hamburgr", "--workspace", "ws", *model,
                        "--metadata-url", mirror.url, cwd=tmp_path), 2)
     assert "unknown Open Images class 'Hamburgr'; closest: Hamburger" in err
     assert (tmp_path / "ws" / "metadata").exists()  # the class files were read ...
@@ -150,3 +153,78 @@ def test_refused_uncommitted_changes_are_bad_input_without_a_traceback(capsys) -
     assert guarded(refuse, debug=False) == BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: uncommitted changes") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_imagenet_weights_that_cannot_be_had_fail_before_any_work(command, tmp_path):
+    # An empty Keras cache and HTTPS only through a refusing proxy on 127.0.0.1: no internet.
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "NO_PROXY": "", "no_proxy": ""}
+    err = failed(flows(command, "--workspace", "ws", cwd=tmp_path, env=env), 3)
+    first, hint = err.splitlines()
+    assert "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in first
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/" in first
+    assert "OPENIMAGER_WEIGHTS" in hint and "--architecture seed-cnn" in hint
+    assert not (tmp_path / "ws" / "metadata").exists()  # before anything was fetched
+
+
+def test_a_missing_local_weights_file_is_bad_input(tmp_path):
+    err = failed(flows("train", "--workspace", "ws", cwd=tmp_path,
+                       env={"OPENIMAGER_WEIGHTS": str(tmp_path / "mine.weights.h5")}), 2)
+    assert f"the weights file {tmp_path / 'mine.weights.h5'} does not exist" in err
+
+
+def test_a_metadata_url_without_a_scheme_is_a_local_folder(tmp_path):
+    shutil.copytree(SAMPLE_META, tmp_path / "mirror")
+    done = flows("classes", "Hamburger", "--workspace", "ws", "--metadata-url", "mirror",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Hamburger" in done.stdout
+    err = failed(flows("select", "--workspace", "ws", "--metadata-url", "no/such/mirror",
+                       cwd=tmp_path), 2)
+    assert err.startswith("error: bad setting: OPENIMAGER_METADATA_URL / --metadata-url: "
+                          "'no/such/mirror' is neither a URL nor a local folder")
+
+
+def test_a_registry_port_held_by_another_server_is_named_not_taken_over(tmp_path):
+    from flows.servers.local import LocalS3
+
+    # Another registry (a moto S3 with its own state), then a plain HTTP server.
+    with LocalS3(state_dir=tmp_path / "other" / "registry") as other, \
+            StaticHTTP(tmp_path) as web:
+        for port in (other.port, int(web.url.rsplit(":", 1)[1])):
+            done = flows("registry", "--workspace", "ws", "--port", str(port), cwd=tmp_path,
+                         timeout=60)
+            err = failed(done, 2)
+            assert f"port {port} of 127.0.0.1 is taken by another program" in err
+            assert "--port" in err and "serving" not in done.stdout
+        assert not (tmp_path / "ws" / "registry" / "endpoint").exists()
+
+
+def test_comma_separated_class_names_are_told_to_use_spaces(mirror, tmp_path):
+    err = failed(flows("select", "--classes", "Hamburger,Sandwich", "--workspace", "ws",
+                       "--metadata-url", mirror.url, cwd=tmp_path), 2)
+    first, hint = err.splitlines()
+    assert "unknown Open Images class 'Hamburger,Sandwich'" in first
+    assert hint.strip().startswith("class names are separated by spaces, not commas: "
+                                   "--classes Hamburger Sandwich")
+
+
+def test_a_python_without_the_dependencies_says_how_to_get_them(tmp_path):
+    # -S: no site-packages at all, so pydantic is missing before the parser is built.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bare = subprocess.run([sys.executable, "-S", "-m", "flows", "classes"], cwd=tmp_path,
+                          env=environment, capture_output=True, text=True, timeout=120)
+    err = failed(bare, 2)
+    assert err.startswith("error: the module 'pydantic' is missing from this Python")
+    assert "make venv" in err and ".venv/bin/python -m flows" in err
+    # One dependency missing while the command runs (shadowed by a module that cannot load).
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "pyarrow.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
+    err = failed(flows("classes", "Hamburger", cwd=tmp_path,
+                       env={"PYTHONPATH": f"{ROOT}{os.pathsep}{shadow}"}), 2)
+    assert err.startswith("error: the module 'pyarrow' is missing from this Python")
+    assert "source .venv/bin/activate" in err

@@ -50,3 +50,16 @@ def test_undefined_metric_and_unknown_metric():
     with pytest.raises(ValueError, match="unknown promotion metric"):
         decide("loss", 0.5, CLASSES, None)
     assert decide("macro_f1", 0.5, CLASSES, None).as_dict()["metric"] == "macro_f1"
+
+
+@pytest.mark.parametrize("decision", [
+    decide("macro_f1", 0.71, CLASSES, served(0.83)),
+    decide("macro_f1", None, CLASSES, served(0.83)),
+    decide("macro_f1", 0.9, ["Car"], served(0.83)),
+])
+def test_a_refusal_says_not_promoted_once(decision):
+    from flows.train import promotion_line
+
+    line = promotion_line({"model_tag": "clf:new", "promoted": decision.promote,
+                           "promotion_reason": decision.reason})
+    assert line.startswith("clf:new NOT promoted: ") and line.lower().count("not promoted") == 1

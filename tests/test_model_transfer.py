@@ -86,3 +86,23 @@ def test_local_weights_file_loads_then_fine_tunes(tmp_path):
     assert any(layer.trainable for layer in tuned.layers)
     assert not any(layer.trainable for layer in tuned.layers
                    if isinstance(layer, keras.layers.BatchNormalization))
+
+
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "EfficientNetB0"])
+def test_the_weights_check_names_the_file_keras_fetches(name, monkeypatch):
+    # What model.pretrained checks before training must be what Keras then downloads.
+    from keras.src.utils import file_utils
+
+    from model.architectures import backbone
+    from model.pretrained import IMAGENET_FILES, weights_url
+
+    asked = []
+
+    def fetch(fname, origin, **kwargs):
+        asked.append((fname, origin, kwargs.get("cache_subdir")))
+        raise RuntimeError("no download in tests")
+
+    monkeypatch.setattr(file_utils, "get_file", fetch)
+    with pytest.raises(RuntimeError, match="no download in tests"):
+        backbone(name, 32, "imagenet")
+    assert asked == [(IMAGENET_FILES[name][1], weights_url(name), "models")]

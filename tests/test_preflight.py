@@ -229,3 +229,60 @@ def test_entrypoint_fails_fast(clean_env: None) -> None:
     assert done.returncode == preflight.EX_CONFIG
     assert "must not run" not in done.stdout
     assert "no AWS credentials for registry s3://test-registry" in done.stderr
+
+
+MOBILENET_FILE = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+
+
+@pytest.fixture
+def no_internet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """An empty Keras cache, and HTTPS only through a proxy on 127.0.0.1 that refuses every
+    connection: nothing leaves the machine, as on a host without internet."""
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "NO_PROXY": "", "no_proxy": ""}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def test_imagenet_weights_in_the_keras_cache_need_no_network(no_internet: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    settings = Settings(workspace=tmp_path / "ws")
+    (found,) = preflight.weights_problems(settings, no_internet, reach=True, timeout=2)
+    assert MOBILENET_FILE in found and "storage.googleapis.com" in found
+    cached = tmp_path / "keras" / "models" / MOBILENET_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert preflight.weights_problems(settings, no_internet, reach=True, timeout=2) == []
+
+
+def test_a_weights_url_that_answers_404_is_named(tmp_path: Path) -> None:
+    from flows.servers.mirror import StaticHTTP
+    from model.pretrained import imagenet_problem
+
+    (tmp_path / "www").mkdir()
+    with StaticHTTP(tmp_path / "www") as server:
+        url = f"{server.url}/{MOBILENET_FILE}"
+        found = imagenet_problem("MobileNetV3Small", {"KERAS_HOME": str(tmp_path)}, 2, url)
+    assert found.endswith(f"cannot be downloaded from {url}: HTTP 404 Not Found")
+
+
+def test_weights_are_checked_for_training_commands_only(clean_env: None, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "backbone.weights.h5"
+    monkeypatch.setenv("OPENIMAGER_WEIGHTS", str(missing))
+    (found,) = preflight.check(["train"], os.environ)
+    assert found.startswith(f"OPENIMAGER_WEIGHTS: the weights file {missing} does not exist")
+    assert preflight.check(["retrain", "--architecture", "transfer"], os.environ) == [found]
+    assert preflight.check(["retrain", "--architecture", "seed-cnn"], os.environ) == []
+    assert preflight.check(["select"], os.environ) == []
+    monkeypatch.setenv("OPENIMAGER_ARCHITECTURE", "seed-cnn")
+    assert preflight.check(["train"], os.environ) == []
+
+
+def test_reach_asks_whether_the_imagenet_weights_can_be_downloaded(
+        clean_env: None, no_internet: dict[str, str]) -> None:
+    assert preflight.check(["train"], os.environ) == []  # no network without --reach
+    (found,) = preflight.check(["train"], os.environ, reach=True)
+    assert "not in the Keras cache" in found and "cannot be downloaded" in found

@@ -329,3 +329,35 @@ def test_the_registry_command_serves_what_the_documented_lines_install(tmp_path)
             server.kill()
             server.wait()
 
+
+
+def test_an_answer_from_another_server_on_the_port_is_not_taken_for_ours(tmp_path):
+    from flows.servers.local import wait_own_http
+    from flows.servers.mirror import StaticHTTP
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with StaticHTTP(tmp_path) as other, pytest.raises(TimeoutError):
+            wait_own_http(f"{other.url}/moto-api/", 2, child)
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(RuntimeError, match="exited"):
+        wait_own_http("http://127.0.0.1:9/moto-api/", 60, child)
+
+
+def test_a_server_that_cannot_listen_says_so_and_records_no_endpoint(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "flows.servers.s3server", "-p", str(port),
+                               "--state-dir", str(tmp_path / "registry")], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "registry" / "endpoint").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -108,7 +109,9 @@ def test_malformed_multipart_is_a_400(classifier_server, body, content_type):
 def test_top_out_of_range_and_wrong_method_are_json_4xx(classifier_server):
     url = f"{classifier_server.url}/classify"
     zero = requests.post(url, files={"image": ("a.jpg", JPEG)}, data={"top": "0"}, timeout=60)
-    assert zero.status_code == 400 and "error" in zero.json()
+    assert zero.status_code == 400
+    assert zero.json()["code"] == "invalid_input"
+    assert zero.json()["error"] == "invalid input: top: Input should be greater than or equal to 1"
     get = requests.get(url, timeout=10)
     assert get.status_code == 405 and get.json()["code"] == "method_not_allowed"
     post_model = requests.post(f"{classifier_server.url}/model", timeout=10)
@@ -141,3 +144,19 @@ def test_requests_that_wait_too_long_for_the_model_are_shed_with_503(tmp_path):
     outcomes = {(a.status, a.code) for a in load.answers}
     assert (200, None) in outcomes and (503, "overloaded") in outcomes, outcomes
     assert outcomes <= {(200, None), (503, "overloaded")}, outcomes
+
+
+def test_bentoml_error_answers_get_the_service_shape():
+    from service.errorshape import reshaped
+
+    validation = {"error": "2 validation errors for Input", "detail": [
+        {"type": "greater_than_equal", "loc": ["top"], "msg": "Input should be >= 1"},
+        {"type": "missing", "loc": ["body", "image"], "msg": "Field required"}]}
+    shaped = json.loads(reshaped(json.dumps(validation).encode(), 400))
+    assert shaped == {"error": "invalid input: top: Input should be >= 1; image: Field "
+                               "required", "code": "invalid_input",
+                      "detail": validation["detail"]}
+    other = json.loads(reshaped(b'[{"error": "Not found"}]', 404))
+    assert other == {"error": "Not found", "code": "http_404"}
+    assert reshaped(b'{"error": "x", "code": "bad_image"}', 400) is None  # already shaped
+    assert reshaped(b"not json", 400) is None

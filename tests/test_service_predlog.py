@@ -52,9 +52,9 @@ def test_answers_are_logged_feedback_is_stored_and_a_kill_loses_only_the_open_pa
         open_part = [classify(server.url).json()["request_id"] for _ in range(2)]
 
         ok = requests.post(f"{server.url}/feedback", timeout=30,
-                           json={"request_id": open_part[0], "label": "Triangle"})
+                           json={"request_id": open_part[0], "label": "triangle"})
         form = requests.post(f"{server.url}/feedback", timeout=30,
-                             data={"request_id": batch_ids[1], "label": "Circle"})
+                             data={"request_id": batch_ids[1], "label": " CIRCLE "})
         unknown = requests.post(f"{server.url}/feedback", timeout=30,
                                 json={"request_id": "0" * 32, "label": "Circle"})
         bad_label = requests.post(f"{server.url}/feedback", timeout=30,
@@ -79,6 +79,8 @@ def test_answers_are_logged_feedback_is_stored_and_a_kill_loses_only_the_open_pa
     assert len(set(rows.sha256)) == 2  # the same JPEG twice, one PNG
 
     assert ok.status_code == form.status_code == 200, (ok.text, form.text)
+    # Labels in any case are stored under the class's own name, as the command line takes them.
+    assert (ok.json()["label"], form.json()["label"]) == ("Triangle", "Circle")
     assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_request")
     assert (bad_label.status_code, bad_label.json()["code"]) == (400, "unknown_label")
     assert (missing.status_code, missing.json()["code"]) == (400, "missing_field")

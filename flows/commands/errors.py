@@ -36,6 +36,31 @@ def _http_hint(error: BaseException) -> str:
     return "the server refused the request: check --metadata-url, or try again later"
 
 
+def _class_hint(error: BaseException) -> str:
+    if "," in getattr(error, "name", ""):
+        return ("class names are separated by spaces, not commas: --classes Hamburger Sandwich "
+                "(quote a name with a space: \"Ice cream\"); `python -m flows classes TEXT` "
+                "searches them")
+    return "`python -m flows classes TEXT` searches the class names"
+
+
+# The project's own packages: a module missing among these is a bug, not a missing dependency.
+OWN_PACKAGES = ("flows", "model", "service", "benchmarks", "tests")
+DEPENDENCY_HINT = ("`make venv` installs the dependencies into .venv; then run "
+                   "`.venv/bin/python -m flows ...`, or `source .venv/bin/activate` first")
+
+
+def _missing_dependency(error: BaseException) -> bool:
+    name = getattr(error, "name", None) or ""
+    return bool(name) and name.split(".")[0] not in OWN_PACKAGES
+
+
+def missing_dependency_text(error: BaseException) -> str:
+    """What a missing dependency means: this Python is not the project's environment."""
+    return (f"the module {error.name!r} is missing from this Python ({sys.executable}): it "
+            "lacks the project's dependencies")
+
+
 def _connection_text(error: BaseException) -> str:
     url = getattr(getattr(error, "request", None), "url", None)
     return f"cannot reach {url}" if url else f"cannot connect: {error}"
@@ -46,12 +71,13 @@ def _connection_text(error: BaseException) -> str:
 # command loads nothing new.
 EXPECTED: tuple[Expected, ...] = (
     Expected("flows.commands.errors", "UsageError", BAD_INPUT),
+    Expected("builtins", "ModuleNotFoundError", BAD_INPUT, DEPENDENCY_HINT,
+             _missing_dependency),
     Expected("pydantic_core", "ValidationError", BAD_INPUT,
              "fix the flag or the OPENIMAGER_* variable; lists may be written a,b or as JSON"),
     Expected("pydantic_settings", "SettingsError", BAD_INPUT,
              "lists are comma-separated or JSON, e.g. OPENIMAGER_CLASSES=Hamburger,Sandwich"),
-    Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT,
-             "`python -m flows classes TEXT` searches the class names"),
+    Expected("flows.openimages.ontology", "UnknownClassError", BAD_INPUT, _class_hint),
     Expected("flows.openimages.select", "EmptySelection", BAD_INPUT,
              "choose other classes or loosen the box filters"),
     Expected("flows.publishing.secretscan", "SecretFound", BAD_INPUT),
@@ -65,6 +91,7 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("flows.publishing.reproduce", "ReproduceError", BAD_INPUT),
     # Uncommitted changes refused, or the training commit missing from this checkout.
     Expected("flows.publishing.lineage", "LineageError", BAD_INPUT),
+    Expected("flows.servers.local", "PortInUse", BAD_INPUT, "pass another --port"),
     Expected("flows.publishing.reproduce", "NotReproduced", NOT_REPRODUCED),
     Expected("flows.publishing.registries", "RegistryError", UPSTREAM),
     Expected("flows.publishing.bundle", "PublishError", UPSTREAM),
@@ -72,6 +99,9 @@ EXPECTED: tuple[Expected, ...] = (
              "the upstream file is malformed: fix or replace it on the mirror, then rerun"),
     Expected("flows.openimages.fetch", "ChecksumError", UPSTREAM,
              "the download did not verify; rerun, or check the mirror's copy"),
+    Expected("model.pretrained", "WeightsUnreachable", UPSTREAM,
+             "put that file in the Keras cache, set OPENIMAGER_WEIGHTS to a local .weights.h5 "
+             "of the backbone (or none), or use --architecture seed-cnn"),
     Expected("requests", "HTTPError", UPSTREAM, _http_hint),
     Expected("requests", "ConnectionError", UPSTREAM,
              "check --metadata-url (OPENIMAGER_METADATA_URL) and the network"),
@@ -93,6 +123,8 @@ def message(error: BaseException, entry: Expected) -> str:
     """What went wrong (and where) on the first line, what to do on the second."""
     if entry.name == "ValidationError":
         text = "bad setting: " + "; ".join(_setting_problem(item) for item in error.errors())
+    elif entry.name == "ModuleNotFoundError":
+        text = missing_dependency_text(error)
     elif entry.name == "ConnectionError":
         text = _connection_text(error)
     else:
@@ -105,7 +137,8 @@ def _setting_problem(item: dict) -> str:
     field = str(item["loc"][0]) if item["loc"] else ""
     where = (f"OPENIMAGER_{field.upper()} / --{field.replace('_', '-')}" if field
              else "settings")
-    return f"{where}: {item['msg']} (got {item.get('input')!r})"
+    text = item["msg"].removeprefix("Value error, ")  # pydantic's prefix of a validator's own
+    return f"{where}: {text} (got {item.get('input')!r})"
 
 
 def quiet_tracebacks() -> None:
@@ -140,3 +173,17 @@ def guarded(command: Callable[[], int], debug: bool = False) -> int:
             raise
         print(message(error, entry), file=sys.stderr)
         return entry.code
+
+
+def start(argv: list[str] | None = None) -> int:
+    """`python -m flows`: the command line, or one line when this Python cannot even load it
+    (its dependencies are missing: the parser's own modules need pydantic)."""
+    try:
+        from flows.commands.main import main
+    except ModuleNotFoundError as error:
+        args = sys.argv[1:] if argv is None else argv
+        if "--debug" in args or not _missing_dependency(error):
+            raise
+        print(f"error: {missing_dependency_text(error)}\n  {DEPENDENCY_HINT}", file=sys.stderr)
+        return BAD_INPUT
+    return main(argv)

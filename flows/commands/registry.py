@@ -36,6 +36,7 @@ def newest_versions(registry: str) -> dict[str, str]:
 
 def run_registry_command(args: argparse.Namespace) -> int:
     """Serve the registry, print how to reach it, and wait for SIGINT or SIGTERM."""
+    from flows.commands.errors import BAD_INPUT, UPSTREAM
     from flows.publishing.registries import (
         EMBEDDED,
         RegistryError,
@@ -44,6 +45,7 @@ def run_registry_command(args: argparse.Namespace) -> int:
         running_endpoint,
     )
     from flows.run.shell import shown
+    from flows.servers.local import PortInUse
     from flows.settings import Settings
 
     settings = Settings(**({"workspace": args.workspace} if args.workspace else {}))
@@ -51,7 +53,7 @@ def run_registry_command(args: argparse.Namespace) -> int:
     dest = args.dest or shown(settings.workspace / "installed")
     if url := running_endpoint(state_dir):
         print(f"error: the registry in {state_dir} is already served at {url}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly as on Ctrl-C
     try:
         with opened(EMBEDDED, state_dir, port=args.port) as registry:
@@ -59,12 +61,19 @@ def run_registry_command(args: argparse.Namespace) -> int:
             print(f"serving {registry} from {state_dir} at {endpoint} (Ctrl-C stops it)")
             print("\n".join(access_lines(endpoint, newest_versions(registry), dest)),
                   flush=True)
-            while True:
-                time.sleep(3600)
+            while running_endpoint(state_dir) == endpoint:  # its server holds the folder
+                time.sleep(1)
+        print(f"error: the registry server stopped: see {state_dir / 's3.log'}",
+              file=sys.stderr)
+        return UPSTREAM
     except KeyboardInterrupt:
         pass
-    except RegistryError as error:  # a busy port, mostly
+    except PortInUse:
+        print(f"error: port {args.port} of 127.0.0.1 is taken by another program (another "
+              f"registry?): serve {state_dir} on another one with --port", file=sys.stderr)
+        return BAD_INPUT
+    except RegistryError as error:  # the server did not start: its log's last line says why
         print(f"error: {error} (another --port may help)", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     print("registry stopped", file=sys.stderr)
     return 0

@@ -115,6 +115,7 @@ def run_stage_command(args: argparse.Namespace) -> int:
                                                 "skipped")}, indent=2))
         return 0
     if args.command == "train":
+        require_weights(settings)
         require(settings, "dataset/crops.parquet", "build-dataset")
         from flows.train import promotion_line
         from flows.watching.datachecks import PROFILE, verdict
@@ -137,6 +138,23 @@ def require(settings: object, relative: str, stage: str) -> None:
 
         raise UsageError(f"{settings.workspace / relative} is missing: run "
                          f"`{flows_command(stage)}` with this --workspace first")
+
+
+def require_weights(settings: object) -> None:
+    """The weights a transfer model starts from, checked before any work (training otherwise
+    fails after it): a missing local file is bad input; ImageNet weights neither in the Keras
+    cache nor downloadable are an unreachable upstream. Asks the weights' URL (HEAD) at most."""
+    if settings.architecture != "transfer" or settings.weights is None:
+        return
+    from model.pretrained import WeightsUnreachable, imagenet_problem, local_problem
+
+    if str(settings.weights) == "imagenet":
+        if (problem := imagenet_problem(settings.backbone, os.environ)) is not None:
+            raise WeightsUnreachable(problem)
+    elif (problem := local_problem(settings.weights)) is not None:
+        from flows.commands.errors import UsageError
+
+        raise UsageError(problem)
 
 
 def select_command(settings: object) -> int:
@@ -188,6 +206,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     with step("check"):
+        require_weights(settings)
         stages.validate_classes(settings)
         if settings.registry != EMBEDDED:
             check_registry(settings.registry)

@@ -14,6 +14,10 @@ ROOT_MID = "/m/0bl9f"
 class UnknownClassError(ValueError):
     """A requested class name is not one of the boxable classes."""
 
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
 
 @dataclass(frozen=True)
 class Ontology:
@@ -54,7 +58,7 @@ class Ontology:
         if mid is None:
             close = difflib.get_close_matches(wanted, sorted(self.names.values()), n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
-            raise UnknownClassError(f"unknown Open Images class {name!r}{hint}")
+            raise UnknownClassError(f"unknown Open Images class {name!r}{hint}", name)
         return mid
 
 

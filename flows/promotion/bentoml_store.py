@@ -260,7 +260,8 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
                 "tag": tag, "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "replaces": decision.incumbent_tag,
                 "replaces_top_hash": decision.incumbent_top_hash, "details": what})
-    log.info("%s: %s", tag, decision.reason)
+    log.info("%s %s: %s", tag, "promoted" if decision.promote else "not promoted",
+             decision.reason)
     return decision
 
 
@@ -280,7 +281,7 @@ def registry_decision(tag: str, class_names: list[str], metric: str,
     gone = registry_state.rolled_back(state, tag, str(dataset_id) if dataset_id else None)
     if gone and not force:
         decision = Decision(False, (
-            f"not promoted: {gone['tag']}, trained on the same data, was rolled back "
+            f"{gone['tag']}, trained on the same data, was rolled back "
             f"({gone.get('at')}, {gone.get('by')}); promote it with force_promote "
             "(OPENIMAGER_FORCE_PROMOTE=true) if that is meant"), metric, candidate_score,
             current and current.get("tag"), None, against)

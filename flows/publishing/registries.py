@@ -107,7 +107,7 @@ def embedded_server(state_dir: Path, port: int | None = None) -> Iterator[LocalS
     except RuntimeError as error:  # the server exited: its last words say why
         said = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise RegistryError(f"the embedded registry in {state_dir} did not start: "
-                            f"{said[0] if said else error}") from error
+                            f"{said[0].removeprefix('error: ') if said else error}") from error
     try:
         yield s3
     finally:

@@ -6,7 +6,8 @@ the download and the training. The worker image's entrypoint runs this first:
     python -m flows.run.preflight [--reach] [--exec] [--] [COMMAND ...]
 
 --exec then runs COMMAND (a `python -m flows` subcommand, or `prefect ...`), --reach also asks
-PREFECT_API_URL for its health (the image's HEALTHCHECK). Problems exit with EX_CONFIG (78).
+PREFECT_API_URL for its health (the image's HEALTHCHECK) and, for train and retrain, whether the
+ImageNet weights are in the Keras cache or can be downloaded. Problems exit with EX_CONFIG (78).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SKIP_VARIABLE = "OPENIMAGER_PREFLIGHT"  # "off": start without checking
 # `install` is one, and also a coreutils binary: no PATH lookup decides this).
 PASSTHROUGH = ("prefect", "python", "python3", "sh", "bash")
 # What `python -m flows` flags override in the settings the check sees.
-FLAG_SETTINGS = ("registry", "workspace")
+FLAG_SETTINGS = ("registry", "workspace", "architecture")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 CREDENTIAL_VARIABLES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
                         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
@@ -117,6 +118,24 @@ def endpoint_problems(env: Mapping[str, str]) -> list[str]:
     return []
 
 
+TRAINING_COMMANDS = ("train", "retrain")
+
+
+def weights_problems(settings: Settings, env: Mapping[str, str], reach: bool = False,
+                     timeout: float = 5.0) -> list[str]:
+    """The weights a transfer model starts from: a local file must exist; with reach, the
+    ImageNet weights must be in the Keras cache or their URL must answer (a HEAD request)."""
+    from model.pretrained import imagenet_problem, local_problem
+
+    if settings.architecture != "transfer" or settings.weights is None:
+        return []
+    if str(settings.weights) != "imagenet":
+        problem = local_problem(settings.weights)
+        return [problem] if problem else []
+    problem = imagenet_problem(settings.backbone, env, timeout) if reach else None
+    return [problem] if problem else []
+
+
 def is_worker(argv: Sequence[str]) -> bool:
     """A Prefect worker: it polls the API for flow runs and runs them from the project dir."""
     return list(argv[:2]) == ["prefect", "worker"]
@@ -147,6 +166,8 @@ def problems(settings: Settings, env: Mapping[str, str], argv: Sequence[str] = (
         found.append(workspace)
     if is_worker(argv):
         found += worker_problems(env)
+    if argv[:1] and argv[0] in TRAINING_COMMANDS:
+        found += weights_problems(settings, env)
     return found
 
 
@@ -174,6 +195,9 @@ def check(argv: Sequence[str], env: Mapping[str, str], reach: bool = False) -> l
         found = problems(settings, env, argv)
     if reach:
         found += reach_problems(env)
+        if settings is not None and argv[:1] and argv[0] in TRAINING_COMMANDS:
+            found += [problem for problem in weights_problems(settings, env, reach=True)
+                      if problem not in found]
     return found
 
 
@@ -219,7 +243,8 @@ def add_check_command(sub: argparse._SubParsersAction) -> None:
     """`python -m flows check [--reach] [COMMAND ...]`."""
     check_cmd = sub.add_parser("check", help="check the settings a worker needs (exit 78 if not)")
     check_cmd.add_argument("--reach", action="store_true",
-                           help="also ask PREFECT_API_URL for its health")
+                           help="also ask PREFECT_API_URL for its health, and whether "
+                                "train's ImageNet weights can be downloaded")
     check_cmd.add_argument("argv", nargs=argparse.REMAINDER,
                            help="the command to check for, e.g. prefect worker start")
 

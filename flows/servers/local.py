@@ -24,6 +24,41 @@ TELEMETRY_OFF = {"QUILT_DISABLE_USAGE_METRICS": "true", "PREFECT_SERVER_ANALYTIC
                  "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
 
 
+class PortInUse(OSError):
+    """The port a server was asked to listen on is taken by another program."""
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether another socket listens on host:port (one in TIME_WAIT does not count: servers
+    bind with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_own_http(url: str, timeout: float, process: subprocess.Popen) -> None:
+    """Wait until url answers from process itself (its s3server header names its pid): an
+    answer from another server on the same port does not count."""
+    from flows.servers.s3server import SERVER_HEADER
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            answer = requests.get(url, timeout=1)
+            if answer.headers.get(SERVER_HEADER) == str(process.pid):
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
 def free_port() -> int:
     """Ask the kernel for a free loopback port."""
     with socket.socket() as sock:
@@ -66,6 +101,8 @@ class LocalS3:
 
     def start(self) -> LocalS3:
         """Start the server, wait until it answers, and restore its recorded state."""
+        if port_taken(self.port):
+            raise PortInUse(f"port {self.port} of 127.0.0.1 is taken by another program")
         env = {**os.environ, **TELEMETRY_OFF, **self.env}
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +115,8 @@ class LocalS3:
         )
         try:
             # The state loads before the port opens; migrating an old log can take minutes.
-            wait_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 120,
-                      self.process)
+            wait_own_http(f"{self.endpoint_url}/moto-api/", 600 if self.state_dir else 120,
+                          self.process)
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -173,10 +174,46 @@ def own(folder: Path) -> Any:
     return handle
 
 
+SERVER_HEADER = "X-Openimager-Server"  # every answer names the pid of the server giving it
+
+
+def identified(app: Any) -> Any:
+    """Wrap the WSGI app so every answer carries SERVER_HEADER: whoever started this server
+    can tell it from another one answering on the same port."""
+    pid = str(os.getpid())
+
+    def wsgi(environ: dict, start_response: Any) -> Any:
+        def start(status: str, headers: list, exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, (SERVER_HEADER, pid)], exc_info)
+
+        return app(environ, start)
+
+    return wsgi
+
+
+def listen(host: str, port: int, app: Any) -> Any:
+    """A threaded server bound to host:port, or exit in one line when the port is taken."""
+    from moto.server import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    # Bound here, not by werkzeug, which prints two lines of its own and the advice to stop
+    # the other program.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        sys.exit(f"error: cannot listen on {host}:{port}: {error.strerror or error}")
+    with sock:  # the server holds a duplicate of the socket
+        return make_server(host, port, identified(app), threaded=True,
+                           request_handler=MotoRequestHandler, fd=sock.fileno())
+
+
 def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
     """Serve S3 on host:port with its state kept in folder."""
-    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import run_simple
+    from moto.server import DomainDispatcherApplication, create_backend_app
 
     held = own(folder)
     # One line per request would make the log outgrow the state it serves; errors still show.
@@ -184,14 +221,27 @@ def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
     (folder / "endpoint").unlink(missing_ok=True)  # a last run's port, until this one listens
     app = DomainDispatcherApplication(create_backend_app)
     store = open_state(folder, app)
-    write_atomic(folder / "endpoint", f"http://{host}:{port}\n".encode())
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sys.exit(0))
     try:
-        run_simple(host, port, persisting(app, store, compact_after), threaded=True,
-                   request_handler=MotoRequestHandler)
+        server = listen(host, port, persisting(app, store, compact_after))
+        # Written only once the port is this server's: never the address of another one.
+        write_atomic(folder / "endpoint", f"http://{host}:{port}\n".encode())
+        server.serve_forever()
     finally:
         held.close()
+
+
+def serve_stateless(host: str, port: int) -> None:
+    """moto's own server (as `moto_server`), with SERVER_HEADER and a one-line busy port."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: sys.exit(0))
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True  # as moto's main() has it
+    listen(host, port, app).serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,9 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.state_dir:
         serve(args.host, args.port, args.state_dir, args.compact_after)
         return
-    from moto.server import main as moto_main
-
-    moto_main(["-H", args.host, "-p", str(args.port)])
+    serve_stateless(args.host, args.port)
 
 
 if __name__ == "__main__":
