@@ -103,3 +103,39 @@ def test_a_followed_folder_moves_to_each_new_revision(registry_env, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if "incoming" in p.name) == []
     follow("test/followed", registry_env, dest, 0, rounds=1)  # nothing new: left as is
     assert json.loads((dest / METADATA_FILE).read_text())["top_hash"] == hashes[-1]
+
+
+def test_a_followed_folder_follows_the_promotion_and_its_rollback(registry_env, local_s3,
+                                                                  tmp_path):
+    import quilt3
+
+    from flows.publishing.s3clients import boto3_session
+    from flows.publishing.servable import follow
+    from model import registry_state
+
+    package = "test/promoted-follow"
+    client = boto3_session().client("s3", endpoint_url=local_s3.endpoint_url)
+    client.delete_object(Bucket=registry_env[5:], Key=registry_state.state_key(package))
+    dest = tmp_path / "served"
+    hashes = []
+    for i in range(3):
+        files = tmp_path / f"files{i}"
+        files.mkdir()
+        (files / "model.keras").write_bytes(f"weights {i}".encode())
+        hashes.append(quilt3.Package().set_dir("model", str(files))
+                      .set_meta({"classes": CLASSES, "model_tag": f"m:{i}"})
+                      .push(package, registry=registry_env, force=True).top_hash)
+
+    def served() -> str:
+        follow(package, registry_env, dest, 0, rounds=1)
+        return json.loads((dest / METADATA_FILE).read_text())["top_hash"]
+
+    assert served() == hashes[2]  # no promotion state: the newest revision, as before
+    for i in (0, 1):
+        registry_state.update(client, registry_env, package, registry_state.promote(
+            {"tag": f"m:{i}", "top_hash": hashes[i], "by": "the test"}))
+        assert served() == hashes[i]  # the promoted one, not the newest
+    registry_state.update(client, registry_env, package, registry_state.promote(
+        {"tag": "m:0", "top_hash": hashes[0], "by": "the test"}, action="rolled back to"))
+    assert served() == hashes[0]
+    assert (dest / "model.keras").read_bytes() == b"weights 0"
