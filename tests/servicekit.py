@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -189,8 +190,9 @@ def publish_tiny_model(workdir: Path, package: str, registry: str, tag: str,
             "openimages_version": "v7",
             "metrics": {"accuracy": 0.5, "macro_f1": 0.4, "test_examples": 6}}
     package_ = quilt3.Package().set_dir("model", str(folder)).set_meta(meta)
-    return package_.push(package, registry=registry, force=True,
-                         message=f"{tag} for the tests").top_hash
+    with contextlib.redirect_stdout(io.StringIO()):  # quilt3 prints what it pushed
+        return package_.push(package, registry=registry, force=True,
+                             message=f"{tag} for the tests").top_hash
 
 
 def replica_env(workdir: Path, registry: str, package: str, endpoint: str,
