@@ -132,6 +132,7 @@ def summarize(answers: list[list], writes: list[tuple[float, int]], ended: float
         "writes_not_reached": sum(t is None for t in reached),
         "write_to_both_p50_s": rounded(percentile(times, 50)),
         "write_to_both_max_s": rounded(max(times) if times else None),
+        "write_to_both_s": [rounded(t) for t in reached],  # promotions and rollbacks in turn
         "late_superseded_answers": late,
         "reload_seconds": reload,
         "p99_steady_ms": p99_ms([a for a in everything if a.start < first]),

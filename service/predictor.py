@@ -10,6 +10,7 @@ over loopback), it answers about 1.4 times the requests for half the CPU outside
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,13 @@ def json_output(service: bentoml.Service) -> None:
         api.output_spec.media_type = "application/json"
 
 
+def promoted_again(served: Served, promotion: dict | None) -> Served:
+    """A model swapped in again, with the time of its new promotion (a rollback's)."""
+    again = promotion.get("promoted_at") if promotion and \
+        promotion.get("tag") == served.lineage["tag"] else None
+    return dataclasses.replace(served, lineage={**served.lineage, "promoted_at": again})
+
+
 def configure_tensorflow(tuning: Tuning) -> None:
     """Bound TensorFlow's thread pools so workers do not oversubscribe the cores."""
     import tensorflow as tf
@@ -56,6 +64,8 @@ class Predictor:
         self.tuning, self.lifecycle = tuning, lifecycle
         self.bento, self.service_name = bento, service_name
         self.served: Served | None = None
+        # The model the last swap replaced stays loaded: a rollback to it swaps at once.
+        self.replaced: Served | None = None
         self.load_error: str | None = None
         self.last_reload_error: dict | None = None
         self.failed: str | None = None  # a model that failed to load is not tried again
@@ -108,6 +118,10 @@ class Predictor:
             return False
         if identity is None or identity in (self.served.identity, self.failed):
             return False
+        if self.replaced is not None and identity == self.replaced.identity:
+            log.info("back to %s (%s): still loaded", identity, choice.source)
+            self.swap(promoted_again(self.replaced, choice.promotion))
+            return True
         log.info("newer model %s (%s): loading it beside %s", identity, choice.source,
                  self.served.identity)
         try:
@@ -132,6 +146,7 @@ class Predictor:
         """Serve a loaded, warmed model from the next batch on (one assignment)."""
         previous = self.served
         self.served, self.load_error = served, None
+        self.replaced = previous
         log.info("serving %s (%s, revision %s)%s with %d TensorFlow threads", served.identity,
                  served.lineage["source"], served.lineage.get("top_hash"),
                  f", replacing {previous.identity}" if previous else "",

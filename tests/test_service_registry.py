@@ -83,6 +83,10 @@ def test_two_replicas_follow_promotions_and_rollbacks(local_s3, registry_env, tm
             for load, mark in zip(loads, marks, strict=True):
                 wait_for(lambda load=load, mark=mark: answers_with(load, tags[0], mark),
                          "answers from the revision rolled back to", SWAP_TIMEOUT)
+            back = registry_state.read(client, registry_env, package)[0]["promoted"]
+            for server in servers:  # the kept model, swapped back, with its new promotion
+                info = model_of(server.url)
+                assert (info["tag"], info["promoted_at"]) == (tags[0], back["promoted_at"])
             # A state that cannot be read keeps the served model, and says why.
             client.put_object(Bucket=registry_env[5:], Key=registry_state.state_key(package),
                               Body=b"not json")
