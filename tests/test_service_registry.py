@@ -137,3 +137,23 @@ def test_a_replica_without_its_registry_is_not_ready_and_says_why(tmp_path):
         assert requests.get(f"{url}/model", timeout=10).status_code == 503
     finally:
         stop_group(process)
+
+
+def test_a_pinned_revision_is_served_and_not_followed(local_s3, registry_env, tmp_path):
+    from flows.publishing.s3clients import boto3_session
+
+    package = "follow/pinned"
+    client = boto3_session().client("s3", endpoint_url=local_s3.endpoint_url)
+    pinned = publish_tiny_model(tmp_path / "one", package, registry_env, "registry-pin:one")
+    newer = publish_tiny_model(tmp_path / "two", package, registry_env, "registry-pin:two")
+    registry_state.update(client, registry_env, package, registry_state.promote(
+        {"tag": "registry-pin:two", "top_hash": newer, "by": "the test"}))
+    env = {**replica_env(tmp_path / "replica", registry_env, package, local_s3.endpoint_url),
+           "OPENIMAGER_TOP_HASH": pinned}
+    with replicas([env], tmp_path) as (server,):
+        info = model_of(server.url)
+    assert (info["tag"], info["top_hash"], info["source"]) == ("registry-pin:one", pinned,
+                                                               "revision")
+    assert not info["follows_promotions"] and info["promoted_at"] is None
+    # imported into the replica's own store before it started, as `bentoml build` packs it
+    assert list((tmp_path / "replica" / "bentoml" / "models" / "registry-pin").iterdir())
