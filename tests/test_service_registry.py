@@ -16,6 +16,7 @@ import requests
 from flows.servers import lifeline
 from flows.servers.local import TELEMETRY_OFF, free_port, stop_group
 from model import registry_state
+from model.predictions import read_log
 from tests.servicekit import (
     Load,
     encoded,
@@ -107,6 +108,10 @@ def test_two_replicas_follow_promotions_and_rollbacks(local_s3, registry_env, tm
         assert {(a.model, a.top_hash) for a in load.answers} == set(zip(tags, hashes,
                                                                          strict=True))
         assert all(a.model == tags[0] for a in load.answers[settled[loads.index(load)]:])
+    for n in range(2):  # every row of each replica's prediction log names the revision too
+        rows = read_log(tmp_path / f"replica{n}" / "workspace" / "predictions")
+        assert len(rows) and set(zip(rows["model"], rows["top_hash"], strict=True)) == \
+            set(zip(tags, hashes, strict=True))
 
 
 def test_a_replica_without_its_registry_is_not_ready_and_says_why(tmp_path):
