@@ -1,6 +1,7 @@
 """Fetch the model of a published package version into a folder the service can serve.
 
-The service imports neither quilt3 nor prefect; this helper does the quilt3 part:
+For a service that is given a folder (it fetches from the registry itself only when it
+follows one, service/registry.py, which repeats the few lines of fetch_model below):
 
     python -m flows.publishing.servable openimager/classifier --registry s3://my-registry \\
         --top-hash <hash> --dest served
