@@ -162,3 +162,32 @@ def test_a_pinned_revision_is_served_and_not_followed(local_s3, registry_env, tm
     assert not info["follows_promotions"] and info["promoted_at"] is None
     # imported into the replica's own store before it started, as `bentoml build` packs it
     assert list((tmp_path / "replica" / "bentoml" / "models" / "registry-pin").iterdir())
+
+
+def test_a_registry_gone_while_serving_keeps_the_model_and_says_why(tmp_path, monkeypatch):
+    from flows.publishing.s3clients import boto3_session
+    from flows.servers.local import LocalS3
+
+    package, tag = "follow/gone", "registry-gone:one"
+    with LocalS3(log_path=tmp_path / "s3.log") as own:  # this test's own, stopped below
+        own.create_bucket("gone-registry")
+        registry = "s3://gone-registry"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", own.endpoint_url)  # for quilt3's push
+        top = publish_tiny_model(tmp_path / "one", package, registry, tag)
+        client = boto3_session().client("s3", endpoint_url=own.endpoint_url)
+        registry_state.update(client, registry, package, registry_state.promote(
+            {"tag": tag, "top_hash": top, "by": "the test"}))
+        env = replica_env(tmp_path / "replica", registry, package, own.endpoint_url)
+        with replicas([env], tmp_path) as (server,), Load(server.url, 2, IMAGE) as load:
+            wait_for(lambda: len(load.answers) > 5, "answers")
+            own.stop()
+            info = wait_for(lambda: (i := model_of(server.url))["last_reload_error"] and i,
+                            "a failed reload", 120)
+            mark = len(load.answers)
+            wait_for(lambda: len(load.answers) > mark + 5, "answers with the registry gone")
+            ready = requests.get(f"{server.url}/readyz", timeout=10)
+    assert "cannot read the promotion state of follow/gone" in \
+        info["last_reload_error"]["error"]
+    assert (info["tag"], info["top_hash"]) == (tag, top) and ready.status_code == 200
+    assert [a for a in load.answers if a.status != 200] == []
+    assert {a.model for a in load.answers} == {tag}
