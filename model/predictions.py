@@ -26,6 +26,7 @@ LOG_SCHEMA = pa.schema([
     ("format", pa.string()), ("model", pa.string()), ("classes", pa.list_(pa.string())),
     ("probabilities", pa.list_(pa.float32())), ("top_label", pa.string()),
     ("top_probability", pa.float32()), ("latency_ms", pa.float32()), ("kept", pa.bool_()),
+    ("top_hash", pa.string()),  # the revision of the answering model (null: unpublished)
 ])
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("label", pa.string()), ("time", TIME), ("model", pa.string()),

@@ -149,7 +149,8 @@ class Lifecycle:
             log.debug("readiness: no model state: %r", error)
             return 503, {"code": "model_unavailable"}
         if state.get("state") == "ready":
-            return 200, {"code": "ready", "model": state.get("model")}
+            return 200, {"code": "ready", "model": state.get("model"),
+                         "top_hash": state.get("top_hash")}
         return 503, {"code": state.get("state", "loading"), "error": state.get("load_error")}
 
 

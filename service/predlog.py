@@ -122,6 +122,7 @@ class Answered:
     classes: tuple[str, ...]
     probabilities: np.ndarray  # (images, classes)
     latency_ms: float
+    top_hash: str | None = None  # the package revision the model was published as, if known
 
 
 class PredictionLog:
@@ -205,7 +206,8 @@ class PredictionLog:
                         "height": upload.height, "format": upload.format, "model": item.model,
                         "classes": list(item.classes), "probabilities": probs.tolist(),
                         "top_label": item.classes[top], "top_probability": float(probs[top]),
-                        "latency_ms": item.latency_ms, "kept": kept})
+                        "latency_ms": item.latency_ms, "kept": kept,
+                        "top_hash": item.top_hash})
         return out
 
     def keep(self, upload: Upload) -> bool:

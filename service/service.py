@@ -35,7 +35,7 @@ from service.guard import UPLOAD_STATE, UploadGuard
 from service.lifecycle import DRAIN, drain_on_signals
 from service.lifecycle import Lifecycle as LifecycleMiddleware
 from service.predictor import BATCH_METRIC, Predictor, json_output
-from service.source import declared_model, locate, served_choice
+from service.source import check_at_start, declared_model
 
 with bentoml.importing():
     import numpy as np
@@ -96,8 +96,9 @@ web_app.add_api_route(
     "/model", model_info, methods=["GET"], response_class=JSONResponse, tags=["Service APIs"],
     summary="The served model's lineage", description=inspect.getdoc(model_info),
     responses={200: {"description": "tag, classes (name, mid), image_size, architecture, "
-                     "dataset_id, git_commit, metrics, package, top_hash, promoted_at, "
-                     "loaded_at, reload_seconds, follows_promotions, last_reload_error",
+                     "dataset_id, git_commit, metrics, package, registry, top_hash, "
+                     "promoted_at, loaded_at, reload_seconds, follows_promotions, "
+                     "last_reload_error",
                      "content": {"application/json": {"schema": {"type": "object"}}}},
                503: {"description": "the model is loading, or failed to load"}})
 web_app.add_api_route(
@@ -125,7 +126,7 @@ class Classifier:
     @bentoml.on_deployment
     def check_model() -> None:
         """Fail `bentoml serve` at once, with the reason, when there is no model."""
-        locate(served_choice(Classifier.bento, Classifier.name))
+        check_at_start(Classifier.bento, Classifier.name)
 
     def __init__(self) -> None:
         self.limits = Limits.from_env()
@@ -197,8 +198,10 @@ class Classifier:
         if self.predlog.enabled and (described := await self.described(paths)) is not None:
             endpoint = "classify_batch" if ctx.request.url.path.endswith("_batch") else "classify"
             self.predlog.add(Answered(datetime.now(UTC), endpoint, ids, described, info["tag"],
-                                      served.class_names, probs, seconds * 1000))
-        return labels, {"model": info["tag"], "seconds": round(seconds, 4), "request_ids": ids}
+                                      served.class_names, probs, seconds * 1000,
+                                      info["top_hash"]))
+        return labels, {"model": info["tag"], "top_hash": info["top_hash"],
+                        "seconds": round(seconds, 4), "request_ids": ids}
 
     async def described(self, paths: list[Path]) -> list | None:
         """The log's view of answered uploads (hash, header, sampled bytes)."""

@@ -15,14 +15,15 @@ import numpy as np
 
 from service.source import METADATA_FILE, Choice, lineage, locate
 
-PINNED = ("env", "bento")  # OPENIMAGER_MODEL_TAG and a Bento's packed model never change
+# OPENIMAGER_MODEL_TAG, a pinned registry revision and a Bento's packed model never change
+PINNED = ("env", "revision", "bento")
 
 
 @dataclass(frozen=True)
 class Served:
     """A loaded, warmed model with what its answers need."""
 
-    identity: str  # the tag, or for a folder the tag and top hash in its metadata
+    identity: str  # the tag, or for a folder or the registry the tag and top hash (tag@hash)
     model: Any
     class_names: tuple[str, ...]
     image_size: int
@@ -31,7 +32,10 @@ class Served:
 
 
 def identity_of(choice: Choice) -> str | None:
-    """What the choice names now, without loading a model; None when nothing is there yet."""
+    """What the choice names now, without loading a model; None when nothing is there yet.
+    A registry choice is resolved (service.source.resolved) and names tag@top_hash."""
+    if choice.followed is not None:
+        return f"{choice.tag}@{choice.followed.top_hash}"
     if choice.path is not None:
         try:
             meta = json.loads((choice.path / METADATA_FILE).read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -123,6 +124,7 @@ class Answer:
     model: str | None = None
     code: str | None = None  # the error code of a JSON error body
     error: str | None = None  # the connection error's kind when status is None
+    top_hash: str | None = None  # the revision of the answering model, when published
 
 
 class Load:
@@ -168,7 +170,8 @@ class Load:
             body = reply.json() if reply.headers.get("content-type", "").startswith(
                 "application/json") else {}
             self.answers.append(Answer(start, time.monotonic(), reply.status_code,
-                                       body.get("model"), body.get("code")))
+                                       body.get("model"), body.get("code"),
+                                       top_hash=body.get("top_hash")))
             if reply.status_code == 503:
                 time.sleep(float(reply.headers.get("Retry-After", "0.2")) / 5)
 
@@ -237,3 +240,64 @@ def served_as_documented(project: Path, env: dict[str, str], log: Path,
         raise RuntimeError(f"{error}; log:\n{log.read_text()[-3000:]}") from error
     finally:
         stop_group(server)
+
+
+def publish_tiny_model(workdir: Path, package: str, registry: str, tag: str,
+                       classes: list[str] = CLASSES, image_size: int = IMAGE_SIZE) -> str:
+    """Push a revision of package holding an untrained seed CNN as model/model.keras, with the
+    metadata the service reads (classes, their MIDs, the model tag); return its top hash."""
+    import quilt3
+
+    from model.architectures import seed_cnn
+
+    folder = workdir / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_cnn(image_size, len(classes)).save(folder / "model.keras")
+    meta = {"classes": list(classes), "class_mids": {c: f"/m/{c.lower()}" for c in classes},
+            "model_tag": tag, "dataset_id": f"{tag.split(':')[-1]}-data", "git_commit": "0" * 40,
+            "openimages_version": "v7",
+            "metrics": {"accuracy": 0.5, "macro_f1": 0.4, "test_examples": 6}}
+    package_ = quilt3.Package().set_dir("model", str(folder)).set_meta(meta)
+    with contextlib.redirect_stdout(io.StringIO()):  # quilt3 prints what it pushed
+        return package_.push(package, registry=registry, force=True,
+                             message=f"{tag} for the tests").top_hash
+
+
+def replica_env(workdir: Path, registry: str, package: str, endpoint: str,
+                reload_seconds: float = 1) -> dict[str, str]:
+    """The environment of one API replica that follows a registry: a home, BentoML store,
+    temporary folder, quilt3 cache and workspace of its own; only the S3 endpoint is shared."""
+    from flows.servers.local import TELEMETRY_OFF
+
+    folders = {name: workdir / name for name in ("home", "bentoml", "tmp", "data", "workspace")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(folders["home"]), "BENTOML_HOME": str(folders["bentoml"]),
+            "TMPDIR": str(folders["tmp"]), "XDG_DATA_HOME": str(folders["data"]),
+            "OPENIMAGER_WORKSPACE": str(folders["workspace"]),
+            "OPENIMAGER_PREDICTION_LOG_DIR": str(folders["workspace"] / "predictions"),
+            "AWS_ENDPOINT_URL": endpoint, "OPENIMAGER_REGISTRY": registry,
+            "OPENIMAGER_PACKAGE": package, "OPENIMAGER_RELOAD_SECONDS": f"{reload_seconds:g}",
+            **TELEMETRY_OFF}
+
+
+@contextmanager
+def replicas(envs: list[dict[str, str]], workdir: Path) -> Iterator[list]:
+    """`bentoml serve` once per environment (over this process's), started side by side, each
+    on its own port and ready; all stopped when the block ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.servers.local import BentoServer
+
+    servers = [BentoServer(None, log_path=workdir / f"replica{i}.log", env=env)
+               for i, env in enumerate(envs)]
+    try:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            errors = [f.exception() for f in [pool.submit(s.__enter__) for s in servers]]
+        if failed := [(s, e) for s, e in zip(servers, errors, strict=True) if e]:
+            raise RuntimeError("; ".join(
+                f"{s.log_path.name}: {e}\n{s.log_path.read_text()[-3000:]}" for s, e in failed))
+        yield servers
+    finally:
+        for server in servers:
+            server.__exit__()

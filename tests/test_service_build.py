@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
-from tests.servicekit import register_tiny_model
+from tests.servicekit import publish_tiny_model, register_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,24 @@ def test_build_packs_the_promoted_model_and_the_bento_serves_it(tmp_path):
                    OPENIMAGER_MODEL_NAME=name)
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.split() == ["openimager"]  # one service: each worker holds the model
+
+
+def test_build_packs_a_chosen_registry_revision(registry_env, tmp_path):
+    package, tag = "build/revision", "buildreg-classifier:rev1"
+    chosen = publish_tiny_model(tmp_path / "chosen", package, registry_env, tag)
+    publish_tiny_model(tmp_path / "newer", package, registry_env, "buildreg-classifier:rev2")
+    built = run([sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+                OPENIMAGER_REGISTRY=registry_env, OPENIMAGER_PACKAGE=package,
+                OPENIMAGER_TOP_HASH=chosen)
+    assert built.returncode == 0, built.stdout + built.stderr
+    bento = bentoml.bentos.get(re.search(r"__tag__:(\S+)", built.stdout).group(1))
+    assert [str(m.tag) for s in bento.info.services for m in s.models] == [tag]
+    stored = bentoml.models.get(tag).info.metadata  # imported under its own tag
+    assert (stored["top_hash"], stored["package"]) == (chosen, package)
+    # The Bento serves its packed revision with no registry in reach, and names it.
+    info = lineage_of_bento(str(bento.tag), AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    assert (info["tag"], info["source"], info["top_hash"]) == (tag, "bento", chosen)
+    assert (info["package"], info["registry"]) == (package, registry_env)
 
 
 @pytest.mark.parametrize("env, message", [

@@ -1,13 +1,18 @@
 """Fetch the model of a published package version into a folder the service can serve.
 
-The service imports neither quilt3 nor prefect; this helper does the quilt3 part:
+For a service that is given a folder (it fetches from the registry itself only when it
+follows one, service/registry.py, which repeats the few lines of fetch_model below):
 
     python -m flows.publishing.servable openimager/classifier --registry s3://my-registry \\
         --top-hash <hash> --dest served
     OPENIMAGER_MODEL_PATH=served bentoml serve service.service:Classifier
 
-With --follow SECONDS (and no --top-hash) it keeps the folder at the package's newest revision;
-the running service swaps each one in within OPENIMAGER_RELOAD_SECONDS.
+With --follow SECONDS (and no --top-hash) it keeps the folder at the revision the registry's
+promotion state names (model/registry_state.py): every promotion and every rollback reaches
+the folder, and the running service swaps each one in within OPENIMAGER_RELOAD_SECONDS. A
+package without a promotion state (published before the registry kept one) is followed to its
+newest revision, as before; a state that promotes nothing leaves the folder as it is. (A
+service can also follow the registry itself: OPENIMAGER_REGISTRY and OPENIMAGER_PACKAGE.)
 """
 
 from __future__ import annotations
@@ -69,15 +74,34 @@ def installed_hash(dest: Path) -> str | None:
         return None
 
 
+def followed_revision(name: str, registry: str) -> str | None:
+    """The top hash --follow keeps: the promoted revision when the registry holds a promotion
+    state for the package, else (no state) its newest revision; None when the state promotes
+    nothing."""
+    from flows.publishing.s3clients import boto3_session
+    from model import registry_state
+
+    client = boto3_session().client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    state, etag = registry_state.read(client, registry, name)
+    if etag is not None:
+        promoted = state.get("promoted")
+        if promoted is None:
+            log.warning("%s in %s: the promotion state promotes nothing: the folder stays as it "
+                        "is", name, registry)
+            return None
+        return promoted["top_hash"]
+    return quilt3_module().Package.browse(name, registry=registry).top_hash
+
+
 def update(name: str, registry: str, dest: Path) -> dict | None:
-    """Bring dest to the package's newest revision; return its metadata if it changed.
+    """Bring dest to the promoted revision (the newest for a package without a promotion
+    state); return its metadata if it changed.
 
     The new files are fetched beside dest and moved in, the metadata last: the service sees
     the new version (its metadata) only once every file of it is in place.
     """
-    quilt3 = quilt3_module()
-    newest = quilt3.Package.browse(name, registry=registry).top_hash
-    if newest == installed_hash(dest):
+    newest = followed_revision(name, registry)
+    if newest is None or newest == installed_hash(dest):
         return None
     incoming = dest.parent / f".{dest.name}.{newest[:12]}.incoming"
     shutil.rmtree(incoming, ignore_errors=True)
@@ -92,7 +116,8 @@ def update(name: str, registry: str, dest: Path) -> dict | None:
 
 def follow(name: str, registry: str, dest: Path, seconds: float, rounds: int | None = None
            ) -> None:
-    """Keep dest at the newest revision, checking every seconds (rounds times, or forever)."""
+    """Keep dest at the promoted (or newest) revision, checking every seconds (rounds times,
+    or forever)."""
     dest.mkdir(parents=True, exist_ok=True)
     done = 0
     while rounds is None or done < rounds:
@@ -116,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-hash", help="the version (default: the newest)")
     parser.add_argument("--dest", type=Path, required=True)
     parser.add_argument("--follow", type=float, metavar="SECONDS",
-                        help="keep --dest at the newest revision, checking this often")
+                        help="keep --dest at the promoted revision (the newest for a package "
+                             "without a promotion state), checking this often")
     args = parser.parse_args(argv)
     try:
         refuse_embedded_bucket(args.registry)
@@ -125,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.follow:
         if args.top_hash:
-            parser.error("--follow keeps the newest revision: leave out --top-hash")
+            parser.error("--follow keeps the promoted revision: leave out --top-hash")
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
         follow(args.name, args.registry, args.dest, args.follow)
         return 0
