@@ -189,3 +189,23 @@ def rolled_back(state: dict, tag: str | None = None, dataset_id: str | None = No
                                                 == dataset_id):
             return gone
     return None
+
+
+def servable_metadata(meta: dict, package: str, registry: str, top_hash: str) -> dict:
+    """The service's model metadata (openimager-model.json) from a published revision's
+    package metadata: what a replica or an installed folder serves the model with."""
+    classes = list(meta["classes"])
+    mids = meta.get("class_mids") or {}
+    return {
+        "tag": meta.get("model_tag"),
+        "class_names": classes,
+        "class_mids": [mids.get(c) for c in classes],
+        "dataset_id": meta.get("dataset_id"),
+        "openimages_version": meta.get("openimages_version"),
+        "git_commit": meta.get("git_commit"),
+        "metrics": meta.get("metrics"),
+        "drift_reference": meta.get("drift_reference"),
+        "package": package,
+        "registry": registry,
+        "top_hash": top_hash,
+    }

@@ -28,6 +28,7 @@ from typing import Any
 
 from model import registry_state
 from model.atomic import write_json
+from model.registry_state import servable_metadata
 
 REGISTRY_VARIABLE = "OPENIMAGER_REGISTRY"
 PACKAGE_VARIABLE = "OPENIMAGER_PACKAGE"
@@ -119,24 +120,6 @@ def revision_folder(package: Followed, top_hash: str) -> Path:
     return cache_root() / bucket / package.package / top_hash
 
 
-def servable_metadata(meta: dict, package: Followed, top_hash: str) -> dict:
-    """The service's model metadata from a published package's metadata (as servable's)."""
-    classes = list(meta["classes"])
-    mids = meta.get("class_mids") or {}
-    return {
-        "tag": meta.get("model_tag"),
-        "class_names": classes,
-        "class_mids": [mids.get(c) for c in classes],
-        "dataset_id": meta.get("dataset_id"),
-        "openimages_version": meta.get("openimages_version"),
-        "git_commit": meta.get("git_commit"),
-        "metrics": meta.get("metrics"),
-        "package": package.package,
-        "registry": package.registry,
-        "top_hash": top_hash,
-    }
-
-
 def fetch_into(package: Followed, top_hash: str, dest: Path) -> dict:
     """Fetch model/ of one revision into dest, with the service's metadata file."""
     os.environ.setdefault("QUILT_DISABLE_USAGE_METRICS", "true")
@@ -148,7 +131,8 @@ def fetch_into(package: Followed, top_hash: str, dest: Path) -> dict:
         raise RegistryError(f"{package.package}@{top_hash[:12]} in {package.registry} has no "
                             f"model/{MODEL_FILE}")
     revision["model"].fetch(str(dest) + "/")
-    metadata = servable_metadata(revision.meta, package, revision.top_hash)
+    metadata = servable_metadata(revision.meta, package.package, package.registry,
+                                 revision.top_hash)
     write_json(dest / METADATA_FILE, metadata)
     return metadata
 

@@ -199,9 +199,10 @@ def test_a_trained_model_carries_its_reference_to_the_store_and_its_package(
     from flows.commands.main import main
     from flows.pipeline import stages
     from flows.pipeline.release import bundle_meta
-    from flows.publishing.servable import METADATA_FILE, servable_metadata
+    from flows.publishing.servable import METADATA_FILE
     from flows.settings import Settings
     from flows.watching.watch import drift_summary
+    from model.registry_state import servable_metadata
 
     workspace = tmp_path / "ws"
     (workspace / "dataset").mkdir(parents=True)

@@ -15,6 +15,7 @@ import pytest
 
 from model import registry_state
 from tests.conftest import REGISTRY_BUCKET
+from tests.servicekit import Load, encoded, picture, replica_env, replicas, wait_for
 from tests.test_promotion_loop import result_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -114,3 +115,36 @@ def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, pr
     assert "NOT promoted: lost to " + final["tag"] in said
     actions = [h["action"] for h in state(local_s3)["history"]]
     assert actions.count("promoted") == 2 and actions[-1] == "lost"
+
+    # Two API replicas in fresh homes serve the winner; a rollback from yet another container
+    # brings both back to A's revision, with no failed request on the way.
+    envs = [replica_env(tmp_path / f"replica{i}", REGISTRY, PACKAGE, s3) for i in range(2)]
+    with replicas(envs, tmp_path) as servers:
+        loads = [Load(server.url, 2, encoded(picture(5))) for server in servers]
+        for load in loads:
+            load.__enter__()
+        try:
+            for load in loads:
+                wait_for(lambda load=load: any(a.top_hash == final["top_hash"]
+                                               for a in load.answers), "the winner's answers")
+            env = container(tmp_path / "operator", s3, prefect_api)
+            rolled = subprocess.run(
+                [sys.executable, "-m", "flows", "rollback", "--workspace",
+                 str(tmp_path / "operator" / "workspace"), "--registry", REGISTRY,
+                 "--package", PACKAGE], cwd=ROOT, env=env, capture_output=True, text=True,
+                timeout=300, check=False)
+            assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+            marks = [len(load.answers) for load in loads]
+            for load, mark in zip(loads, marks, strict=True):
+                wait_for(lambda load=load, mark=mark: any(
+                    a.top_hash == promoted["top_hash"] for a in load.answers[mark:]),
+                    "answers from A's revision after the rollback", 240)
+        finally:
+            for load in loads:
+                load.__exit__()
+    for load in loads:
+        assert [a for a in load.answers if a.status != 200] == []
+        assert {a.model for a in load.answers} == {final["tag"], promoted["tag"]}
+    back = state(local_s3)
+    assert back["promoted"]["tag"] == promoted["tag"]
+    assert back["rolled_back"][-1]["tag"] == final["tag"]

@@ -29,28 +29,10 @@ from pathlib import Path
 from flows.publishing.registries import RegistryError, refuse_embedded_bucket
 from flows.publishing.s3clients import quilt3_module
 from model.atomic import write_json
+from model.registry_state import servable_metadata
 
 METADATA_FILE = "openimager-model.json"  # the name service.source reads
 log = logging.getLogger(__name__)
-
-
-def servable_metadata(meta: dict, name: str, registry: str, top_hash: str) -> dict:
-    """The service's model metadata from a bundle's package metadata."""
-    classes = list(meta["classes"])
-    mids = meta.get("class_mids") or {}
-    return {
-        "tag": meta.get("model_tag"),
-        "class_names": classes,
-        "class_mids": [mids.get(c) for c in classes],
-        "dataset_id": meta.get("dataset_id"),
-        "openimages_version": meta.get("openimages_version"),
-        "git_commit": meta.get("git_commit"),
-        "metrics": meta.get("metrics"),
-        "drift_reference": meta.get("drift_reference"),
-        "package": name,
-        "registry": registry,
-        "top_hash": top_hash,
-    }
 
 
 def fetch_model(name: str, registry: str, top_hash: str | None, dest: Path) -> dict:
