@@ -36,7 +36,7 @@ def container(root: Path, s3_url: str, prefect_api: str, **settings: str) -> dic
                BENTOML_HOME=str(root / "home" / "bentoml"),
                XDG_DATA_HOME=str(root / "home" / "data"),
                PREFECT_HOME=str(root / "home" / "prefect"), PREFECT_API_URL=prefect_api,
-               AWS_ENDPOINT_URL=s3_url, OPENIMAGER_IMAGE_SIZE="32",
+               AWS_ENDPOINT_URL=s3_url, OPENIMAGER_IMAGE_SIZE="48",
                OPENIMAGER_BATCH_SIZE="32", OPENIMAGER_CROP_WORKERS="1", **settings)
     return env
 
@@ -46,7 +46,7 @@ def retrain(root: Path, env: dict[str, str], mirror_url: str, s3_url: str, epoch
     """`python -m flows retrain` in its own process group, its output in root."""
     args = ["--workspace", str(root / "workspace"), "--metadata-url", mirror_url,
             "--image-endpoint-url", s3_url, "--classes", "Hamburger", "Car",
-            "--max-images-per-class", "20", "--epochs", str(epochs), "--architecture",
+            "--max-images-per-class", "60", "--epochs", str(epochs), "--architecture",
             "seed-cnn", "--registry", REGISTRY, "--package-name", PACKAGE, *extra]
     return subprocess.Popen([sys.executable, "-m", "flows", "retrain", *args], cwd=ROOT,
                             env=env, stdout=(root / "out").open("w"),
@@ -75,8 +75,9 @@ def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, pr
         env = container(tmp_path / name, s3, prefect_api, **settings)
         return retrain(tmp_path / name, env, mirror.url, s3, epochs, *extra)
 
-    # A promotes and publishes its model.
-    a = finished(tmp_path / "a", run("a", 6))
+    # A promotes and publishes its model (enough epochs to beat an untrained one clearly).
+    a = finished(tmp_path / "a", run("a", 10))
+    assert a["train"]["metrics"]["macro_f1"] > 0.7, a["train"]["metrics"]
     assert a["train"]["promoted"] and a["publish"]["pushed"]
     promoted = state(local_s3)["promoted"]
     assert promoted["tag"] == a["train"]["model_tag"]
