@@ -109,8 +109,11 @@ class Settings(BaseModel):
     fine_tune_learning_rate: float = 1e-5
     class_weights: bool = False
     seed: int = 1337
-    # The gate: promote a new model only if this test metric is at least the promoted one's.
+    # The gate: promote a new model only if it beats the promoted one on this test metric, on
+    # the same test photos (paired bootstrap), by more than the margin at the confidence.
     promotion_metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
+    promotion_margin: float = Field(0.0, ge=0.0, le=1.0)
+    promotion_confidence: float = Field(0.95, gt=0.5, lt=1.0)
     force_promote: bool = False
     # A model already trained on the same dataset, config and code is reused, not trained again.
     reuse_trained: bool = True

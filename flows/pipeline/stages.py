@@ -156,7 +156,8 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     """
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
-    from model.evaluate import evaluate_model
+    from model.evaluate import outcome_of
+    from model.promotion import Rule
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
@@ -181,23 +182,35 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     test = table[table.Split == "test"]
     metric = settings.promotion_metric
 
-    def score(model: object, theirs: dict) -> float | None:
-        """The promoted model's metric on this run's test split, fed at its own input size."""
-        return evaluate_model(model, list(theirs["class_names"]), test, crops,
-                              int(theirs["image_size"]), settings.batch_size)[metric]
+    def score(model: object, theirs: dict) -> object:
+        """A model's answers on this run's test split, crop by crop with their photos, fed at
+        its own input size: the promoted model's and the candidate's, compared photo by photo."""
+        return outcome_of(model, list(theirs["class_names"]), test, crops,
+                          int(theirs["image_size"]), settings.batch_size)
 
     # The registry's promoted revision is the incumbent, whichever host trained it.
     opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
+    rule = Rule(settings.promotion_margin, settings.promotion_confidence)
     with opened as registry:
         decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
                         score, settings.force_promote, promote_now=promote_now,
                         registry=registry, cache=settings.workspace / "cache" / "promoted",
+                        candidate=candidate_outcome(settings, metadata, score), rule=rule,
                         dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def candidate_outcome(settings: Settings, metadata: dict, score: object) -> object:
+    """The trained model's answers on the test split (the same crops the incumbent is scored
+    on), from the saved model file."""
+    import keras
+
+    model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
+    return score(model, metadata)
 
 
 def training_code() -> str:
