@@ -12,9 +12,9 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from model import report
+from model import calibration, report
 from model.architectures import build, resolve_weights, unfreeze_top, with_augmentation
-from model.data import class_weights, make_dataset
+from model.data import class_weights, label_indices, make_dataset
 from model.evaluate import evaluate_model
 from model.report import atomic_dest, write_json
 
@@ -114,6 +114,25 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def calibrate(model: keras.Model, class_names: list[str], val_data: object,
+              val_t: pd.DataFrame, test_data: object, test_t: pd.DataFrame,
+              out_dir: Path) -> tuple[keras.Model, dict]:
+    """Fit the temperature on the validation split; return the calibrated model and the test
+    split's expected calibration error before and after (with report.RELIABILITY_PNG)."""
+    logits = calibration.logits_model(model)
+    temperature = calibration.fit_temperature(logits.predict(val_data, verbose=0),
+                                              label_indices(val_t, class_names))
+    test_logits, truth = logits.predict(test_data, verbose=0), label_indices(test_t,
+                                                                             class_names)
+    before = calibration.reliability(calibration.probabilities(test_logits), truth)
+    after = calibration.reliability(calibration.probabilities(test_logits, temperature), truth)
+    report.reliability_chart(before, after, temperature, out_dir / report.RELIABILITY_PNG)
+    return calibration.with_temperature(logits, temperature), {
+        "temperature": temperature, "fitted_on": "validation", "measured_on": "test",
+        "ece_before": before["ece"], "ece_after": after["ece"],
+        "bins": calibration.BINS, "reliability_after": after["bins"]}
+
+
 def train(table: pd.DataFrame, crops_root: Path, out_dir: Path, config: TrainConfig) -> TrainResult:
     """Train, score on the test split, save model.keras, metrics.json and PNGs into out_dir."""
     keras.utils.set_random_seed(config.seed)
@@ -152,9 +171,12 @@ def train(table: pd.DataFrame, crops_root: Path, out_dir: Path, config: TrainCon
             model.set_weights(head_weights)
     seconds = time.monotonic() - start
 
+    model, calibrated = calibrate(model, class_names, val_data, val_t,
+                                  data(test_t, False), test_t, out_dir)
     metrics = evaluate_model(model, class_names, test_t, crops_root, config.image_size,
                              config.batch_size)
     metrics.update(
+        calibration=calibrated,
         train_examples=len(train_t), validation_examples=len(val_t),
         epochs_run=len(history["loss"]), head_epochs=head_epochs,
         fine_tuned_layers=fine_tuned, fine_tune_kept=fine_tune_kept,

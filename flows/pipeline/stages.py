@@ -257,7 +257,7 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
         **code,
         "metrics": {k: result.metrics[k] for k in
                     ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
-                     "confusion_matrix")},
+                     "intervals", "calibration", "confusion_matrix") if k in result.metrics},
         "train_seconds": round(result.seconds, 2),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config),

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.keras", "metrics.json")
-REPORT_FILES = ("training_curves.png", "confusion_matrix.png", "drift.png")  # when present
+REPORT_FILES = ("training_curves.png", "confusion_matrix.png", "reliability.png",
+                "drift.png")  # when present
 SUMMARY = "openimager.json"  # the whole training summary; BentoML metadata drops None values
 
 
