@@ -84,9 +84,12 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
 def report(result: dict) -> str:
     """The demo's closing summary."""
     from flows.publish import publish_line  # the flow module: Prefect loads with it
+    from model.intervals import stated
 
     refreshed, built, trained = result["refresh"], result["dataset"], result["train"]
     published, served = result["publish"], result["serve"]
+    metrics = trained["metrics"]
+    photos = (metrics.get("intervals") or {}).get("photos", "?")
     lines = ["", "== openimager demo (synthetic sample data) =="]
     for name, info in refreshed["classes"].items():
         lines.append(f"class {name} ({info['mid']}): {info['images']} images, "
@@ -94,9 +97,11 @@ def report(result: dict) -> str:
     lines += [
         f"images: {refreshed['images']} selected, downloads {refreshed['downloads']}",
         f"crops: {built['crops']} ({built['crops_per_split']}), skipped {built['skipped']}",
-        f"held-out test accuracy: {trained['metrics']['accuracy']} "
-        f"(macro F1 {trained['metrics']['macro_f1']}, {trained['metrics']['test_examples']} "
-        f"crops); model {trained['model_tag']}",
+        f"held-out test accuracy on synthetic scenes: {stated(metrics, 'accuracy')}, macro F1 "
+        f"{stated(metrics, 'macro_f1')} ({metrics['test_examples']} crops of "
+        f"{photos} photos, intervals by bootstrap over photos); model {trained['model_tag']}, "
+        f"a seed CNN at {trained.get('image_size')} px, not transfer learning",
+        calibration_line(metrics),
         f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
         f"({trained['promotion_reason']})",
         f"{publish_line(published)} ({published.get('where', 'S3')})" if published
@@ -109,6 +114,16 @@ def report(result: dict) -> str:
         lines += ["", "The registry stopped with the demo. To install the package with plain "
                       "quilt3, serve it in another shell:", *published["access"]]
     return "\n".join(lines)
+
+
+def calibration_line(metrics: dict) -> str:
+    """Temperature scaling in one line: the temperature and the test ECE before and after."""
+    found = metrics.get("calibration")
+    if not found:
+        return "calibration: not measured"
+    return (f"calibration: temperature {found['temperature']} fitted on validation; test "
+            f"expected calibration error {found['ece_before']} before, {found['ece_after']} "
+            "after")
 
 
 def registry_access(workspace: Path, published: dict) -> list[str]:

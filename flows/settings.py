@@ -140,6 +140,8 @@ class Settings(BaseModel):
     prediction_log: bool = True
     # Kept images with a feedback label join the train split (never validation or test).
     use_feedback: bool = False
+    # At most this share of each class's train split may be feedback (the oldest kept).
+    feedback_max_share: float = Field(0.2, ge=0.0, le=1.0)
     publish_feedback: bool = False  # their licence is unknown: left out of packages by default
 
     def __init__(self, **values: Any) -> None:

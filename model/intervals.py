@@ -52,6 +52,16 @@ def mean_auc(truth: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean(aucs)) if aucs else None
 
 
+def stated(metrics: dict, key: str) -> str:
+    """A metric with its interval, as the reports print it: "0.8333 (95 % CI 0.70-0.93)"."""
+    value = metrics.get(key)
+    bounds = (metrics.get("intervals") or {}).get(key)
+    if value is None or not bounds:
+        return str(value)
+    share = (metrics.get("intervals") or {}).get("confidence", CONFIDENCE)
+    return f"{value} ({share:.0%} CI {bounds[0]:.4g}-{bounds[1]:.4g})"
+
+
 def photo_counts(photos: tuple[str, ...] | list[str]) -> tuple[np.ndarray, int]:
     """Each crop's photo index (photos in sorted order) and the number of photos."""
     names, index = np.unique(np.asarray(photos, dtype=str), return_inverse=True)

@@ -40,6 +40,7 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
         "model_tag": trained["model_tag"],
         "filters": asdict(filters(settings)),
         "train_config": trained.get("config"),
+        "synthetic": built.get("synthetic"),
     }
     message = f"{trained['model_tag']}: accuracy {trained['metrics']['accuracy']}"
     if settings.registry == "embedded":  # it lives in this workspace: name it, absolute
