@@ -62,6 +62,23 @@ def stated(metrics: dict, key: str) -> str:
     return f"{value} ({share:.0%} CI {bounds[0]:.4g}-{bounds[1]:.4g})"
 
 
+def holdout(photos: list[str] | tuple[str, ...], share: float) -> np.ndarray:
+    """Which crops belong to the holdout slice: photos whose SHA-256 of ImageID falls in the
+    lowest share of the hash space. Stable across runs and datasets: a photo in it stays in it
+    whenever it is in a test split, so the gate, which never scores it, cannot bend it."""
+    import hashlib
+
+    cut = share * 2 ** 64
+    return np.array([int.from_bytes(hashlib.sha256(str(p).encode()).digest()[:8], "big") < cut
+                     for p in photos], dtype=bool)
+
+
+def subset(outcome: Outcome, keep: np.ndarray) -> Outcome:
+    """The outcome on the crops where keep is true."""
+    return Outcome(tuple(p for p, k in zip(outcome.photos, keep, strict=True) if k),
+                   outcome.truth[keep], outcome.probs[keep], outcome.class_names)
+
+
 def photo_counts(photos: tuple[str, ...] | list[str]) -> tuple[np.ndarray, int]:
     """Each crop's photo index (photos in sorted order) and the number of photos."""
     names, index = np.unique(np.asarray(photos, dtype=str), return_inverse=True)

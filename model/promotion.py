@@ -106,7 +106,7 @@ def decide(metric: str, candidate_score: float | None, class_names: list[str] | 
     theirs = incumbent.score if incumbent else None
     if incumbent is not None and incumbent.outcome is not None and theirs is None:
         theirs = value_of(incumbent.outcome, metric)  # its metric on the candidate's split
-    if candidate is not None and candidate_score is None:
+    if candidate is not None:  # on the crops the incumbent is scored on (no holdout)
         candidate_score = value_of(candidate, metric)
 
     def decision(promote: bool, reason: str) -> Decision:

@@ -116,3 +116,12 @@ def test_a_models_metrics_carry_its_test_top_probabilities():
     probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.55, 0.45]])
     found = classification_metrics(np.array([0, 1, 1]), probs, ["a", "b"])
     assert found["test_top_probabilities"] == [0.7, 0.8, 0.55]
+
+
+def test_the_report_counts_unsure_answers():
+    log = pd.DataFrame({"top_label": ["a", "b", "a", "a"],
+                        "top_probability": [0.3, 0.55, 0.9, 0.99], "width": [10] * 4,
+                        "height": [10] * 4, "request_id": list("wxyz")})
+    summary = drift(log, NO_FEEDBACK, Reference({"a": 3.0, "b": 1.0}, [10], [10]), 0.6)
+    assert summary["unsure"] == {"threshold": 0.6, "count": 2, "share": 0.5}
+    assert "unsure answers (top probability under 0.6): 2 (0.5)" in lines(summary)

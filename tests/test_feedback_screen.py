@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from flows.openimages.feedbackscreen import MAX_DISTANCE, distance, dhash, screen
+from flows.openimages.feedbackscreen import MAX_DISTANCE, dhash, distance, screen
 
 
 def scene(seed: int, size=(200, 150)) -> Image.Image:

@@ -113,3 +113,16 @@ def test_reproduce_accepts_a_difference_inside_the_published_interval(tmp_path):
     old = Reproduction("h", tmp_path, published={"accuracy": 0.9, "macro_f1": 0.9},
                        reproduced={"accuracy": 0.86, "macro_f1": 0.85})
     assert not old.ok  # no interval recorded: the fixed tolerance alone
+
+
+def test_the_holdout_slice_is_a_stable_hash_of_the_photo():
+    from model.intervals import holdout, subset
+
+    photos = [f"img{i:05d}" for i in range(4000)]
+    chosen = holdout(photos, 0.25)
+    assert 0.22 < chosen.mean() < 0.28
+    assert (holdout(list(reversed(photos)), 0.25) == chosen[::-1]).all()  # per photo, stable
+    assert (holdout(photos, 0.5) >= chosen).all() and not holdout(photos, 0.0).any()
+    answers = outcome([True] * 4000)
+    answers = Outcome(tuple(photos), answers.truth, answers.probs, CLASSES)
+    assert len(subset(answers, chosen).photos) == int(chosen.sum())

@@ -183,6 +183,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import outcome_of
+    from model.intervals import holdout
     from model.promotion import Rule
     from model.train import TrainConfig
 
@@ -206,6 +207,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
     test = table[table.Split == "test"]
+    test = test[~holdout(list(test.ImageID), settings.holdout_share)]  # never the holdout
     metric = settings.promotion_metric
 
     def score(model: object, theirs: dict) -> object:
@@ -283,7 +285,8 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
         **code,
         "metrics": {k: result.metrics[k] for k in
                     ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
-                     "intervals", "calibration", "confusion_matrix") if k in result.metrics},
+                     "intervals", "holdout", "calibration", "confusion_matrix")
+                    if k in result.metrics},
         "train_seconds": round(result.seconds, 2),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config),
