@@ -121,9 +121,10 @@ def calibration_line(metrics: dict) -> str:
     found = metrics.get("calibration")
     if not found:
         return "calibration: not measured"
-    return (f"calibration: temperature {found['temperature']} fitted on validation; test "
-            f"expected calibration error {found['ece_before']} before, {found['ece_after']} "
-            "after")
+    how = "fitted on validation" if found.get("identifiable", True) else (
+        "(validation separated perfectly, so no temperature could be fitted)")
+    return (f"calibration: temperature {found['temperature']} {how}; test expected "
+            f"calibration error {found['ece_before']} before, {found['ece_after']} after")
 
 
 def registry_access(workspace: Path, published: dict) -> list[str]:

@@ -64,14 +64,23 @@ def nll(logits: np.ndarray, truth: np.ndarray, temperature: float) -> float:
     return float(-np.log(np.clip(probs, 1e-12, 1.0)).mean())
 
 
-def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
-    """The temperature (0.05 to 20) that minimises the negative log-likelihood of truth."""
+LOW, HIGH = 0.05, 20.0  # the temperatures searched
+
+
+def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float | None:
+    """The temperature (0.05 to 20) that minimises the negative log-likelihood of truth, or
+    None when the validation split cannot pin it: an optimum at the search's edge means every
+    more extreme temperature fits better, as when no validation crop is wrong (the loss then
+    falls all the way to certainty, which a larger sample would refute)."""
     truth = np.asarray(truth, dtype=int)
     if not len(truth):
-        return 1.0
+        return None
     found = optimize.minimize_scalar(lambda t: nll(logits, truth, float(np.exp(t))),
-                                     bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return round(float(np.exp(found.x)), 4)
+                                     bounds=(np.log(LOW), np.log(HIGH)), method="bounded")
+    temperature = float(np.exp(found.x))
+    if temperature < LOW * 1.05 or temperature > HIGH / 1.05:
+        return None
+    return round(temperature, 4)
 
 
 def reliability(probs: np.ndarray, truth: np.ndarray, bins: int = BINS) -> dict:

@@ -134,15 +134,17 @@ def calibrate(model: keras.Model, class_names: list[str], val_data: object,
     """Fit the temperature on the validation split; return the calibrated model and the test
     split's expected calibration error before and after (with report.RELIABILITY_PNG)."""
     logits = calibration.logits_model(model)
-    temperature = calibration.fit_temperature(logits.predict(val_data, verbose=0),
-                                              label_indices(val_t, class_names))
+    fitted = calibration.fit_temperature(logits.predict(val_data, verbose=0),
+                                         label_indices(val_t, class_names))
+    temperature = 1.0 if fitted is None else fitted  # not identifiable: no scaling
     test_logits, truth = logits.predict(test_data, verbose=0), label_indices(test_t,
                                                                              class_names)
     before = calibration.reliability(calibration.probabilities(test_logits), truth)
     after = calibration.reliability(calibration.probabilities(test_logits, temperature), truth)
     report.reliability_chart(before, after, temperature, out_dir / report.RELIABILITY_PNG)
     return calibration.with_temperature(logits, temperature), {
-        "temperature": temperature, "fitted_on": "validation", "measured_on": "test",
+        "temperature": temperature, "identifiable": fitted is not None,
+        "fitted_on": "validation", "measured_on": "test",
         "ece_before": before["ece"], "ece_after": after["ece"],
         "bins": calibration.BINS, "reliability_after": after["bins"]}
 

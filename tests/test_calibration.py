@@ -27,6 +27,13 @@ def test_the_temperature_undoes_overconfidence_and_lowers_ece():
     assert (calibration.probabilities(logits, temperature).argmax(1) == logits.argmax(1)).all()
 
 
+def test_a_perfectly_separated_validation_split_pins_no_temperature():
+    logits, _ = overconfident()
+    truth = logits.argmax(1)  # every validation crop right: sharper always fits better
+    assert calibration.fit_temperature(logits, truth) is None
+    assert calibration.fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) is None
+
+
 def test_one_sigmoid_unit_is_calibrated_as_two_classes():
     rng = np.random.default_rng(1)
     z = rng.normal(0, 1, (400, 1))
