@@ -126,3 +126,36 @@ def test_the_holdout_slice_is_a_stable_hash_of_the_photo():
     answers = outcome([True] * 4000)
     answers = Outcome(tuple(photos), answers.truth, answers.probs, CLASSES)
     assert len(subset(answers, chosen).photos) == int(chosen.sum())
+
+
+def test_the_gate_records_the_comparison_in_the_pending_marker(tmp_path, monkeypatch):
+    from flows.promotion import bentoml_store
+    from flows.promotion.bentoml_store import gate, pending, promoted, register_model
+
+    def stored(folder: str) -> str:
+        workdir = tmp_path / folder
+        workdir.mkdir()
+        (workdir / "model.keras").write_bytes(b"never opened here")
+        (workdir / "metrics.json").write_text("{}")
+        return register_model(workdir, "paired-gate", {"class_names": list(CLASSES)}, {})
+
+    base = outcome([True] * 30 + [False] * 30)
+    monkeypatch.setattr(bentoml_store, "load_model",
+                        lambda tag: (object(), {"class_names": list(CLASSES)}))
+    first = stored("one")
+    assert gate(first, list(CLASSES), "accuracy", 0.5, lambda *_: base).promote
+    assert promoted("paired-gate")["tag"] == first
+
+    slightly = stored("two")
+    kept = gate(slightly, list(CLASSES), "accuracy", 0.52, lambda *_: base, promote_now=False,
+                candidate=outcome([True] * 31 + [False] * 29))
+    assert not kept.promote and kept.p_value > 0.05 and pending("paired-gate") is None
+
+    clearly = stored("three")
+    decision = gate(clearly, list(CLASSES), "accuracy", 0.9, lambda *_: base,
+                    promote_now=False, candidate=outcome([True] * 55 + [False] * 5))
+    assert decision.promote, decision.reason
+    details = pending("paired-gate")["details"]
+    assert details["difference"] == decision.difference > 0.3
+    assert details["difference_interval"][0] > 0 and details["p_value"] < 0.01
+    assert promoted("paired-gate")["tag"] == first  # the record waits for the publish
