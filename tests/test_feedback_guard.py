@@ -68,3 +68,11 @@ def test_the_service_abstains_and_guards_feedback(tmp_path):
     assert right.status_code == 200 and right.json()["stored"], right.text
     assert (flood.status_code, flood.json()["code"]) == (429, "rate_limited")
     assert int(flood.headers["Retry-After"]) >= 1
+
+
+def test_the_page_shows_an_unsure_answer():
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "service" / "static" / "ui.html").read_text()
+    assert 'id="unsure"' in page
+    assert '$("unsure").style.display = answer.unsure ? "block" : "none";' in page
