@@ -84,7 +84,7 @@ def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: i
 def report(result: dict) -> str:
     """The demo's closing summary."""
     from flows.publish import publish_line  # the flow module: Prefect loads with it
-    from model.intervals import stated
+    from model.intervals import holdout_line, stated
 
     refreshed, built, trained = result["refresh"], result["dataset"], result["train"]
     published, served = result["publish"], result["serve"]
@@ -101,6 +101,7 @@ def report(result: dict) -> str:
         f"{stated(metrics, 'macro_f1')} ({metrics['test_examples']} crops of "
         f"{photos} photos, intervals by bootstrap over photos); model {trained['model_tag']}, "
         f"a seed CNN at {trained.get('image_size')} px, not transfer learning",
+        *([line] if (line := holdout_line(metrics)) else []),
         calibration_line(metrics),
         f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
         f"({trained['promotion_reason']})",

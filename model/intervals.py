@@ -79,6 +79,16 @@ def subset(outcome: Outcome, keep: np.ndarray) -> Outcome:
                    outcome.truth[keep], outcome.probs[keep], outcome.class_names)
 
 
+def holdout_line(metrics: dict) -> str | None:
+    """The holdout slice's figure in words, or None when none was recorded."""
+    found = metrics.get("holdout") or {}
+    if not found.get("test_examples"):
+        return None
+    return (f"holdout (the {found['share']:.0%} of test photos the promotion gate never "
+            f"scores, {found['test_examples']} crops): accuracy {stated(found, 'accuracy')}, "
+            f"macro F1 {stated(found, 'macro_f1')}")
+
+
 def photo_counts(photos: tuple[str, ...] | list[str]) -> tuple[np.ndarray, int]:
     """Each crop's photo index (photos in sorted order) and the number of photos."""
     names, index = np.unique(np.asarray(photos, dtype=str), return_inverse=True)

@@ -53,6 +53,7 @@ def test_the_package_readme_gives_intervals_and_says_what_was_trained():
     assert f"95% CI {low:.4g}-{high:.4g}" in text and "30 photos" in text
     assert "seed CNN" in text and "96 px" in text and "SYNTHETIC" in text
     assert "T = 1.7" in text and "0.21 before, 0.04 after" in text
+    assert "Holdout (the 25% of test photos the promotion gate never scores, 14 crops)" in text
     real = readme(meta(False, "transfer"))
     assert "ImageNet weights" in real and "SYNTHETIC" not in real
 
@@ -67,6 +68,7 @@ def test_the_run_report_and_the_demo_lines_carry_intervals():
                                     "promotion_reason": "first"}, None))
     assert stated(found, "accuracy") in text and "CI" in stated(found, "accuracy")
     assert "temperature 1.7" in text and "ECE 0.21 before, 0.04 after" in text
+    assert "never scores, 14 crops): accuracy 0.7857 (95% CI 0.5714-1)" in text
     assert "0.21 before, 0.04 after" in calibration_line(found)
 
 
@@ -105,3 +107,15 @@ def test_min_box_pixels_default_follows_the_model_input():
     # A box under the default is upscaled more than about 5x to the model's input.
     assert settings.image_size / settings.min_box_pixels <= 5
     assert Path("docs/training.md").read_text().count("OPENIMAGER_MIN_BOX_PIXELS") >= 1
+
+
+def test_the_gate_never_scores_the_holdout_photos():
+    from flows.pipeline.stages import gate_rows
+    from model.intervals import holdout
+
+    photos = [f"img{i}" for i in range(400)]
+    table = pd.DataFrame({"ImageID": photos * 2, "Split": ["test"] * 400 + ["train"] * 400})
+    rows = gate_rows(table, 0.25)
+    held = set(np.array(photos)[holdout(photos, 0.25)])
+    assert set(rows.Split) == {"test"} and held and not held & set(rows.ImageID)
+    assert len(rows) + len(held) == 400 and len(gate_rows(table, 0.0)) == 400

@@ -65,7 +65,7 @@ def train_section(trained: dict, confusion: str | None,
                   reliability: str | None = None) -> list[str]:
     """Test metrics with their intervals, calibration, the promotion decision, the confusion
     matrix and the reliability diagram."""
-    from model.intervals import stated
+    from model.intervals import holdout_line, stated
 
     metrics = trained["metrics"]
     verdict = "promoted" if trained["promoted"] else "NOT promoted"
@@ -76,6 +76,8 @@ def train_section(trained: dict, confusion: str | None,
              f"macro F1 {stated(metrics, 'macro_f1')}, ROC-AUC {stated(metrics, 'roc_auc')} "
              f"on {metrics['test_examples']} held-out crops (95 % intervals: bootstrap over "
              "the test photos).", ""]
+    if holdout_line(metrics):
+        lines += [f"Holdout{holdout_line(metrics).removeprefix('holdout')}.", ""]
     if metrics.get("calibration"):
         found = metrics["calibration"]
         lines += [f"Calibration: temperature {found['temperature']} (fitted on validation); "

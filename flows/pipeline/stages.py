@@ -183,7 +183,6 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import outcome_of
-    from model.intervals import holdout
     from model.promotion import Rule
     from model.train import TrainConfig
 
@@ -206,8 +205,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                   "architecture": config.architecture, "train": key}
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
-    test = table[table.Split == "test"]
-    test = test[~holdout(list(test.ImageID), settings.holdout_share)]  # never the holdout
+    test = gate_rows(table, settings.holdout_share)
     metric = settings.promotion_metric
 
     def score(model: object, theirs: dict) -> object:
@@ -230,6 +228,14 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def gate_rows(table: pd.DataFrame, holdout_share: float) -> pd.DataFrame:
+    """The test rows the gate scores: the test split without its holdout photos."""
+    from model.intervals import holdout
+
+    test = table[table.Split == "test"]
+    return test[~holdout(list(test.ImageID), holdout_share)]
 
 
 def candidate_outcome(settings: Settings, metadata: dict, score: object) -> object:

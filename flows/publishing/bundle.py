@@ -61,7 +61,7 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
 
 def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
-    from model.intervals import stated
+    from model.intervals import holdout_line, stated
 
     # The embedded registry lives in the workspace that published to it.
     where = f" --workspace {shlex.quote(meta['workspace'])}" if meta.get("workspace") else ""
@@ -93,6 +93,7 @@ Held-out test accuracy: **{stated(metrics, 'accuracy')}** (macro F1
 seen in training; each interval is a 95 % percentile bootstrap over those photos (all crops
 of a photo resampled together), so it says how far the figure could move on another test
 split of the same kind. {what_it_is(meta)}
+{f"Holdout{holdout_line(metrics).removeprefix('holdout')}." if holdout_line(metrics) else ""}
 {calibrated(metrics)}
 Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 
