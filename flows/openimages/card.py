@@ -121,7 +121,7 @@ def training_text(training: dict | None, synthetic: bool) -> str:
         return ""
     size = training.get("image_size")
     if training.get("architecture") == "seed-cnn":
-        model = f"a small CNN trained from scratch (the seed CNN) at {size} px"
+        model = f"the seed CNN, a small CNN learnt from scratch, at {size} px"
     else:
         model = (f"transfer learning (weights: {training.get('weights')}) at {size} px; a real "
                  "run uses ImageNet weights")
