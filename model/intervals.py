@@ -211,6 +211,11 @@ def value_of(outcome: Outcome, metric: str) -> float | None:
     """One metric (accuracy, macro_f1 or roc_auc) of an outcome on its whole split, rounded
     as metrics.json has it."""
     index, photos = photo_counts(outcome.photos)
+    if metric == "macro_f1":  # per-class F1 rounded first, as classification_metrics does
+        k = len(outcome.class_names)
+        rows = additive(outcome.truth, outcome.probs.argmax(axis=1), k, index, photos)
+        f1 = from_sums(rows.sum(axis=0), k)["f1"]
+        return round(float(np.mean([round(float(v), 4) for v in f1])), 4)
     whole, _ = metric_draws(outcome, metric, index, photos, [])
     return None if whole is None else round(whole, 4)
 

@@ -159,3 +159,15 @@ def test_the_gate_records_the_comparison_in_the_pending_marker(tmp_path, monkeyp
     assert details["difference"] == decision.difference > 0.3
     assert details["difference_interval"][0] > 0 and details["p_value"] < 0.01
     assert promoted("paired-gate")["tag"] == first  # the record waits for the publish
+
+
+def test_the_gate_scores_as_metrics_json_does():
+    from model.evaluate import metrics_of
+
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 3, 97)
+    probs = rng.dirichlet([1, 1, 1], 97)
+    answers = Outcome(tuple(f"p{i // 3}" for i in range(97)), truth, probs, ("a", "b", "c"))
+    found = metrics_of(answers)
+    for metric in ("accuracy", "macro_f1", "roc_auc"):
+        assert value_of(answers, metric) == found[metric]
