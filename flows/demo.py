@@ -109,6 +109,7 @@ def report(result: dict) -> str:
         else "published: nothing (the model was not promoted)",
         f"POST {served['url']} with a held-out {served['true_class']} crop answered: "
         + ", ".join(f"{x['label']} {x['probability']:.3f}" for x in served["answer"]["labels"])
+        + (" [unsure]" if served["answer"].get("unsure") else "")
         + f" ({served['answer']['seconds']} s)",
     ]
     if published and published.get("access"):

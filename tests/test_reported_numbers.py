@@ -119,3 +119,24 @@ def test_the_gate_never_scores_the_holdout_photos():
     held = set(np.array(photos)[holdout(photos, 0.25)])
     assert set(rows.Split) == {"test"} and held and not held & set(rows.ImageID)
     assert len(rows) + len(held) == 400 and len(gate_rows(table, 0.0)) == 400
+
+
+def test_the_demo_report_prints_the_interval_and_an_unsure_answer():
+    from flows.demo import report
+
+    found = metrics()
+    result = {
+        "refresh": {"classes": {}, "images": 30, "downloads": {"ok": 30}},
+        "dataset": {"crops": 60, "crops_per_split": {}, "skipped": {}, "crops_per_class": {}},
+        "train": {"metrics": found, "model_tag": "m:1", "promoted": True, "image_size": 96,
+                  "promotion_reason": "first model"},
+        "publish": None,
+        "serve": {"url": "http://127.0.0.1:1/classify", "true_class": "A",
+                  "answer": {"labels": [{"label": "A", "probability": 0.5}], "seconds": 0.1,
+                             "unsure": True}}}
+    text = report(result)
+    low, high = found["intervals"]["accuracy"]
+    assert f"accuracy on synthetic scenes: {found['accuracy']} (95% CI {low:.4g}-{high:.4g})" \
+        in text
+    assert "30 photos" in text and "seed CNN at 96 px" in text and "[unsure]" in text
+    assert "holdout (the 25% of test photos the promotion gate never scores" in text
