@@ -99,9 +99,12 @@ def serve_next(workspace: Path, tag: str) -> list[str]:
 def report(result: dict) -> str:
     """The demo's closing summary."""
     from flows.publish import publish_line  # the flow module: Prefect loads with it
+    from model.intervals import holdout_line, stated
 
     refreshed, built, trained = result["refresh"], result["dataset"], result["train"]
     published, served = result["publish"], result["serve"]
+    metrics = trained["metrics"]
+    photos = (metrics.get("intervals") or {}).get("photos", "?")
     lines = ["", "== openimager demo (synthetic sample data) =="]
     for name, info in refreshed["classes"].items():
         lines.append(f"class {name} ({info['mid']}): {info['images']} images, "
@@ -109,15 +112,19 @@ def report(result: dict) -> str:
     lines += [
         f"images: {refreshed['images']} selected, downloads {refreshed['downloads']}",
         f"crops: {built['crops']} ({built['crops_per_split']}), skipped {built['skipped']}",
-        f"held-out test accuracy: {trained['metrics']['accuracy']} "
-        f"(macro F1 {trained['metrics']['macro_f1']}, {trained['metrics']['test_examples']} "
-        f"crops); model {trained['model_tag']}",
+        f"held-out test accuracy on synthetic scenes: {stated(metrics, 'accuracy')}, macro F1 "
+        f"{stated(metrics, 'macro_f1')} ({metrics['test_examples']} crops of "
+        f"{photos} photos, intervals by bootstrap over photos); model {trained['model_tag']}, "
+        f"a seed CNN at {trained.get('image_size')} px, not transfer learning",
+        *([line] if (line := holdout_line(metrics)) else []),
+        calibration_line(metrics),
         f"promotion: {'promoted' if trained['promoted'] else 'not promoted'} "
         f"({trained['promotion_reason']})",
         f"{publish_line(published)} ({published.get('where', 'S3')})" if published
         else "published: nothing (the model was not promoted)",
         f"POST {served['url']} with a held-out {served['true_class']} crop answered: "
         + ", ".join(f"{x['label']} {x['probability']:.3f}" for x in served["answer"]["labels"])
+        + (" [unsure]" if served["answer"].get("unsure") else "")
         + f" ({served['answer']['seconds']} s)",
         *served.get("next", []),
     ]
@@ -125,6 +132,17 @@ def report(result: dict) -> str:
         lines += ["", "The registry stopped with the demo. To install the package with plain "
                       "quilt3, serve it in another shell:", *published["access"]]
     return "\n".join(lines)
+
+
+def calibration_line(metrics: dict) -> str:
+    """Temperature scaling in one line: the temperature and the test ECE before and after."""
+    found = metrics.get("calibration")
+    if not found:
+        return "calibration: not measured"
+    how = "fitted on validation" if found.get("identifiable", True) else (
+        "(validation separated perfectly, so no temperature could be fitted)")
+    return (f"calibration: temperature {found['temperature']} {how}; test expected "
+            f"calibration error {found['ece_before']} before, {found['ece_after']} after")
 
 
 def registry_access(workspace: Path, published: dict) -> list[str]:

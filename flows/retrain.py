@@ -33,6 +33,7 @@ from flows.train import build_task, promotion_line, train_task
 from flows.watching import watch
 from flows.watching.datachecks import verdict
 from model.atomic import atomic_path
+from model.intervals import stated
 
 KILL_AT = "OPENIMAGER_TEST_KILL_AT"  # test-only, see stop_here_for_tests
 BARRIER = "OPENIMAGER_TEST_BARRIER"  # test-only, see wait_here_for_tests
@@ -155,7 +156,7 @@ def retrain(
               "lost_to": promoted and promoted.get("lost_to"),
               "bento": promoted and promoted["bento"]}
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
-          f"{built['crops']} crops; test accuracy {trained['metrics']['accuracy']}")
+          f"{built['crops']} crops; test accuracy {stated(trained['metrics'], 'accuracy')}")
     print(promotion_line(trained))
     print(publish_line(published) if published else "not published: the model was not promoted")
     for line in promotion_lines(promoted):

@@ -89,7 +89,9 @@ class Settings(BaseModel):
     crop_chunk_images: int = 500  # images per crop chunk; one Prefect task each
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
-    min_box_pixels: int = 8
+    # The model resizes every crop to image_size (150 px): a box narrower than 32 px would be
+    # upscaled more than 4.7x, a blur of a few dozen real pixels (docs/training.md).
+    min_box_pixels: int = 32
     split_seed: int = 0
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -109,8 +111,13 @@ class Settings(BaseModel):
     fine_tune_learning_rate: float = 1e-5
     class_weights: bool = False
     seed: int = 1337
-    # The gate: promote a new model only if this test metric is at least the promoted one's.
+    # The gate: promote a new model only if it beats the promoted one on this test metric, on
+    # the same test photos (paired bootstrap), by more than the margin at the confidence.
     promotion_metric: Literal["macro_f1", "accuracy", "roc_auc"] = "macro_f1"
+    promotion_margin: float = Field(0.0, ge=0.0, le=1.0)
+    promotion_confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    # Test photos (a stable hash of ImageID) the gate never scores: an unbent published figure.
+    holdout_share: float = Field(0.25, ge=0.0, lt=1.0)
     force_promote: bool = False
     # A model already trained on the same dataset, config and code is reused, not trained again.
     reuse_trained: bool = True
@@ -135,8 +142,12 @@ class Settings(BaseModel):
     # The service's prediction log (docs/watching-pipeline.md); None: <workspace>/predictions.
     prediction_log_dir: str | None = None
     prediction_log: bool = True
+    # The service's threshold under which an answer is "unsure"; drift counts those answers.
+    min_confidence: float = Field(0.6, ge=0.0, le=1.0)
     # Kept images with a feedback label join the train split (never validation or test).
     use_feedback: bool = False
+    # At most this share of each class's train split may be feedback (the oldest kept).
+    feedback_max_share: float = Field(0.2, ge=0.0, le=1.0)
     publish_feedback: bool = False  # their licence is unknown: left out of packages by default
 
     def __init__(self, **values: Any) -> None:

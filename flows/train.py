@@ -10,6 +10,7 @@ from flows.pipeline import stages
 from flows.pipeline.artifacts import record
 from flows.run.params import Architecture, Runner, report_images, settings_from
 from flows.settings import Settings
+from model.intervals import stated
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,8 +51,8 @@ def train(workspace: str | None = None, epochs: int | None = None,
     settings = settings_from(workspace=workspace, epochs=epochs, architecture=architecture,
                              weights=weights, image_size=image_size, force_promote=force_promote)
     trained = train_task(settings)
-    print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
-          f"macro F1 {trained['metrics']['macro_f1']}")
+    print(f"{trained['model_tag']}: test accuracy {stated(trained['metrics'], 'accuracy')}, "
+          f"macro F1 {stated(trained['metrics'], 'macro_f1')}")
     print(promotion_line(trained))
     record("train", {"train": trained}, report_images(settings))
     return trained

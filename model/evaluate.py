@@ -8,22 +8,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from model.intervals import Outcome, mean_auc, metric_intervals, roc_auc
+
 if TYPE_CHECKING:
     import keras
 
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None without both labels."""
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
-        return None
-    _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based rank of ties
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+__all__ = ["classification_metrics", "evaluate_model", "metrics_of", "outcome_of", "roc_auc"]
 
 
-def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
-    """Score predictions (argmax of probs) against true class indices."""
+def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: list[str],
+                           photos: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Score predictions (argmax of probs) against true class indices, each metric with its
+    95 % interval from a bootstrap over photos (the source photo of every crop; each crop its
+    own photo when None)."""
     truth = np.asarray(truth, dtype=int)
     predicted = probs.argmax(axis=1)
     n = len(class_names)
@@ -38,12 +35,11 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: li
         per_class[name] = {"precision": round(float(precision), 4),
                            "recall": round(float(recall), 4),
                            "f1": round(float(f1), 4), "support": int(confusion[i, :].sum())}
-    if n == 2:
-        auc = roc_auc(truth == 1, probs[:, 1])
-    else:  # one class against the rest, averaged over the classes present in the test split
-        aucs = [roc_auc(truth == i, probs[:, i]) for i in range(n)]
-        aucs = [a for a in aucs if a is not None]
-        auc = float(np.mean(aucs)) if aucs else None
+    # Two classes: class 1's; else one against the rest, averaged over the present classes.
+    auc = mean_auc(truth, probs) if len(truth) else None
+    photos = tuple(str(p) for p in photos) if photos is not None else tuple(
+        f"crop-{i}" for i in range(len(truth)))
+    bounds = metric_intervals(Outcome(photos, truth, probs, tuple(class_names)))
     return {
         "split": "test",
         "test_examples": len(truth),
@@ -52,6 +48,7 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: li
         "roc_auc": None if auc is None else round(auc, 4),
         "roc_auc_kind": "binary" if n == 2 else "one-vs-rest macro",
         "per_class": per_class,
+        "intervals": bounds,
         "confusion_matrix": confusion.tolist(),
         "class_names": list(class_names),
         # The reference for drift of the served model's confidence (flows/watching/drift.py).
@@ -87,12 +84,26 @@ def drift_reference(top_probabilities: list[float], widths: list[int], heights: 
     }
 
 
-def evaluate_model(model: keras.Model, class_names: list[str], table: pd.DataFrame, root: Path,
-                   image_size: int, batch_size: int = 32) -> dict:
-    """Score a Keras model (whose outputs follow class_names) on the rows of table."""
+def outcome_of(model: keras.Model, class_names: list[str], table: pd.DataFrame, root: Path,
+               image_size: int, batch_size: int = 32) -> Outcome:
+    """A Keras model's answers (outputs following class_names) on the rows of table, crop by
+    crop with each crop's source photo (ImageID)."""
     from model.data import label_indices, make_dataset  # TensorFlow loads only when needed
     from model.predict import probabilities
 
     data = make_dataset(table, root, class_names, image_size, batch_size, training=False)
     probs = probabilities(model.predict(data, verbose=0), len(class_names))
-    return classification_metrics(label_indices(table, class_names), probs, class_names)
+    return Outcome(tuple(str(i) for i in table.ImageID), label_indices(table, class_names),
+                   probs, tuple(class_names))
+
+
+def metrics_of(outcome: Outcome) -> dict:
+    """classification_metrics of an outcome."""
+    return classification_metrics(outcome.truth, outcome.probs, list(outcome.class_names),
+                                   outcome.photos)
+
+
+def evaluate_model(model: keras.Model, class_names: list[str], table: pd.DataFrame, root: Path,
+                   image_size: int, batch_size: int = 32) -> dict:
+    """Score a Keras model (whose outputs follow class_names) on the rows of table."""
+    return metrics_of(outcome_of(model, class_names, table, root, image_size, batch_size))

@@ -9,10 +9,20 @@ line each, so a rollback can carry the older model's publication)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from model.atomic import write_json
+from model.intervals import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    Comparison,
+    Outcome,
+    compare,
+    value_of,
+)
 
 # Test-split metrics (model/evaluate.py) a gate can compare; higher is better for all three.
 PROMOTION_METRICS = ("macro_f1", "accuracy", "roc_auc")
@@ -26,6 +36,22 @@ class Incumbent:
     class_names: tuple[str, ...]
     score: float | None  # None when it was not evaluated (other classes, or missing)
     missing: bool = False  # its record points at a model no longer in the store
+    # Its answers on the candidate's test split, crop by crop: the paired comparison's input.
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When a candidate beats the incumbent: by more than margin (in the metric's units) at
+    confidence, by a paired bootstrap over the test photos."""
+
+    margin: float = 0.0
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+    seed: int = SEED
+
+
+DEFAULT_RULE = Rule()
 
 
 @dataclass(frozen=True)
@@ -41,20 +67,47 @@ class Decision:
     # The registry revision the decision was taken against: a promotion written later stands
     # only if that revision is still the promoted one (model/registry_state.py).
     incumbent_top_hash: str | None = None
+    # The paired comparison on the same test photos (None when none was made): candidate
+    # minus incumbent, its interval at confidence, and the one-sided p-value of "not better
+    # by more than the margin".
+    difference: float | None = None
+    difference_interval: list[float] | None = None
+    p_value: float | None = None
+    margin: float | None = None
+    confidence: float | None = None
+    photos: int | None = None
 
     def as_dict(self) -> dict:
         """The decision as plain JSON-able values."""
         return asdict(self)
 
+    def figures(self) -> dict:
+        """The paired comparison's figures that were computed, for records and histories."""
+        return figures(self.as_dict())
+
+
+FIGURES = ("difference", "difference_interval", "p_value", "margin", "confidence", "photos")
+
+
+def figures(decision: dict) -> dict:
+    """The paired comparison's figures of a decision (as_dict) that are not None."""
+    return {k: decision[k] for k in FIGURES if decision.get(k) is not None}
+
 
 def decide(metric: str, candidate_score: float | None, class_names: list[str] | tuple[str, ...],
-           incumbent: Incumbent | None, force: bool = False) -> Decision:
-    """Promote when forced, when nothing is promoted, or when the candidate scores at least the
-    incumbent on the same test split; class sets that differ need force."""
+           incumbent: Incumbent | None, force: bool = False, candidate: Outcome | None = None,
+           rule: Rule = DEFAULT_RULE) -> Decision:
+    """Promote when forced, when nothing is promoted, or when the candidate beats the
+    incumbent on the same test photos beyond rule's margin at its confidence (a tie keeps the
+    incumbent); class sets that differ need force."""
     if metric not in PROMOTION_METRICS:
         raise ValueError(f"unknown promotion metric {metric!r}: one of {PROMOTION_METRICS}")
     tag = incumbent.tag if incumbent else None
     theirs = incumbent.score if incumbent else None
+    if incumbent is not None and incumbent.outcome is not None and theirs is None:
+        theirs = value_of(incumbent.outcome, metric)  # its metric on the candidate's split
+    if candidate is not None:  # on the crops the incumbent is scored on (no holdout)
+        candidate_score = value_of(candidate, metric)
 
     def decision(promote: bool, reason: str) -> Decision:
         return Decision(promote, reason, metric, candidate_score, tag, theirs)
@@ -74,14 +127,35 @@ def decide(metric: str, candidate_score: float | None, class_names: list[str] | 
             f"{sorted(class_names)} trained), so no test metric compares the two models; "
             "promote it with force_promote (OPENIMAGER_FORCE_PROMOTE=true) if the change is "
             "meant"))
-    if candidate_score is None or theirs is None:
+    if candidate is None or incumbent.outcome is None:
+        return decision(False, "the two models' answers on the same test photos "
+                               "are missing, so they cannot be compared")
+    found = compare(candidate, incumbent.outcome, metric, rule.margin, rule.confidence,
+                    rule.resamples, rule.seed)
+    if math.isnan(found.difference) or found.interval is None:
         return decision(False, f"{metric} is undefined on this test split "
                                f"(new {candidate_score}, promoted {theirs})")
-    if candidate_score >= theirs:
-        return decision(True, f"{metric} {candidate_score} >= {theirs} of the promoted {tag} "
-                              "on the same test split")
-    return decision(False, f"{metric} {candidate_score} < {theirs} of the "
-                           f"promoted {tag} on the same test split; kept in the store")
+    return paired(decision(found.better, explain(found, candidate_score, theirs, tag)), found)
+
+
+def explain(found: Comparison, ours: float | None, theirs: float | None, tag: str | None) -> str:
+    """The paired comparison in words."""
+    low, high = found.interval or (None, None)
+    numbers = (f"{found.metric} {ours} vs {theirs} of the promoted {tag} on the same "
+               f"{found.photos} test photos: difference {found.difference:+.4f}, "
+               f"{found.confidence:.0%} interval [{low:+.4f}, {high:+.4f}], p={found.p_value}")
+    if found.better:
+        return f"{numbers}; better beyond the margin {found.margin}"
+    return (f"{numbers}; not better beyond the margin {found.margin} at "
+            f"{found.confidence:.0%} confidence (a tie keeps the promoted model); kept in the "
+            "store")
+
+
+def paired(decision: Decision, found: Comparison) -> Decision:
+    """decision with the comparison's figures."""
+    return replace(decision, difference=found.difference, difference_interval=found.interval,
+                   p_value=found.p_value, margin=found.margin, confidence=found.confidence,
+                   photos=found.photos)
 
 
 def record_file(home: Path, name: str) -> Path:

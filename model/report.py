@@ -12,6 +12,7 @@ from typing import Any
 
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
+RELIABILITY_PNG = "reliability.png"
 
 
 @contextmanager
@@ -91,6 +92,30 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], dest: P
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix, {title}")
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    with atomic_dest(dest) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return dest
+
+
+def reliability_chart(before: dict, after: dict, temperature: float, dest: Path) -> Path:
+    """Reliability diagram of the test split: accuracy against top-1 confidence per bin, before
+    and after temperature scaling (model/calibration.py reliability), with each ECE."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for found, name, marker in ((before, "before", "o"), (after, f"after (T={temperature})",
+                                                         "s")):
+        rows = found["bins"]
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker=marker,
+                label=f"{name}: ECE {found['ece']}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("top-1 probability (bin mean)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability, test split")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     with atomic_dest(dest) as tmp:
         fig.savefig(tmp, dpi=90)

@@ -146,3 +146,12 @@ class PredictionLogging:
                    part_seconds=env_number("OPENIMAGER_PREDICTION_LOG_SECONDS", 10.0, 0.01),
                    max_mb=env_number("OPENIMAGER_PREDICTION_LOG_MAX_MB", 1024.0, 0.001),
                    sample_rate=rate)
+
+
+def min_confidence() -> float:
+    """OPENIMAGER_MIN_CONFIDENCE (0 to 1, default 0.6): an answer whose calibrated top
+    probability is under it says "unsure": true beside its labels."""
+    value = env_number("OPENIMAGER_MIN_CONFIDENCE", 0.6, 0.0)
+    if value > 1:
+        raise ValueError(f"OPENIMAGER_MIN_CONFIDENCE={value} must be at most 1")
+    return value

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cache
 
 import anyio
 import bentoml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from service.feedbackguard import FeedbackPolicy, TokenBucket, retry_after
 
 log = logging.getLogger("openimager.service")
 MAX_BODY = 64 * 1024
@@ -18,6 +21,32 @@ FIELDS = ("request_id", "label")
 def error(status: int, code: str, message: str) -> JSONResponse:
     """The service's usual error shape."""
     return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+@cache
+def guard() -> tuple[FeedbackPolicy, TokenBucket]:
+    """This worker's feedback policy and its clients' buckets, read once."""
+    policy = FeedbackPolicy.from_env()
+    return policy, TokenBucket(policy.per_minute, policy.burst)
+
+
+def refused(request: Request) -> JSONResponse | None:
+    """429 when this client (its remote address) is over its rate, 401 without the token;
+    None when the request may go on. The rate counts refused tokens too (no guessing)."""
+    policy, buckets = guard()
+    client = request.client.host if request.client else "unknown"
+    wait = buckets.take(client)
+    if wait > 0:
+        answer = error(429, "rate_limited", f"too much feedback from {client}: at most "
+                       f"{policy.per_minute:g} a minute (bursts of {policy.burst:g})")
+        answer.headers["Retry-After"] = retry_after(wait)
+        return answer
+    if not policy.authorized(request.headers.get("authorization")):
+        answer = error(401, "unauthorized", "feedback needs the service's token: send "
+                       "Authorization: Bearer <OPENIMAGER_FEEDBACK_TOKEN>")
+        answer.headers["WWW-Authenticate"] = "Bearer"
+        return answer
+    return None
 
 
 async def fields(request: Request) -> dict[str, str] | JSONResponse:
@@ -59,7 +88,11 @@ def canonical(label: str, classes: list[str]) -> str:
 
 async def feedback(request: Request) -> Response:
     """Store the right label for an answered image: request_id (from the /classify answer)
-    and label (one of the classes of the model that answered)."""
+    and label (one of the classes of the model that answered). With OPENIMAGER_FEEDBACK_TOKEN
+    set, only requests with `Authorization: Bearer <token>` are taken; each client address
+    may send OPENIMAGER_FEEDBACK_PER_MINUTE (30) with bursts of OPENIMAGER_FEEDBACK_BURST (10)."""
+    if (answer := refused(request)) is not None:
+        return answer
     got = await fields(request)
     if isinstance(got, Response):
         return got

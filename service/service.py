@@ -28,7 +28,7 @@ from starlette.responses import (
 )
 
 from service.batcher import Overloaded
-from service.config import Lifecycle, Limits, PredictionLogging, Tuning
+from service.config import Lifecycle, Limits, PredictionLogging, Tuning, min_confidence
 from service.errorshape import ErrorShape
 from service.feedback import feedback
 from service.guard import UPLOAD_STATE, UploadGuard
@@ -112,7 +112,11 @@ web_app.add_api_route(
     responses={200: {"description": "stored: request_id, label, model, stored",
                      "content": {"application/json": {"schema": {"type": "object"}}}},
                400: {"description": "a field is missing, or the label is not a class"},
-               404: {"description": "no answered request has this id"}})
+               401: {"description": "OPENIMAGER_FEEDBACK_TOKEN is set and the request has "
+                                    "no matching Authorization: Bearer token"},
+               404: {"description": "no answered request has this id"},
+               429: {"description": "this client sent too much feedback: Retry-After says "
+                                    "when to try again"}})
 
 
 @bentoml.asgi_app(web_app, path="/")
@@ -137,6 +141,7 @@ class Classifier:
                                    sizes.observe)
         self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
         self.predlog = PredictionLog(PredictionLogging.from_env())
+        self.min_confidence = min_confidence()
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -200,8 +205,11 @@ class Classifier:
             self.predlog.add(Answered(datetime.now(UTC), endpoint, ids, described, info["tag"],
                                       served.class_names, probs, seconds * 1000,
                                       info["top_hash"]))
+        # Calibrated probabilities (the temperature is inside the model): a low top one is an
+        # answer the client should not act on alone.
+        unsure = [bool(p.max() < self.min_confidence) for p in probs]
         return labels, {"model": info["tag"], "top_hash": info["top_hash"],
-                        "seconds": round(seconds, 4), "request_ids": ids}
+                        "seconds": round(seconds, 4), "request_ids": ids, "unsure": unsure}
 
     async def described(self, paths: list[Path]) -> list | None:
         """The log's view of answered uploads (hash, header, sampled bytes)."""
@@ -222,7 +230,8 @@ class Classifier:
         labels, extra = await self.labelled([image], top, ctx, start)
         if not labels:
             return extra
-        return {"request_id": extra.pop("request_ids")[0], "labels": labels[0], **extra}
+        return {"request_id": extra.pop("request_ids")[0], "labels": labels[0],
+                "unsure": extra.pop("unsure")[0], **extra}
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(
@@ -237,9 +246,9 @@ class Classifier:
         if not labels:
             return extra
         names = uploaded_names(ctx)
-        ids = extra.pop("request_ids")
+        ids, unsure = extra.pop("request_ids"), extra.pop("unsure")
         results = [{"request_id": ids[i], "filename": names[i] if i < len(names) else None,
-                    "labels": lab} for i, lab in enumerate(labels)]
+                    "labels": lab, "unsure": unsure[i]} for i, lab in enumerate(labels)]
         return {"results": results, **extra}
 
 

@@ -247,3 +247,12 @@ def test_a_trained_model_carries_its_reference_to_the_store_and_its_package(
     assert "no reference" not in out
     assert f"mean top-1 probability: traffic 0.9, reference " \
            f"{trained['drift_reference']['top_probability']['mean']:g}," in out
+
+
+def test_the_report_counts_unsure_answers():
+    log = pd.DataFrame({"top_label": ["a", "b", "a", "a"],
+                        "top_probability": [0.3, 0.55, 0.9, 0.99], "width": [10] * 4,
+                        "height": [10] * 4, "request_id": list("wxyz")})
+    summary = drift(log, NO_FEEDBACK, Reference({"a": 3.0, "b": 1.0}, [10], [10]), 0.6)
+    assert summary["unsure"] == {"threshold": 0.6, "count": 2, "share": 0.5}
+    assert "unsure answers (top probability under 0.6): 2 (0.5)" in lines(summary)

@@ -131,6 +131,22 @@ def test_tiny_training_run_saves_model_and_held_out_metrics(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / "crops" / table.CropPath[0]))[None]
     assert reloaded.predict(pixels, verbose=0).shape == (1, 1)
 
+    # Every figure has its interval, from a bootstrap over the test photos.
+    bounds = metrics["intervals"]
+    assert bounds["photos"] == metrics["test_examples"] and bounds["confidence"] == 0.95
+    for key in ("accuracy", "macro_f1"):
+        assert bounds[key][0] <= metrics[key] <= bounds[key][1]
+    assert set(bounds["per_class"]["Circle"]) == {"precision", "recall", "f1"}
+    # The temperature is fitted on validation, stored in the model, and measured on test.
+    from model.calibration import temperature_of
+
+    found = metrics["calibration"]
+    assert temperature_of(reloaded) == pytest.approx(found["temperature"], rel=1e-4)
+    assert found["fitted_on"] == "validation" and found["ece_after"] is not None
+    assert (tmp_path / "model" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # The holdout slice: the share of test photos the gate never scores.
+    assert 0 < metrics["holdout"]["test_examples"] < metrics["test_examples"]
+
 
 def test_training_refuses_an_empty_test_split(tmp_path):
     from model.train import TrainConfig, train

@@ -29,7 +29,8 @@ def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
 
     settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32,
                         epochs=epochs, batch_size=32, patience=epochs, model_name=name,
-                        force_promote=force, reuse_trained=reuse)
+                        force_promote=force, reuse_trained=reuse,
+                        holdout_share=0.0)  # the gate scores the whole test split
     return stages.train(settings)
 
 

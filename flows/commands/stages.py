@@ -123,8 +123,10 @@ def run_stage_command(args: argparse.Namespace) -> int:
         if (settings.dataset_dir / PROFILE).exists():  # datasets built before checks have none
             verdict(*watch.check_dataset(settings))
         trained = stages.train(settings)
-        print(f"{trained['model_tag']}: test accuracy {trained['metrics']['accuracy']}, "
-              f"macro F1 {trained['metrics']['macro_f1']}")
+        from model.intervals import stated
+
+        print(f"{trained['model_tag']}: test accuracy {stated(trained['metrics'], 'accuracy')}, "
+              f"macro F1 {stated(trained['metrics'], 'macro_f1')}")
         print(promotion_line(trained))
         return 0
     return publish_command(settings)

@@ -75,7 +75,11 @@ def card_text(table: pd.DataFrame, skipped: pd.DataFrame, info: dict) -> str:
     licences = table.drop_duplicates("ImageID").License.value_counts()
     licence_rows = "\n".join(f"| {lic} | {n} |" for lic, n in licences.items())
     filters = "\n".join(f"- `{k}`: {v}" for k, v in sorted(info.get("filters", {}).items()))
-    weights = ", ".join(f"{c} {w}" for c, w in info.get("class_weights", {}).items())
+    weights = ", ".join(f"{c} {w}" for c, w in (info.get("class_weights") or {}).items())
+    weighting = (f"Class weights used in training (inverse frequency in the train split): "
+                 f"{weights}." if weights else
+                 "Training weighs every crop alike (OPENIMAGER_CLASS_WEIGHTS is off); "
+                 "`class_weights.json` holds the inverse-frequency weights it would use.")
     skips = ", ".join(f"{k} {v}" for k, v in skipped.Status.value_counts().items()) or "none"
     return f"""# Dataset card: {', '.join(sorted(table.Class.unique()))}
 
@@ -88,8 +92,9 @@ stratified by class (seed {info.get("seed", 0)}): no photo gives crops to two sp
 |---|---|---|{'---|' * len(splits)}---|
 {rows}
 
-Class weights for training (train split): {weights or "-"}.
+{weighting}
 Boxes skipped while cropping: {skips}.
+{training_text(info.get("training"), bool(info.get("synthetic")))}
 
 ![crops per class](class_balance.png)
 
@@ -108,6 +113,25 @@ are in `crops.parquet`; CC BY 2.0 asks that they be credited when the crops are 
 
 Annotations: Open Images Dataset, Google (CC BY 4.0; Kuznetsova et al., IJCV 2020).
 """
+
+
+def training_text(training: dict | None, synthetic: bool) -> str:
+    """What a model trained on this data is, and the crop sizes it sees, in plain words."""
+    if not training:
+        return ""
+    size = training.get("image_size")
+    if training.get("architecture") == "seed-cnn":
+        model = f"the seed CNN, a small CNN learnt from scratch, at {size} px"
+    else:
+        model = (f"transfer learning (weights: {training.get('weights')}) at {size} px; a real "
+                 "run uses ImageNet weights")
+    what = ("The scenes are synthetic, so its test accuracy says the pipeline works, not how "
+            "well real photos are classified. " if synthetic else "")
+    return (f"\nThis run trains {model}. {what}Crops keep at most "
+            f"{training.get('crop_size')} px on their longest side; boxes under "
+            f"{training.get('min_box_pixels')} px on a side are skipped (the model resizes "
+            f"every crop to {size} px, so a smaller box would be upscaled "
+            f"{size / max(training.get('min_box_pixels') or 1, 1):.0f}x or more).\n")
 
 
 def write_card(dataset_dir: Path, table: pd.DataFrame, skipped: pd.DataFrame,

@@ -61,18 +61,29 @@ def dataset_section(built: dict, grid: str | None) -> list[str]:
     return [*lines, grid, ""] if grid else lines
 
 
-def train_section(trained: dict, confusion: str | None) -> list[str]:
-    """Test metrics, the promotion decision, and the confusion matrix."""
+def train_section(trained: dict, confusion: str | None,
+                  reliability: str | None = None) -> list[str]:
+    """Test metrics with their intervals, calibration, the promotion decision, the confusion
+    matrix and the reliability diagram."""
+    from model.intervals import holdout_line, stated
+
     metrics = trained["metrics"]
     verdict = "promoted" if trained["promoted"] else "NOT promoted"
     reused = " (reused: already trained on this dataset with this config)" \
         if trained.get("reused") else ""
     lines = ["## Model", "",
-             f"`{trained['model_tag']}`{reused}: test accuracy {metrics['accuracy']}, "
-             f"macro F1 {metrics['macro_f1']}, ROC-AUC {metrics.get('roc_auc')} on "
-             f"{metrics['test_examples']} held-out crops.", "",
-             f"**{verdict}**: {trained['promotion_reason']}", ""]
-    return [*lines, confusion, ""] if confusion else lines
+             f"`{trained['model_tag']}`{reused}: test accuracy {stated(metrics, 'accuracy')}, "
+             f"macro F1 {stated(metrics, 'macro_f1')}, ROC-AUC {stated(metrics, 'roc_auc')} "
+             f"on {metrics['test_examples']} held-out crops (95 % intervals: bootstrap over "
+             "the test photos).", ""]
+    if holdout_line(metrics):
+        lines += [f"Holdout{holdout_line(metrics).removeprefix('holdout')}.", ""]
+    if metrics.get("calibration"):
+        found = metrics["calibration"]
+        lines += [f"Calibration: temperature {found['temperature']} (fitted on validation); "
+                  f"test ECE {found['ece_before']} before, {found['ece_after']} after.", ""]
+    lines += [f"**{verdict}**: {trained['promotion_reason']}", ""]
+    return [*lines, *(p for image in (confusion, reliability) if image for p in (image, ""))]
 
 
 def publish_section(published: dict | None, trained: dict | None) -> list[str]:
@@ -139,7 +150,9 @@ def report(title: str, result: dict, images: dict[str, Path]) -> str:
                                if "drift" in images else None)
     if "train" in result:
         lines += train_section(result["train"], inline_image(images["confusion_matrix"])
-                               if "confusion_matrix" in images else None)
+                               if "confusion_matrix" in images else None,
+                               inline_image(images["reliability"])
+                               if "reliability" in images else None)
     if "publish" in result:
         lines += publish_section(result["publish"], result.get("train"))
     if "promotion" in result:

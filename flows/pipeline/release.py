@@ -41,6 +41,7 @@ def bundle_meta(settings: Settings, trained: dict, built: dict) -> dict:
         "model_tag": trained["model_tag"],
         "filters": asdict(filters(settings)),
         "train_config": trained.get("config"),
+        "synthetic": built.get("synthetic"),
     }
 
 
@@ -89,10 +90,11 @@ def promote_in_registry(settings: Settings, tag: str, decision: dict, published:
     compared with still is; return None when written, or the entry that won instead."""
     from flows.promotion.registry import entry_of, registry_of, run_name
     from model import registry_state
+    from model.promotion import FIGURES
 
-    keep = ("metric", "score", "reason", "dataset_id")
+    keep = ("metric", "score", "reason", "dataset_id", *FIGURES)
     entry = entry_of(tag, published["top_hash"], registry_state.actor(run_name()),
-                     package=published["name"], **{k: details.get(k) for k in keep})
+                     package=published["name"], **{k: details[k] for k in keep if k in details})
     with registry_of(settings) as registry:
         try:
             registry.update(registry_state.promote(
@@ -113,10 +115,12 @@ def record_promotion(trained: dict, published: dict, settings: Settings | None =
     Returns the record, or None when another model was promoted since the gate decided (by
     hand, or by another run): that later decision stands, and trained["lost_to"] names it."""
     from flows.promotion.bentoml_store import promote, promoted
+    from model.promotion import figures
 
     tag, decision = trained["model_tag"], trained["promotion"]
     details = {"metric": decision["metric"], "score": decision["candidate_score"],
-               "reason": decision["reason"], "dataset_id": trained["dataset_id"]}
+               "reason": decision["reason"], "dataset_id": trained["dataset_id"],
+               **figures(decision)}
     if settings is not None:
         winner = promote_in_registry(settings, tag, decision, published, details)
         if winner is not None:

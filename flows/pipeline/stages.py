@@ -18,6 +18,7 @@ from flows.openimages.cropjobs import CropRunner, process_pool
 from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
+from flows.openimages.feedbackscreen import screen
 from flows.openimages.select import images_of, select_boxes, summary
 from flows.pipeline.selection import filters, metadata, validate_classes
 from flows.publishing.lineage import PROJECT_ROOT, code_state
@@ -26,6 +27,7 @@ from flows.watching.datachecks import PROFILE, profile
 from model.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
+FEEDBACK_REPORT = "feedback_screen.json"  # what feedback was kept out of training, and why
 
 
 def select(settings: Settings) -> pd.DataFrame:
@@ -95,13 +97,19 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
     table = join_feedback(settings, table)
     weights = class_weights(table)
     write_json(settings.dataset_dir / "class_weights.json", weights)
+    # The bundled sample's photos live under the reserved .invalid domain.
+    synthetic = bool(boxes.OriginalURL.fillna("").str.contains(r"\.invalid/").all())
     write_card(settings.dataset_dir, table, skipped, {
         "openimages_version": settings.openimages_version, "seed": settings.split_seed,
-        "filters": asdict(filters(settings)), "class_weights": weights,
+        "filters": asdict(filters(settings)),
+        # Named as training weights only when training uses them (OPENIMAGER_CLASS_WEIGHTS).
+        "class_weights": weights if settings.class_weights else None,
+        "training": {"architecture": settings.architecture, "image_size": settings.image_size,
+                     "weights": settings.weights, "crop_size": settings.crop_size,
+                     "min_box_pixels": settings.min_box_pixels},
         "expansion": boxes.groupby("Class").LabelDisplayName.agg(
             lambda names: ", ".join(sorted(set(names)))).to_dict(),
-        # The bundled sample's photos live under the reserved .invalid domain.
-        "synthetic": bool(boxes.OriginalURL.fillna("").str.contains(r"\.invalid/").all()),
+        "synthetic": synthetic,
     })
     summary = {
         "dataset_id": dataset_id(table),
@@ -113,6 +121,8 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
                                   for c, g in table.groupby("Class")},
         "skipped": skipped.Status.value_counts().to_dict(),
         "feedback_crops": int((table.Source == FEEDBACK).sum()),
+        "feedback_screen": screened_summary(settings),
+        "synthetic": synthetic,
     }
     write_json(settings.dataset_dir / PROFILE, profile(table, manifest, summary["skipped"]))
     write_json(summary_path(settings, "build"), summary)
@@ -137,10 +147,26 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
         else:
             images_dir = folder / "images"
         images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
+    images, screened = screen(images, table, settings.dataset_dir / "crops",
+                              settings.feedback_max_share)
+    if screened["near_duplicates"] or screened["over_cap"]:
+        log.warning("feedback kept out of training: %d near-duplicates of validation or test "
+                    "crops, over the cap per class %s", len(screened["near_duplicates"]),
+                    screened["over_cap"])
+    write_json(settings.dataset_dir / FEEDBACK_REPORT, screened)
     table = add_feedback(table, images, settings.dataset_dir / "crops", settings.crop_size,
                          settings.crop_quality)
     write_parquet(settings.dataset_dir / CROPS_TABLE, table)
     return table
+
+
+def screened_summary(settings: Settings) -> dict | None:
+    """How many feedback images the screen kept out (near-duplicates, over the cap)."""
+    path = settings.dataset_dir / FEEDBACK_REPORT
+    if not settings.use_feedback or not path.exists():
+        return None
+    found = json.loads(path.read_text())
+    return {"near_duplicates": len(found["near_duplicates"]), "over_cap": found["over_cap"]}
 
 
 def train(settings: Settings, promote_now: bool = True) -> dict:
@@ -156,7 +182,8 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     """
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
-    from model.evaluate import evaluate_model
+    from model.evaluate import outcome_of
+    from model.promotion import Rule
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
@@ -178,26 +205,46 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                   "architecture": config.architecture, "train": key}
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
-    test = table[table.Split == "test"]
+    test = gate_rows(table, settings.holdout_share)
     metric = settings.promotion_metric
 
-    def score(model: object, theirs: dict) -> float | None:
-        """The promoted model's metric on this run's test split, fed at its own input size."""
-        return evaluate_model(model, list(theirs["class_names"]), test, crops,
-                              int(theirs["image_size"]), settings.batch_size)[metric]
+    def score(model: object, theirs: dict) -> object:
+        """A model's answers on this run's test split, crop by crop with their photos, fed at
+        its own input size: the promoted model's and the candidate's, compared photo by photo."""
+        return outcome_of(model, list(theirs["class_names"]), test, crops,
+                          int(theirs["image_size"]), settings.batch_size)
 
     # The registry's promoted revision is the incumbent, whichever host trained it.
     opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
+    rule = Rule(settings.promotion_margin, settings.promotion_confidence)
     with opened as registry:
         decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
                         score, settings.force_promote, promote_now=promote_now,
                         registry=registry, cache=settings.workspace / "cache" / "promoted",
+                        candidate=candidate_outcome(settings, metadata, score), rule=rule,
                         dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def gate_rows(table: pd.DataFrame, holdout_share: float) -> pd.DataFrame:
+    """The test rows the gate scores: the test split without its holdout photos."""
+    from model.intervals import holdout
+
+    test = table[table.Split == "test"]
+    return test[~holdout(list(test.ImageID), holdout_share)]
+
+
+def candidate_outcome(settings: Settings, metadata: dict, score: object) -> object:
+    """The trained model's answers on the test split (the same crops the incumbent is scored
+    on), from the saved model file."""
+    import keras
+
+    model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
+    return score(model, metadata)
 
 
 def training_code() -> str:
@@ -246,7 +293,8 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
         **code,
         "metrics": {k: result.metrics[k] for k in
                     ("accuracy", "macro_f1", "roc_auc", "test_examples", "per_class",
-                     "confusion_matrix")},
+                     "intervals", "holdout", "calibration", "confusion_matrix")
+                    if k in result.metrics},
         # The test split as the drift report compares the served traffic with it.
         "drift_reference": drift_reference(result.metrics["test_top_probabilities"],
                                            test.Width.tolist(), test.Height.tolist()),

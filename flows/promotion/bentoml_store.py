@@ -20,9 +20,12 @@ import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
 from model.atomic import write_json
+from model.intervals import Outcome
 from model.promotion import (
+    DEFAULT_RULE,
     Decision,
     Incumbent,
+    Rule,
     append_history,
     clear_pending,
     decide,
@@ -42,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.keras", "metrics.json")
-REPORT_FILES = ("training_curves.png", "confusion_matrix.png", "drift.png")  # when present
+REPORT_FILES = ("training_curves.png", "confusion_matrix.png", "reliability.png",
+                "drift.png")  # when present
 SUMMARY = "openimager.json"  # the whole training summary; BentoML metadata drops None values
 
 
@@ -192,9 +196,12 @@ def finish_pending(name: str, newest: tuple[str, dict] | None, package: str,
     return None
 
 
-def incumbent(name: str, class_names: list[str],
-              score: Callable[[keras.Model, dict], float | None]) -> Incumbent | None:
-    """The promoted model of name, scored by score(model, metadata) if its classes match."""
+Score = Callable[["keras.Model", dict], Outcome]  # a model's answers on the candidate's test split
+
+
+def incumbent(name: str, class_names: list[str], score: Score) -> Incumbent | None:
+    """The promoted model of name, with its answers score(model, metadata) on the candidate's
+    test split if its classes match."""
     record = promoted(name)
     if record is None:
         return None
@@ -206,7 +213,7 @@ def incumbent(name: str, class_names: list[str],
     if set(theirs) != set(class_names):
         return Incumbent(str(stored.tag), theirs, None)  # not comparable: decide() says why
     model, metadata = load_model(record["tag"])
-    return Incumbent(str(stored.tag), theirs, score(model, metadata))
+    return Incumbent(str(stored.tag), theirs, None, outcome=score(model, metadata))
 
 
 def annotate_promotion(tag: str, **details: object) -> dict | None:
@@ -223,10 +230,15 @@ def annotate_promotion(tag: str, **details: object) -> dict | None:
 
 
 def gate(tag: str, class_names: list[str], metric: str, candidate_score: float | None,
-         score: Callable[[keras.Model, dict], float | None], force: bool = False,
-         promote_now: bool = True, registry: Registry | None = None,
-         cache: Path | None = None, **details: object) -> Decision:
+         score: Score, force: bool = False, promote_now: bool = True,
+         registry: Registry | None = None, cache: Path | None = None,
+         candidate: Outcome | None = None, rule: Rule = DEFAULT_RULE,
+         **details: object) -> Decision:
     """Decide whether tag replaces the promoted model of its name.
+
+    score(model, metadata) gives the promoted model's answers on the candidate's test split,
+    crop by crop with their photos; candidate holds the candidate's own on the same crops, and
+    rule says by how much and how surely the candidate must be better (model/promotion.py).
 
     With a registry, the incumbent is the registry's promoted revision, whichever host trained
     it: its model comes from this host's store if it is there, else from the registry (into
@@ -243,16 +255,17 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
     if registry is not None:
         decision = registry_decision(tag, class_names, metric, candidate_score, score, force,
                                      registry, cache or bentoml_home() / "openimager" / "cache",
-                                     details.get("dataset_id"))
+                                     details.get("dataset_id"), candidate, rule)
     else:
         record = promoted(name)
         if record is not None and record["tag"] == tag:  # a resumed run, the same model again
             return Decision(True, f"{tag} is already the promoted model", metric,
                             candidate_score, tag, candidate_score)
         decision = decide(metric, candidate_score, class_names,
-                          incumbent(name, class_names, score), force)
+                          incumbent(name, class_names, score), force, candidate, rule)
     if decision.promote:
-        what = {"metric": metric, "score": candidate_score, "reason": decision.reason, **details}
+        what = {"metric": metric, "score": candidate_score, "reason": decision.reason,
+                **decision.figures(), **details}
         if promote_now:
             promote(tag, **what)
         else:
@@ -266,8 +279,9 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
 
 
 def registry_decision(tag: str, class_names: list[str], metric: str,
-                      candidate_score: float | None, score: Callable, force: bool,
-                      registry: Registry, cache: Path, dataset_id: object) -> Decision:
+                      candidate_score: float | None, score: Score, force: bool,
+                      registry: Registry, cache: Path, dataset_id: object,
+                      candidate: Outcome | None = None, rule: Rule = DEFAULT_RULE) -> Decision:
     """The gate against the registry's promoted revision (see gate)."""
     from flows.promotion.registry import registry_incumbent, run_name
     from model import registry_state
@@ -288,14 +302,15 @@ def registry_decision(tag: str, class_names: list[str], metric: str,
     else:
         theirs = registry_incumbent(registry, current, class_names, cache, score) \
             if current else None
-        decision = decide(metric, candidate_score, class_names, theirs, force)
+        decision = decide(metric, candidate_score, class_names, theirs, force, candidate, rule)
         where = f" (revision {against[:12]} in {registry.url})" if against else ""
         decision = replace(decision, reason=decision.reason + where,
                            incumbent_top_hash=against)
     if not decision.promote:
         registry.update(registry_state.note("rejected", {
             "tag": tag, "metric": metric, "score": candidate_score, "reason": decision.reason,
-            "dataset_id": dataset_id, "by": registry_state.actor(run_name())},
+            **decision.figures(), "dataset_id": dataset_id,
+            "by": registry_state.actor(run_name())},
             against=against))
     return decision
 

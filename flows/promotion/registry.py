@@ -71,9 +71,10 @@ def fetched_model(registry: Registry, entry: dict, cache: Path) -> tuple[Path, d
 
 
 def registry_incumbent(registry: Registry, entry: dict, class_names: list[str], cache: Path,
-                       score: Callable[[Any, dict], float | None]) -> Incumbent:
-    """The registry's promoted model scored by score(model, metadata) if its classes match:
-    taken from the BentoML store when this host has it, else fetched from the registry."""
+                       score: Callable[[Any, dict], Any]) -> Incumbent:
+    """The registry's promoted model with its answers score(model, metadata) on the
+    candidate's test split if its classes match: taken from the BentoML store when this host
+    has it, else fetched from the registry."""
     import keras
 
     from flows.promotion.bentoml_store import stored_model_file
@@ -90,7 +91,8 @@ def registry_incumbent(registry: Registry, entry: dict, class_names: list[str], 
         return Incumbent(entry["tag"], names, None)
     model = keras.saving.load_model(file, compile=False)
     size = theirs.get("image_size") or input_size(model)
-    return Incumbent(entry["tag"], names, score(model, {**theirs, "image_size": size}))
+    return Incumbent(entry["tag"], names, None,
+                     outcome=score(model, {**theirs, "image_size": size}))
 
 
 def input_size(model: Any) -> int:

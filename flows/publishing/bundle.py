@@ -61,25 +61,41 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
 
 def readme(meta: dict) -> str:
     """The package README: what is inside, how well it scored, how to rebuild it."""
+    from model.intervals import holdout_line, stated
+
     # The embedded registry lives in the workspace that published to it.
     where = f" --workspace {shlex.quote(meta['workspace'])}" if meta.get("workspace") else ""
     reproduce = f".venv/bin/python -m flows reproduce {meta['package']}"
-    counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} |"
+    metrics = meta["metrics"]
+    per_class = metrics.get("per_class") or {}
+    bounds = (metrics.get("intervals") or {}).get("per_class") or {}
+
+    def f1(name: str) -> str:
+        value, ci = (per_class.get(name) or {}).get("f1"), (bounds.get(name) or {}).get("f1")
+        return f"{value} ({ci[0]:.4g}-{ci[1]:.4g})" if value is not None and ci else str(value)
+
+    counts = "\n".join(f"| {c} | {meta['class_mids'][c]} | {n} | {f1(c)} |"
                        for c, n in meta["crops_per_class"].items())
     dirty = (" (trained with uncommitted changes to it, listed in `code/UNCOMMITTED.md`)"
              if meta.get("dirty") else "")
+    photos = (metrics.get("intervals") or {}).get("photos", "?")
     return f"""# {meta['package']}
 
 An image classifier for Open Images classes {', '.join(meta['classes'])}, published with the
 data it was trained on, the code at commit `{meta['git_commit']}`{dirty} and its pinned
 environment.
 
-| class | MID | crops |
-|---|---|---|
+| class | MID | crops | test F1 (95 % CI) |
+|---|---|---|---|
 {counts}
 
-Held-out test accuracy: **{meta['metrics']['accuracy']}** (macro F1 {meta['metrics']['macro_f1']},
-{meta['metrics']['test_examples']} crops from photos never seen in training).
+Held-out test accuracy: **{stated(metrics, 'accuracy')}** (macro F1
+{stated(metrics, 'macro_f1')}) on {metrics['test_examples']} crops of {photos} photos never
+seen in training; each interval is a 95 % percentile bootstrap over those photos (all crops
+of a photo resampled together), so it says how far the figure could move on another test
+split of the same kind. {what_it_is(meta)}
+{f"Holdout{holdout_line(metrics).removeprefix('holdout')}." if holdout_line(metrics) else ""}
+{calibrated(metrics)}
 Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 
 ## Contents
@@ -105,6 +121,34 @@ Annotations: Open Images Dataset, Google (CC BY 4.0; Kuznetsova et al., IJCV 202
 photo author and licence are listed in `data/crops.parquet` (Author, License, OriginalLandingURL):
 CC BY 2.0 requires crediting them when you redistribute.
 """
+
+
+def what_it_is(meta: dict) -> str:
+    """What was trained, on what, in plain words: the figure means nothing more."""
+    config = meta.get("train_config") or {}
+    size = config.get("image_size", "?")
+    if config.get("architecture") == "seed-cnn":
+        model = f"a small CNN trained from scratch (the seed CNN) at {size} px"
+    elif config.get("weights") in (None, "none", ""):
+        model = f"{config.get('backbone', 'a backbone')} trained from scratch at {size} px"
+    else:
+        model = (f"transfer learning: {config.get('backbone', 'a backbone')} on ImageNet "
+                 f"weights with a new head, at {size} px")
+    data = ("the bundled SYNTHETIC scenes (generated shapes in Open Images layouts, not "
+            "photos): the accuracy says the pipeline works, not how well real photos are "
+            "classified" if meta.get("synthetic") else "Open Images photos")
+    return f"The model is {model}, trained and tested on {data}."
+
+
+def calibrated(metrics: dict) -> str:
+    """Temperature scaling in one sentence, or nothing when it was not measured."""
+    found = metrics.get("calibration")
+    if not found:
+        return ""
+    return (f"Probabilities are calibrated by temperature scaling (T = {found['temperature']}, "
+            f"fitted on the validation split, inside `model.keras`): expected calibration "
+            f"error on the test split {found['ece_before']} before, {found['ece_after']} "
+            "after.\n")
 
 
 class PublishError(RuntimeError):

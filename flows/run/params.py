@@ -56,4 +56,5 @@ def report_images(settings: Settings) -> dict[str, Path]:
     """The pictures a run report shows, where the stages write them."""
     return {"sample_grid": settings.dataset_dir / "sample_grid.png",
             "confusion_matrix": settings.model_dir / "confusion_matrix.png",
+            "reliability": settings.model_dir / "reliability.png",
             "drift": settings.workspace / "summaries" / "drift.png"}

@@ -146,8 +146,17 @@ def feedback_accuracy(log: pd.DataFrame, feedback: pd.DataFrame) -> dict:
             "accuracy": round(float(right / len(joined)), 4) if len(joined) else None}
 
 
-def drift(log: pd.DataFrame, feedback: pd.DataFrame, reference: Reference) -> dict:
-    """Every drift figure of the log rows against the reference, and the feedback accuracy."""
+def unsure(top: pd.Series, min_confidence: float) -> dict:
+    """How many answers said "unsure" (top probability under the service's threshold)."""
+    count = int((top < min_confidence).sum())
+    return {"threshold": min_confidence, "count": count,
+            "share": round(count / len(top), 4) if len(top) else None}
+
+
+def drift(log: pd.DataFrame, feedback: pd.DataFrame, reference: Reference,
+          min_confidence: float = 0.6) -> dict:
+    """Every drift figure of the log rows against the reference, the feedback accuracy, and
+    the unsure answers."""
     tests = [class_mix(log.top_label, reference.class_counts),
              *confidence(log.top_probability, reference.top_probabilities,
                          reference.top_mean, reference.top_bins),
@@ -155,7 +164,8 @@ def drift(log: pd.DataFrame, feedback: pd.DataFrame, reference: Reference) -> di
              _ks("image height", log.height, reference.heights)]
     return {"requests": len(log), "tests": tests, "drifted": [t["name"] for t in tests
                                                               if t["drift"]],
-            "feedback": feedback_accuracy(log, feedback)}
+            "feedback": feedback_accuracy(log, feedback),
+            "unsure": unsure(log.top_probability, min_confidence)}
 
 
 def shown(value: object) -> str:
@@ -187,4 +197,8 @@ def lines(summary: dict) -> list[str]:
     fb = summary["feedback"]
     out.append(f"feedback: {fb['labelled']} labelled requests, accuracy "
                f"{shown(fb['accuracy'])}")
+    if summary.get("unsure"):
+        found = summary["unsure"]
+        out.append(f"unsure answers (top probability under {found['threshold']}): "
+                   f"{found['count']} ({found['share']})")
     return out

@@ -42,7 +42,7 @@ def drift_summary(settings: Settings, chart: Path | None = None,
     folder = log_location(settings)
     rows = since(read_log(folder), datetime.fromisoformat(start) if start else None, tag)
     summary = {"model": tag, "since": start, "log_dir": str(folder), "class_mix_of": mix,
-               **drift(rows, read_feedback(folder), reference)}
+               **drift(rows, read_feedback(folder), reference, settings.min_confidence)}
     write_json(summary_path(settings, "drift"), summary)
     if chart is not None:
         from model.report import drift_chart
