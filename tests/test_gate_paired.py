@@ -28,7 +28,7 @@ def test_one_crop_better_is_not_promoted_at_the_defaults():
     base = [True] * 40 + [False] * 20
     better = [True] * 41 + [False] * 19  # one more photo right
     decision = decide("accuracy", None, CLASSES, incumbent(base), candidate=outcome(better))
-    assert not decision.promote and "not promoted" in decision.reason
+    assert not decision.promote and "not better beyond the margin" in decision.reason
     assert decision.difference == pytest.approx(1 / 60, abs=1e-4)
     low, high = decision.difference_interval
     assert low <= 0 < high and decision.p_value > 0.05

@@ -27,7 +27,7 @@ def test_a_worse_model_is_not_promoted_and_says_why():
                       candidate=answers(71))
     assert not decision.promote
     assert "accuracy 0.71 vs 0.83" in decision.reason and "clf:old" in decision.reason
-    assert "not promoted" in decision.reason and decision.difference == -0.12
+    assert "not better" in decision.reason and decision.difference == -0.12
     assert (decision.incumbent_tag, decision.incumbent_score) == ("clf:old", 0.83)
 
 
