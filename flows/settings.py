@@ -86,7 +86,8 @@ class Settings(BaseModel):
     # Least share of min(box, crop_size) a crop keeps on its longest side when a smaller
     # decode or a block average saves work; 1.0: exact thumbnail sizes (crop.py CropOptions).
     crop_min_detail: float = Field(0.75, gt=0.5, le=1.0)
-    crop_chunk_images: int = 500  # images per crop chunk; one Prefect task each
+    crop_chunk_images: int = 500  # images per crop chunk; one Prefect task and one shard each
+    crop_files: bool = False  # also write per-crop JPEGs under dataset/crops, for browsing
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
     min_box_pixels: int = 8

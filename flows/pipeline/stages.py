@@ -15,10 +15,17 @@ import pandas as pd
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, process_pool
-from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
+from flows.openimages.dataset import (
+    CROPS_TABLE,
+    build_dataset,
+    class_weights,
+    crops_root,
+    dataset_id,
+)
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
 from flows.openimages.select import images_of, select_boxes, summary
+from flows.openimages.shards import SHARDS_DIR
 from flows.pipeline.selection import filters, metadata, validate_classes
 from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
@@ -91,7 +98,8 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
                                    settings.test_fraction,
                                    max_crops_per_class=settings.max_crops_per_class,
                                    run_chunks=run_chunks or process_pool(settings.crop_workers),
-                                   chunk_images=settings.crop_chunk_images)
+                                   chunk_images=settings.crop_chunk_images,
+                                   crop_files=settings.crop_files)
     table = join_feedback(settings, table)
     weights = class_weights(table)
     write_json(settings.dataset_dir / "class_weights.json", weights)
@@ -137,7 +145,7 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
         else:
             images_dir = folder / "images"
         images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
-    table = add_feedback(table, images, settings.dataset_dir / "crops", settings.crop_size,
+    table = add_feedback(table, images, settings.dataset_dir / SHARDS_DIR, settings.crop_size,
                          settings.crop_quality)
     write_parquet(settings.dataset_dir / CROPS_TABLE, table)
     return table
@@ -160,7 +168,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
-    crops = settings.dataset_dir / "crops"
+    crops = crops_root(settings.dataset_dir, table)
     # Every training knob is a setting of the same name (OPENIMAGER_EPOCHS, _WEIGHTS, ...).
     config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
                             if f.name in Settings.model_fields})
@@ -178,7 +186,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                   "architecture": config.architecture, "train": key}
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
-    test = table[table.Split == "test"]
+    test = table[table.Split == "test"]  # the live table is in stored order: runs of shards
     metric = settings.promotion_metric
 
     def score(model: object, theirs: dict) -> float | None:
@@ -227,7 +235,7 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
     """Fit a model into the model folder; return its training summary."""
     from model.train import train as fit
 
-    result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
+    result = fit(table, crops_root(settings.dataset_dir, table), settings.model_dir, config)
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
     profile_path = settings.dataset_dir / PROFILE  # what the next run's data checks compare
     return {

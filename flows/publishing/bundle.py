@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shlex
 import shutil
@@ -42,9 +43,12 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     """Lay out data/, model/, code/, env/ and README.md under staging; return staging.
 
     code/ and env/ come from the commit the model was trained at (meta's git_commit); with
-    image_dir, the source photos of the crops go along under data/images/.
+    image_dir, the source photos of the crops go along under data/images/. The dataset goes as
+    its shards and tables (hard links where the file system allows), not per-crop files.
     """
-    shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
+    shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True, copy_function=_link,
+                    ignore=lambda folder, names: ["crops"] if Path(folder) == dataset_dir
+                    and (dataset_dir / "shards").is_dir() else [])
     if image_dir is not None:
         copy_source_images(dataset_dir, image_dir, staging / "data" / "images")
     (staging / "model").mkdir(parents=True, exist_ok=True)
@@ -57,6 +61,14 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     (env / "python-version.txt").write_text(platform.python_version() + "\n")
     (staging / "README.md").write_text(readme(meta) + attribution(dataset_dir))
     return staging
+
+
+def _link(src: str, dst: str) -> None:
+    """Hard-link a file into the staging folder, or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def readme(meta: dict) -> str:
@@ -82,8 +94,12 @@ Held-out test accuracy: **{meta['metrics']['accuracy']}** (macro F1 {meta['metri
 Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 
 ## Contents
-- `data/`: crops per class, `crops.parquet` (source image, box, split, author, licence),
-  `selection.parquet` (the selected boxes)
+- `data/`: `shards/*.parquet`, the crops (an `image` column of JPEG `bytes` and `path`, with
+  each crop's class, split, box, source image, author and licence), `crops.parquet` (the live
+  table: which `Shard` and `Row` are the dataset), `selection.parquet` (the selected boxes).
+  pandas, pyarrow, DuckDB and Hugging Face `datasets` read the shards as they are:
+  `duckdb.sql("SELECT Class, count(*) FROM 'data/shards/*.parquet' GROUP BY Class")`,
+  `datasets.load_dataset("parquet", data_files="data/shards/*.parquet")`
 - `model/`: `model.keras` (takes raw RGB pixels), `metrics.json`
 - `code/`: the project source at that commit (`COMMIT`), without its tests, benchmarks and
   synthetic sample
