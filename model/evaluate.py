@@ -62,7 +62,9 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, class_names: li
 
 def evaluate_model(model: keras.Model, class_names: list[str], table: pd.DataFrame, root: Path,
                    image_size: int, batch_size: int = 32) -> dict:
-    """Score a Keras model (whose outputs follow class_names) on the rows of table."""
+    """Score a Keras model (whose outputs follow class_names) on the rows of table, read from
+    root: its shards (a table with Shard and Row) or crop files. Predictions come in the
+    table's order, so each lines up with its row (and its ImageID)."""
     from model.data import label_indices, make_dataset  # TensorFlow loads only when needed
     from model.predict import probabilities
 
