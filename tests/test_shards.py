@@ -14,7 +14,6 @@ from flows.openimages.cropjobs import run_chunk
 from flows.openimages.dataset import build_dataset
 from flows.openimages.shards import read_images
 
-
 LIVE = """SELECT count(*), count(DISTINCT s.BoxID)
 FROM read_parquet('{shards}/*.parquet', filename = true, file_row_number = true) s
 JOIN '{table}' t ON parse_filename(s.filename) = t.Shard AND s.file_row_number = t.Row"""

@@ -75,3 +75,30 @@ def test_a_published_dataset_is_a_few_shards_that_plain_quilt3_installs(
     assert len(live) == 122 and len(frame) >= len(live)
     assert frame.image.iloc[0]["bytes"][:2] == b"\xff\xd8"
     assert duckdb.sql(LIVE.format(shards=shards, table=live_table)).fetchall() == [(122, 122)]
+
+
+@pytest.mark.integration
+def test_a_multipart_file_already_in_the_registry_is_not_sent_again(tmp_path, registry_env,
+                                                                    monkeypatch):
+    import quilt3
+    from botocore.session import Session
+
+    puts, original = [], Session.create_client
+
+    def hooked(self, *args, **kwargs):
+        client = original(self, *args, **kwargs)
+        client.meta.events.register("before-send.s3", lambda request, **_: puts.append(
+            request.url) if request.method == "PUT" and "big.bin" in request.url else None)
+        return client
+
+    monkeypatch.setattr(Session, "create_client", hooked)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "big.bin").write_bytes(os.urandom(9 * 2**20))  # above 8 MiB: multipart
+    sent = []
+    for run in range(2):
+        (files / "small.txt").write_text(f"run {run}")
+        quilt3.Package().set_dir("/", str(files)).push("test/big", registry=registry_env,
+                                                       force=True)
+        sent.append(len(puts))
+    assert sent[0] >= 2 and sent[1] == sent[0]  # the second push sent no part of it

@@ -134,17 +134,46 @@ def fingerprint(staging: Path, name: str) -> str:
     return sha256_text(f"{name}\0{tree_digest(staging)}")
 
 
-def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
-    """The top hash and metadata of the newest version of a package, or None."""
+def latest_package(name: str, registry: str) -> object | None:
+    """The newest version of a package (its manifest), or None."""
     quilt3 = quilt3_module()
     from botocore.exceptions import ClientError
     from quilt3.util import QuiltException
 
     try:
-        package = quilt3.Package.browse(name, registry=registry)
+        return quilt3.Package.browse(name, registry=registry)
     except (QuiltException, ClientError, FileNotFoundError):
         return None
-    return package.top_hash, package.meta
+
+
+def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
+    """The top hash and metadata of the newest version of a package, or None."""
+    package = latest_package(name, registry)
+    return None if package is None else (package.top_hash, package.meta)
+
+
+def reuse_unchanged(package: object, previous: object) -> int:
+    """Point every entry whose content the previous version already holds at that version's
+    object, so the push neither checks nor sends it; return how many. A shard's name is a hash
+    of its content: one of the same name and size is the same. Other files are hashed here."""
+    old = dict(previous.walk())  # type: ignore[attr-defined]
+    reused = 0
+
+    def same(key: str, entry: object) -> object | None:
+        before = old.get(key)
+        return before if before is not None and before.size == entry.size else None
+
+    for key, entry in list(package.walk()):  # type: ignore[attr-defined]
+        if key.startswith("data/shards/") and (before := same(key, entry)) is not None:
+            package.set(key, before)  # type: ignore[attr-defined]
+            reused += 1
+    package._calculate_missing_hashes()  # type: ignore[attr-defined]  # local files only
+    for key, entry in list(package.walk()):  # type: ignore[attr-defined]
+        before = same(key, entry)
+        if before is not None and before is not entry and before.hash == entry.hash:
+            package.set(key, before)  # type: ignore[attr-defined]
+            reused += 1
+    return reused
 
 
 def attribution(dataset_dir: Path) -> str:
@@ -198,12 +227,15 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
         meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,
                 "model_sha256": sha256_file(staging / "model" / "model.keras")}
         meta["fingerprint"] = fingerprint(staging, name)
-        latest = latest_meta(name, registry)
-        if latest and latest[1].get("fingerprint") == meta["fingerprint"]:
-            log.info("%s is unchanged since %s: nothing pushed", name, latest[0][:12])
-            return Published(name, registry, latest[0], pushed=False)
+        latest = latest_package(name, registry)
+        if latest is not None and latest.meta.get("fingerprint") == meta["fingerprint"]:
+            log.info("%s is unchanged since %s: nothing pushed", name, latest.top_hash[:12])
+            return Published(name, registry, latest.top_hash, pushed=False)
         package = quilt3.Package().set_dir("/", staging).set_meta(json.loads(json.dumps(meta)))
         try:
+            if latest is not None:
+                log.info("%s: %d files unchanged since %s, not sent again", name,
+                         reuse_unchanged(package, latest), latest.top_hash[:12])
             pushed = package.push(name, registry=registry, message=message, force=True)
         except (BotoCoreError, ClientError, QuiltException, OSError) as error:
             raise PublishError(f"pushing {name} to {registry} failed ({error}); no version "
