@@ -7,7 +7,8 @@ requests sent (botocore event hooks), the package manifest's size and entries, a
 memory of the publishing process (a fresh one each, under /usr/bin/time -v). Then the
 training input's throughput (model.data.make_dataset, one pass that decodes and resizes) over
 the same 4,000 crops in both layouts. "files" is the layout before shards (one S3 object and
-one manifest line per crop); it runs up to --files-max crops.
+one manifest line per crop) published as before shards too: every file checked and sent by
+quilt3 (the previous version's objects are not reused); it runs up to --files-max crops.
 
 Crops are real JPEGs cut from the sample's photos (a pool of 200, longest side 256 px, quality
 90), each made unique by a counter after its end-of-image marker (decoders ignore it), so no
@@ -109,8 +110,12 @@ def publish_child(data: Path, model: Path, message: str) -> None:
     counter.install()
     import boto3
 
+    from flows.publishing import bundle
     from flows.publishing.bundle import publish
     from flows.publishing.lineage import git_commit
+
+    if not (data / "shards").exists():  # the layout before shards, published as it was
+        bundle.reuse_unchanged = lambda package, previous: 0
 
     start = time.perf_counter()
     done = publish(data, model, {**META, "git_commit": git_commit()}, "bench/scale",
