@@ -88,6 +88,9 @@ class Settings(BaseModel):
     crop_min_detail: float = Field(0.75, gt=0.5, le=1.0)
     crop_chunk_images: int = 500  # images per crop chunk; one Prefect task and one shard each
     crop_files: bool = False  # also write per-crop JPEGs under dataset/crops, for browsing
+    # Croppers fetch each photo from image_bucket at image_endpoint_url (<Subset>/<ImageID>.jpg)
+    # instead of reading the image store: Dask workers then need no disk of the flow's.
+    crop_from_source: bool = False
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
     min_box_pixels: int = 8

@@ -5,7 +5,8 @@ whole images, runs them (on a local process pool, or as Prefect tasks on threads
 through `run_chunks`), and joins the outcomes to the boxes. A chunk is plain data (JSON-ready),
 so it can travel to another process or machine. Its crops become one shard: written into
 the chunk's shard folder when it has one, else returned in its report (a worker that sees no
-disk of the flow's), for the flow to write. An image path may be an s3:// URL.
+disk of the flow's), for the flow to write. An image path may be an http(s):// URL of the
+image source (`source_manifest`): then a worker needs no disk of the flow's at all.
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ def run_chunk(chunk: CropChunk) -> dict:
     rows, kept, images = [], [], []
     for path, rotation, records, *rest in chunk.images:
         info, boxes = rest[0] if rest else {}, {r[0]: r for r in records}
-        for row in crop_image(_source(path), rotation, records, chunk.out_dir or None,
+        try:
+            image = _source(path)
+        except Exception as error:  # noqa: BLE001 - a photo the source lacks: its boxes fail
+            rows += [{"BoxID": r[0], "Status": "failed", "Error": str(error)} for r in records]
+            continue
+        for row in crop_image(image, rotation, records, chunk.out_dir or None,
                               chunk.options, keep_bytes=True):
             if row["Status"] == "ok":
                 box = boxes[row["BoxID"]]
@@ -94,19 +100,33 @@ def run_chunk(chunk: CropChunk) -> dict:
 
 
 def _source(path: str) -> Path | BinaryIO:
-    """An image to crop: a local file, or an s3:// object read into memory."""
-    if not path.startswith("s3://"):
+    """An image to crop: a local file, or the image source's object read into memory."""
+    if not path.startswith(("http://", "https://")):
         return Path(path)
-    bucket, key = path[len("s3://"):].split("/", 1)
-    return io.BytesIO(_s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    response = _http().request("GET", path, retries=3, timeout=60.0)
+    if response.status != 200:
+        raise OSError(f"{path}: HTTP {response.status}")
+    return io.BytesIO(response.data)
 
 
 @cache
-def _s3() -> object:
-    """This process's S3 client (AWS_ENDPOINT_URL and credentials from the environment)."""
-    import boto3
+def _http() -> object:
+    """This process's HTTP connection pools."""
+    import urllib3
 
-    return boto3.client("s3")
+    return urllib3.PoolManager(maxsize=8)
+
+
+def source_manifest(boxes: pd.DataFrame, base_url: str) -> pd.DataFrame:
+    """A downloads manifest whose every photo is read from the image source itself
+    (base_url: the bucket's URL prefix, photos at <Subset>/<ImageID>.jpg), for cropping on
+    workers that share no disk with the flow. A photo the source lacks fails its boxes."""
+    images = boxes.drop_duplicates("ImageID")
+    sizes = pd.to_numeric(images.get("OriginalSize", 0), errors="coerce").fillna(0)
+    return pd.DataFrame({"ImageID": images.ImageID, "Status": "ok",
+                         "Path": [f"{base_url}{subset}/{image_id}.jpg" for subset, image_id
+                                  in zip(images.Subset, images.ImageID, strict=True)],
+                         "Bytes": sizes.astype("int64")}).reset_index(drop=True)
 
 
 def process_pool(workers: int | None = None) -> CropRunner:

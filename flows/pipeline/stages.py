@@ -14,7 +14,7 @@ import pandas as pd
 
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
-from flows.openimages.cropjobs import CropRunner, process_pool
+from flows.openimages.cropjobs import CropRunner, process_pool, source_manifest
 from flows.openimages.dataset import (
     CROPS_TABLE,
     build_dataset,
@@ -26,6 +26,7 @@ from flows.openimages.download import ChunkRunner, DownloadOptions, download_ima
 from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
 from flows.openimages.select import images_of, select_boxes, summary
 from flows.openimages.shards import SHARDS_DIR
+from flows.openimages.sources import bucket_url
 from flows.pipeline.selection import filters, metadata, validate_classes
 from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
@@ -87,10 +88,13 @@ def refresh(settings: Settings, run_chunks: ChunkRunner | None = None) -> dict:
 
 
 def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
-    """Crop the selected boxes (chunks run by run_chunks, or on a local process pool) and
-    split them by source image."""
+    """Crop the selected boxes into shards (chunks run by run_chunks, or on a local process
+    pool) and split them by source image. With crop_from_source the croppers read the photos
+    from the image source (no download stage, no shared disk) instead of the image store."""
     boxes = pd.read_parquet(settings.workspace / "selection.parquet")
-    manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
+    manifest = pd.read_parquet(settings.workspace / "downloads.parquet") \
+        if not settings.crop_from_source else \
+        source_manifest(boxes, bucket_url(settings.image_bucket, settings.image_endpoint_url))
     options = CropOptions(settings.crop_size, settings.min_box_pixels, settings.crop_padding,
                           settings.crop_quality, min_detail=settings.crop_min_detail)
     table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
