@@ -99,7 +99,9 @@ def shard_source(table: pd.DataFrame, root: Path, labels: np.ndarray,
 
     spec = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))
     # Reading runs ahead of decoding: the next shard's bytes are ready when the decoders want them.
-    return tf.data.Dataset.from_generator(runs, output_signature=spec).prefetch(4).unbatch()
+    data = tf.data.Dataset.from_generator(runs, output_signature=spec).prefetch(4).unbatch()
+    # Known length: Keras counts the steps of an epoch instead of running off its end.
+    return data.apply(tf.data.experimental.assert_cardinality(len(table)))
 
 
 def class_weights(table: pd.DataFrame, class_names: list[str]) -> dict[int, float]:
