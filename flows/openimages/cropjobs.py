@@ -40,7 +40,7 @@ IMAGE_INFO = ["Split", "Author", "License", "OriginalLandingURL"]
 
 @dataclass(frozen=True)
 class CropChunk:
-    """Some whole images to crop: (image path or s3:// URL, Rotation, box records, info) each.
+    """Some whole images to crop: (image file or http(s) URL, Rotation, box records, info) each.
 
     out_dir: where per-crop JPEGs go for browsing ("" for none); shard_dir: where the chunk's
     shard goes ("": returned in the report)."""
