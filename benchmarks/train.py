@@ -12,6 +12,8 @@ px with batch --batch:
   in-memory cache, seeded shuffle, prefetch) into openimager's training model (its augmentation
   layer, then the model that resizes and rescales itself); epoch 1 decodes and fills the cache,
   epoch 2 reads it;
+- (s) as (b), with the same crops read from Parquet shards of 1,000 crops (the dataset's
+  layout) instead of one file each;
 - (c) ceiling: the same model without augmentation, fed decoded tensors from memory.
 
 Each model's training step is traced on one batch before its timed epochs, which then include
@@ -144,13 +146,15 @@ def speed(root: Path, rows: list[tuple[str, str]], size: int, batch: int,
         model.fit(flow(), epochs=1, callbacks=[timer], verbose=0)
         return timer.rates
 
-    def ours() -> list[float]:
+    sharded = as_shards(table, root, root.parent / "shards")
+
+    def ours(rows: pd.DataFrame, where: Path) -> list[float]:
         def data(rows: pd.DataFrame) -> tf.data.Dataset:
-            return make_dataset(rows, root, ["A", "B"], size, batch, training=True, cache=True)
+            return make_dataset(rows, where, ["A", "B"], size, batch, training=True, cache=True)
 
         timer = meter(n)
-        model = warmed(with_augmentation(seed_cnn(size, 2), 0), data(table[:batch]))
-        model.fit(data(table), epochs=2, callbacks=[timer], shuffle=False, verbose=0)
+        model = warmed(with_augmentation(seed_cnn(size, 2), 0), data(rows[:batch]))
+        model.fit(data(rows), epochs=2, callbacks=[timer], shuffle=False, verbose=0)
         return timer.rates
 
     def ceiling() -> list[float]:
@@ -164,16 +168,31 @@ def speed(root: Path, rows: list[tuple[str, str]], size: int, batch: int,
     best: dict[str, tuple[float, float]] = {}
     # Interleaved rounds, best of each: other processes on a shared machine only slow a run.
     for round_ in range(1, repeat + 1):
-        for case, run in (("a", seed), ("b", ours), ("c", ceiling)):
+        for case, run in (("a", seed), ("b", lambda: ours(table, root)),
+                          ("s", lambda: ours(sharded, root.parent / "shards")), ("c", ceiling)):
             keras.utils.set_random_seed(round_)
             rates = run()
-            keys = ["b1", "b2"] if case == "b" else [case]
+            keys = [f"{case}1", f"{case}2"] if case in "bs" else [case]
             for key, (wall, cpu) in zip(keys, rates, strict=True):
                 old = best.get(key, (0.0, 0.0))
                 best[key] = (max(old[0], wall), max(old[1], cpu))
             shown = ", ".join(f"{wall:.1f} img/s ({cpu:.1f} per CPU s)" for wall, cpu in rates)
             print(f"round {round_}/{repeat} ({case}): {shown}", flush=True)
     return best
+
+
+def as_shards(table: object, root: Path, dest: Path, per_shard: int = 1000) -> object:
+    """The crops of table written into shards of per_shard crops; the table with Shard, Row."""
+    from flows.openimages.shards import shard_bytes, write_shard
+
+    rows = table.to_dict("records")
+    shards, numbers = [], []
+    for start in range(0, len(rows), per_shard):
+        part = rows[start:start + per_shard]
+        data = shard_bytes(part, [(root / r["CropPath"]).read_bytes() for r in part])
+        shards += [write_shard(dest, data)] * len(part)
+        numbers += range(len(part))
+    return table.assign(Shard=shards, Row=numbers)
 
 
 def build_sample(workspace: Path) -> Path:
@@ -202,11 +221,17 @@ def accuracy(workspace: Path, size: int, batch: int, epochs: int, out: Path) -> 
     import numpy as np
     import pandas as pd
 
+    from flows.openimages.card import crop_images
+    from flows.openimages.dataset import crops_root
     from model.architectures import seed_cnn
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(workspace / "dataset" / "crops.parquet")
-    crops = workspace / "dataset" / "crops"
+    crops = out.parent / "sample-crops"  # the seed's generator reads files: out of the shards
+    for path, data in zip(table.CropPath, crop_images(table, workspace / "dataset"),
+                          strict=True):
+        (crops / path).parent.mkdir(parents=True, exist_ok=True)
+        (crops / path).write_bytes(data)
     names = sorted(table.Class.unique())
 
     def flow(split: str, training: bool) -> object:
@@ -227,7 +252,7 @@ def accuracy(workspace: Path, size: int, batch: int, epochs: int, out: Path) -> 
     print(f"accuracy (b): openimager train(), up to {epochs} epochs", flush=True)
     config = TrainConfig(architecture="seed-cnn", image_size=size, epochs=epochs,
                          batch_size=batch, tensorboard=False)
-    ours = train(table, crops, out, config).metrics
+    ours = train(table, crops_root(workspace / "dataset", table), out, config).metrics
     return {"a": seed_accuracy, "b": ours["accuracy"], "test": ours["test_examples"]}
 
 
@@ -258,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {"a": "(a) seed ImageDataGenerator.flow_from_directory:",
              "b1": "(b) openimager tf.data, epoch 1 (decode+cache): ",
              "b2": "(b) openimager tf.data, epoch 2 (from cache):   ",
+             "s1": "(s) openimager tf.data from shards, epoch 1:    ",
+             "s2": "(s) openimager tf.data from shards, epoch 2:    ",
              "c": "(c) ceiling, decoded tensors, no augmentation:  "}
     for key, name in names.items():
         print(f"{name} {rates[key][0]:7.1f} img/s  {rates[key][1]:7.1f} img per CPU second")
@@ -266,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             b = rates[key][i]
             print(f"{label} {kind:>4}: b/a = {b / rates['a'][i]:.2f} (target >= 1.7)   "
                   f"b/c = {b / rates['c'][i]:.2f} (target >= 0.85)")
+    for kind, i in (("wall", 0), ("CPU", 1)):
+        print(f"shards/files epoch 1 {kind:>4}: s/b = {rates['s1'][i] / rates['b1'][i]:.2f} "
+              "(target >= 1.0)")
     print(f"held-out accuracy on the sample ({scores['test']} test crops, {args.epochs} epochs "
           f"at {args.size} px): (a) {scores['a']:.4f}   (b) {scores['b']:.4f}")
     return 0

@@ -26,10 +26,15 @@ def demo_workspace(flag: Path | None = None) -> Path:
 
 
 def pick_test_crop(workspace: Path) -> tuple[Path, str]:
-    """A held-out crop to classify, with its true class."""
-    table = pd.read_parquet(workspace / "dataset" / "crops.parquet")
-    row = table[table.Split == "test"].sort_values("CropPath").iloc[0]
-    return workspace / "dataset" / "crops" / row.CropPath, row.Class
+    """A held-out crop to classify (taken out of its shard into a file), with its class."""
+    from flows.openimages.card import crop_images
+
+    dataset = workspace / "dataset"
+    table = pd.read_parquet(dataset / "crops.parquet")
+    rows = table[table.Split == "test"].sort_values("CropPath").head(1)
+    path = workspace / "demo-crop.jpg"
+    path.write_bytes(crop_images(rows, dataset)[0])
+    return path, rows.Class.iloc[0]
 
 
 def run_demo(workspace: Path | None, classes: list[str] | None = None, epochs: int = 8,

@@ -86,7 +86,11 @@ class Settings(BaseModel):
     # Least share of min(box, crop_size) a crop keeps on its longest side when a smaller
     # decode or a block average saves work; 1.0: exact thumbnail sizes (crop.py CropOptions).
     crop_min_detail: float = Field(0.75, gt=0.5, le=1.0)
-    crop_chunk_images: int = 500  # images per crop chunk; one Prefect task each
+    crop_chunk_images: int = 500  # images per crop chunk; one Prefect task and one shard each
+    crop_files: bool = False  # also write per-crop JPEGs under dataset/crops, for browsing
+    # Croppers fetch each photo from image_bucket at image_endpoint_url (<Subset>/<ImageID>.jpg)
+    # instead of reading the image store: Dask workers then need no disk of the flow's.
+    crop_from_source: bool = False
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
     # The model resizes every crop to image_size (150 px): a box narrower than 32 px would be

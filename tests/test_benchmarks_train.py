@@ -21,10 +21,12 @@ def test_quick_benchmark_prints_every_case(sample_workspace, capsys):
     assert bench.main(["--quick", "--sample-workspace", str(sample_workspace)]) == 0
     out = capsys.readouterr().out
     for case in ("(a) seed ImageDataGenerator", "(b) openimager tf.data, epoch 1",
-                 "(b) openimager tf.data, epoch 2", "(c) ceiling"):
+                 "(b) openimager tf.data, epoch 2", "(s) openimager tf.data from shards",
+                 "(c) ceiling"):
         line = next(line for line in out.splitlines() if line.startswith(case))
         assert float(re.search(r"([\d.]+) img/s", line).group(1)) > 0
     for kind in ("wall", "CPU"):
         assert re.search(rf"epoch 1 +{kind}: b/a = [\d.]+ .* b/c = [\d.]+", out)
+    assert re.search(r"shards/files epoch 1 +wall: s/b = [\d.]+", out)
     accuracy = re.search(r"held-out accuracy .*: \(a\) ([\d.]+) +\(b\) ([\d.]+)", out)
     assert accuracy and all(0 <= float(v) <= 1 for v in accuracy.groups())

@@ -313,12 +313,14 @@ def doc_commands() -> list[str]:
 def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tmp_path):
     import sys
 
+    from flows.openimages.dataset import crops_root
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
     config = TrainConfig(architecture="seed-cnn", weights=None, image_size=32, epochs=1,
                          tensorboard=False)
-    result = train(table, sample_workspace / "dataset" / "crops", tmp_path / "model", config)
+    result = train(table, crops_root(sample_workspace / "dataset", table), tmp_path / "model",
+                   config)
     workspace = tmp_path / "workspace"
     meta = {**META, "package": "openimager/classifier", "classes": result.class_names,
             "class_mids": dict.fromkeys(result.class_names, "/m/x"), "metrics": result.metrics}

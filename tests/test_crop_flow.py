@@ -24,10 +24,12 @@ def crop(settings, tmp_path, count, runner=None):
         reports.extend(run(chunks))
         return reports
 
-    out = settings.dataset_dir / "crops"
+    out = settings.dataset_dir / "shards"
     table = crop_boxes(selection(ids), manifest(tmp_path, ids), out, CropOptions(size=32),
                        run_chunks=recording, chunk_images=settings.crop_chunk_images)
-    assert not list((settings.dataset_dir / CHUNKS).iterdir())
+    assert not (settings.dataset_dir / CHUNKS).exists()  # chunks travel as data, not files
+    ok = table[table.Status == "ok"]
+    assert set(ok.Shard) == {p.name for p in out.iterdir()}  # the flow wrote what came back
     return table, reports
 
 

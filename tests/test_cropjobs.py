@@ -1,8 +1,10 @@
 """Cropping a selection in chunks: reruns reuse what still holds, chunks travel as JSON."""
 
+import io
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 
 from flows.openimages.crop import CropOptions
@@ -33,19 +35,36 @@ def manifest(tmp_path, ids):
 
 def test_a_rerun_crops_only_what_is_missing_or_changed(tmp_path):
     ids = ["a", "b"]
-    found, boxes, out = manifest(tmp_path, ids), selection(ids), tmp_path / "crops"
-    first = crop_boxes(boxes, found, out, CropOptions(), run_chunks=in_process)
+    found, boxes, out = manifest(tmp_path, ids), selection(ids), tmp_path / "shards"
+    first = crop_boxes(boxes, found, out, CropOptions(), run_chunks=in_process,
+                       chunk_images=1)
     assert (first.Status == "ok").all() and len(first) == 4
-    stamps = {p: (out / p).stat().st_mtime_ns for p in first.CropPath}
+    assert first.Shard.nunique() == 2 and sorted(p.name for p in out.iterdir()) == sorted(
+        first.Shard.unique())
     saved = first.drop(columns=["Status", "Error"])  # as the crops table is written
     again = crop_boxes(boxes, found, out, CropOptions(), previous=saved, run_chunks=refuse)
-    assert again.CropPath.tolist() == first.CropPath.tolist()
-    assert {p: (out / p).stat().st_mtime_ns for p in again.CropPath} == stamps
-    (out / first.CropPath[0]).unlink()
-    changed = crop_boxes(boxes, found, out, CropOptions(quality=70),
-                         previous=again.drop(columns=["Status", "Error"]),
+    assert again[["CropPath", "Shard", "Row"]].equals(first[["CropPath", "Shard", "Row"]])
+    (out / first.Shard[0]).unlink()  # the shard of image a is gone: a alone is cropped again
+    redone = crop_boxes(boxes, found, out, CropOptions(), previous=saved,
+                        run_chunks=in_process, chunk_images=1)
+    assert set(redone.Shard) == set(first.Shard)  # the same crops: the same content name
+    changed = crop_boxes(boxes, found, out, CropOptions(quality=70), previous=saved,
                          run_chunks=in_process)
-    assert all((out / p).stat().st_mtime_ns != stamps.get(p) for p in changed.CropPath)
+    assert not set(changed.Shard) & set(first.Shard)
+
+
+def test_a_shard_holds_the_crops_with_their_rows_and_can_travel_back(tmp_path):
+    ids = ["a", "b"]
+    boxes = selection(ids).assign(Split="test", Author="ann", License="cc")
+    chunks = plan(boxes, manifest(tmp_path, ids).set_index("ImageID"), None, CropOptions(),
+                  chunk_images=2)
+    report = run_chunk(CropChunk.from_json(json.loads(json.dumps(chunks[0].to_json()))))
+    shard = pq.read_table(io.BytesIO(report["shard"])).to_pandas()
+    assert [r["Row"] for r in report["rows"]] == [0, 1, 2, 3]
+    assert shard.BoxID.tolist() == [r["BoxID"] for r in report["rows"]]
+    assert set(shard.Split) == {"test"} and set(shard.Author) == {"ann"}
+    assert shard.image[0]["bytes"][:2] == b"\xff\xd8"  # a JPEG
+    assert not (tmp_path / "crops").exists()
 
 
 def test_chunks_hold_whole_images_and_survive_json(tmp_path):
@@ -54,7 +73,7 @@ def test_chunks_hold_whole_images_and_survive_json(tmp_path):
     chunks = plan(selection(ids, rotation=float("nan")), found, tmp_path / "crops",
                   CropOptions(size=32), chunk_images=2)
     assert [len(c.images) for c in chunks] == [2, 2, 1]
-    assert all(len(records) == 2 for c in chunks for _, _, records in c.images)
+    assert all(len(records) == 2 for c in chunks for _, _, records, _ in c.images)
     travelled = CropChunk.from_json(json.loads(json.dumps(chunks[0].to_json())))
     assert travelled == chunks[0] and travelled.images[0][1] is None  # NaN Rotation: EXIF
     report = run_chunk(travelled)

@@ -11,6 +11,7 @@ import shutil
 import pandas as pd
 from PIL import Image
 
+from flows.openimages.card import crop_images
 from flows.openimages.feedback import without_feedback
 from tests.predictionlog import log_rows, write_feedback, write_log
 
@@ -49,8 +50,9 @@ def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_pa
     assert sorted(added.Class) == ["Car", "Sandwich"]  # Pizza is no class; row 3 not kept
     assert set(added.Split) == {"train"}
     assert set(table[table.Source == "openimages"].CropPath) == set(before.CropPath)
-    for path in added.CropPath:
-        with Image.open(workspace / "dataset" / "crops" / path) as crop:
+    assert added.Shard.nunique() == 1 and added.Shard.iloc[0].startswith("feedback-")
+    for data in crop_images(added, workspace / "dataset"):
+        with Image.open(io.BytesIO(data)) as crop:
             assert max(crop.size) == settings.crop_size and crop.format == "JPEG"
     assert pd.read_parquet(workspace / "dataset" / "crops.parquet").equals(table)
     off = join_feedback(settings_from(workspace=str(workspace)), before)
@@ -91,7 +93,7 @@ def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_p
     def publish(data, model_dir, meta, *args, **kwargs):
         table = pd.read_parquet(data / "crops.parquet")
         seen.append((set(table.get("Source", ["openimages"])),
-                     (data / "crops" / "feedback").exists()))
+                     any((data / "shards").glob("feedback-*.parquet"))))
         return {}
 
     monkeypatch.setattr(release, "publish", publish)
@@ -104,7 +106,7 @@ def test_published_data_leaves_feedback_out_unless_asked(sample_workspace, tmp_p
     release.publish_bundle(settings_from(workspace=str(workspace), use_feedback=True,
                                         publish_feedback=True), trained, built)
     assert seen == [({"openimages"}, False), ({"openimages", "feedback"}, True)]
-    assert (workspace / "dataset" / "crops" / "feedback").exists()  # the workspace keeps them
+    assert any((workspace / "dataset" / "shards").glob("feedback-*"))  # the workspace keeps them
 
 
 def test_without_feedback_never_writes_through_a_hard_link(sample_workspace, tmp_path):

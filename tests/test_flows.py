@@ -62,7 +62,7 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
     monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "resume-classifier")  # promoted: a first model
     monkeypatch.setattr(flows.publish.release, "publish_bundle", broken)
     assert retrain(**params, return_state=True).is_failed()
-    files = sorted([*(tmp_path / "dataset" / "crops").rglob("*.jpg"),
+    files = sorted([*(tmp_path / "dataset" / "shards").glob("*.parquet"),
                     *(tmp_path / "images").rglob("*.jpg")])
     stamps = [p.stat().st_mtime_ns for p in files]
     assert len(files) > 20

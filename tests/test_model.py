@@ -48,6 +48,36 @@ def test_dataset_batches_are_shaped_and_labelled(tmp_path):
     assert labels.numpy()[:, 0].tolist() == expected
 
 
+def as_shards(table, root, dest, per_shard=10):
+    """The crops of table written into shards of per_shard rows; the table with Shard, Row."""
+    from flows.openimages.shards import shard_bytes, write_shard
+
+    rows = table.to_dict("records")
+    shards, numbers = [], []
+    for start in range(0, len(rows), per_shard):
+        part = rows[start:start + per_shard]
+        name = write_shard(dest, shard_bytes(part, [(root / r["CropPath"]).read_bytes()
+                                                    for r in part]))
+        shards += [name] * len(part)
+        numbers += list(range(len(part)))
+    return table.assign(Shard=shards, Row=numbers)
+
+
+def test_shards_stream_the_same_examples_in_the_table_order(tmp_path):
+    from model.data import make_dataset
+
+    table = make_crops(tmp_path / "crops")
+    sharded = as_shards(table, tmp_path / "crops", tmp_path / "shards")
+    classes = ["Circle", "Square"]
+    # Every third row, out of shard order: each row still gets its own pixels and label.
+    rows = pd.concat([sharded.iloc[1::3], sharded.iloc[::3]])
+    files = make_dataset(rows.drop(columns=["Shard", "Row"]), tmp_path / "crops", classes, 32,
+                         8, training=False)
+    shards = make_dataset(rows, tmp_path / "shards", classes, 32, 8, training=False)
+    for (a, y), (b, z) in zip(files, shards, strict=True):
+        assert np.array_equal(a.numpy(), b.numpy()) and np.array_equal(y.numpy(), z.numpy())
+
+
 def test_training_batches_are_shuffled_by_the_seed_and_cached(tmp_path):
     from model.data import make_dataset
 

@@ -16,11 +16,12 @@ MARGIN = 0.25
 
 
 def fit(workspace, table, out):
+    from flows.openimages.dataset import crops_root
     from model.train import TrainConfig, train
 
     config = TrainConfig(architecture="seed-cnn", image_size=48, epochs=8, batch_size=32,
                          patience=8, tensorboard=False)
-    return train(table, workspace / "dataset" / "crops", out, config).metrics
+    return train(table, crops_root(workspace / "dataset", table), out, config).metrics
 
 
 def test_real_labels_beat_chance_and_shuffled_labels_do_not(sample_workspace, tmp_path):

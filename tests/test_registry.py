@@ -1,6 +1,7 @@
 """The BentoML model store: lineage, reloading, and the promotion gate through stages.train."""
 
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ NAME = "gate-test-classifier"
 
 
 def workspace_with(sample_workspace, table, dest):
-    """A workspace sharing the sample's crops, with its own crops table."""
+    """A workspace sharing the sample's shards, with its own crops table."""
     (dest / "dataset").mkdir(parents=True)
-    (dest / "dataset" / "crops").symlink_to(sample_workspace / "dataset" / "crops")
+    (dest / "dataset" / "shards").symlink_to(sample_workspace / "dataset" / "shards")
     table.to_parquet(dest / "dataset" / "crops.parquet", index=False)
     return dest
 
@@ -106,19 +107,20 @@ def test_another_class_set_is_not_scored(runs):
 
 
 def test_reloaded_model_predicts_like_the_one_in_memory(sample_workspace, tmp_path):
+    from flows.openimages.card import crop_images
     from flows.promotion.bentoml_store import load_model, register_model
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
-    crops = sample_workspace / "dataset" / "crops"
-    result = train(table, crops, tmp_path, TrainConfig(architecture="seed-cnn", image_size=32,
-                                                       epochs=1, tensorboard=False))
+    shards = sample_workspace / "dataset" / "shards"
+    result = train(table, shards, tmp_path, TrainConfig(architecture="seed-cnn", image_size=32,
+                                                        epochs=1, tensorboard=False))
     tag = register_model(tmp_path, "reload-test", {"class_names": result.class_names,
                                                     "image_size": 32}, {"test": "yes"})
     reloaded, meta = load_model(tag)
     assert meta["class_names"] == result.class_names
-    for path in table[table.Split == "test"].CropPath[:5]:
-        pixels = np.asarray(Image.open(crops / path).convert("RGB"))[None]  # raw, own size
+    for data in crop_images(table[table.Split == "test"][:5], sample_workspace / "dataset"):
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]  # raw, own size
         np.testing.assert_allclose(reloaded.predict(pixels, verbose=0),
                                    result.model.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
 

@@ -60,10 +60,11 @@ def run_bundle_command(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     import pandas as pd
 
+    from flows.openimages.dataset import crops_root
     from model.train import TrainConfig, train
 
     table = pd.read_parquet(args.dataset_dir / "crops.parquet")
-    result = train(table, args.dataset_dir / "crops", args.out,
+    result = train(table, crops_root(args.dataset_dir, table), args.out,
                    TrainConfig(**json.loads(args.config)))
     print(json.dumps({k: result.metrics[k] for k in ("accuracy", "macro_f1")}))
     return 0

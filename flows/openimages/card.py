@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
+from flows.openimages.shards import SHARDS_DIR, read_images
 from model.atomic import atomic_path, write_text
 
 SYNTHETIC_NOTE = ("> The bundled sample is synthetic: generated scenes in the real Open Images "
@@ -34,9 +36,9 @@ def balance_chart(table: pd.DataFrame, dest: Path) -> Path:
     return dest
 
 
-def sample_grid(table: pd.DataFrame, crops_dir: Path, dest: Path, per_class: int = 6,
+def sample_grid(table: pd.DataFrame, dataset_dir: Path, dest: Path, per_class: int = 6,
                 cell: int = 96) -> Path:
-    """A grid of a few crops per class, one labelled row per class."""
+    """A grid of a few crops per class, one labelled row per class (read from the shards)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,12 +48,13 @@ def sample_grid(table: pd.DataFrame, crops_dir: Path, dest: Path, per_class: int
     figure, axes = plt.subplots(len(classes), per_class, squeeze=False,
                                 figsize=(per_class * cell / 72, len(classes) * cell / 72))
     for row, name in enumerate(classes):
-        paths = table[table.Class == name].sort_values("CropPath").CropPath.head(per_class)
+        chosen = table[table.Class == name].sort_values("CropPath").head(per_class)
+        images = crop_images(chosen, dataset_dir)
         for col in range(per_class):
             axis = axes[row][col]
             axis.axis("off")
-            if col < len(paths):
-                with Image.open(crops_dir / paths.iloc[col]) as image:
+            if col < len(images):
+                with Image.open(io.BytesIO(images[col])) as image:
                     axis.imshow(image.convert("RGB"))
         axes[row][0].set_title(name, loc="left", fontsize=9)
     figure.tight_layout()
@@ -59,6 +62,17 @@ def sample_grid(table: pd.DataFrame, crops_dir: Path, dest: Path, per_class: int
         figure.savefig(tmp, format="png", dpi=72)
     plt.close(figure)
     return dest
+
+
+def crop_images(rows: pd.DataFrame, dataset_dir: Path) -> list[bytes]:
+    """The JPEG bytes of some rows of the crops table: from their shards, or their files."""
+    if "Shard" in rows:
+        ordered = rows.sort_values(["Shard", "Row"])
+        found = dict(zip(ordered.index, read_images(dataset_dir / SHARDS_DIR,
+                                                    ordered.Shard.tolist(),
+                                                    ordered.Row.tolist()), strict=True))
+        return [found[i] for i in rows.index]
+    return [(dataset_dir / "crops" / p).read_bytes() for p in rows.CropPath]
 
 
 def card_text(table: pd.DataFrame, skipped: pd.DataFrame, info: dict) -> str:
@@ -85,8 +99,9 @@ def card_text(table: pd.DataFrame, skipped: pd.DataFrame, info: dict) -> str:
 
 {SYNTHETIC_NOTE if info.get("synthetic") else ""}
 Open Images {info.get("openimages_version", "?")}; {len(table)} crops from
-{table.ImageID.nunique()} photos. Train, validation and test are split by source photo,
-stratified by class (seed {info.get("seed", 0)}): no photo gives crops to two splits.
+{table.ImageID.nunique()} photos. Train, validation and test are split by source photo, by
+a hash of its ImageID (seed {info.get("seed", 0)}): no photo gives crops to two splits, and a
+photo keeps its split as the dataset grows.
 
 | class | MID | includes | {' | '.join(splits)} | photos |
 |---|---|---|{'---|' * len(splits)}---|
@@ -105,7 +120,14 @@ Boxes skipped while cropping: {skips}.
 
 ## Photos, authors and licences
 {table.Author.nunique()} authors. Every crop's source photo, author, licence and landing page
-are in `crops.parquet`; CC BY 2.0 asks that they be credited when the crops are shared.
+are in `crops.parquet` and beside its image in `shards/`; CC BY 2.0 asks that they be credited
+when the crops are shared.
+
+## Layout
+`shards/*.parquet` hold the crops: an `image` column (`bytes`, `path`: the Hugging Face image
+convention) with each crop's Class, Split, box, ImageID, author and licence. `crops.parquet`
+is the live table: its `Shard` and `Row` say which shard rows are the dataset (a shard may
+hold rows dropped since; they are not part of it).
 
 | licence | photos |
 |---|---|
@@ -138,6 +160,6 @@ def write_card(dataset_dir: Path, table: pd.DataFrame, skipped: pd.DataFrame,
                info: dict) -> Path:
     """Write README.md, class_balance.png and sample_grid.png beside the dataset."""
     balance_chart(table, dataset_dir / "class_balance.png")
-    sample_grid(table, dataset_dir / "crops", dataset_dir / "sample_grid.png")
+    sample_grid(table, dataset_dir, dataset_dir / "sample_grid.png")
     write_text(dataset_dir / "README.md", card_text(table, skipped, info))
     return dataset_dir / "README.md"

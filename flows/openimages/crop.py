@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 from PIL import ExifTags, Image, ImageOps
@@ -136,7 +137,7 @@ def records_by_image(boxes: pd.DataFrame) -> dict[str, list[tuple]]:
     return by_image
 
 
-def _decode(image_path: Path, rotation: float | None, records: Sequence[BoxRecord],
+def _decode(image_path: Path | BinaryIO, rotation: float | None, records: Sequence[BoxRecord],
             options: CropOptions) -> tuple[Image.Image, tuple[int, int], float]:
     """The upright RGB image decoded as small as the crops allow, its full upright size, and
     the decode's scale (1, 1/2, 1/4 or 1/8)."""
@@ -210,10 +211,11 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def crop_image(image_path: Path, rotation: float | None, boxes: Sequence[BoxRecord],
-               out_dir: Path, options: CropOptions) -> list[dict]:
-    """Crop every box of one image (records of BOX_FIELDS); return a row per box with its
-    outcome."""
+def crop_image(image_path: Path | BinaryIO, rotation: float | None,
+               boxes: Sequence[BoxRecord], out_dir: Path | str | None, options: CropOptions,
+               keep_bytes: bool = False) -> list[dict]:
+    """Crop every box of one image (records of BOX_FIELDS) into out_dir (None: no files);
+    return a row per box with its outcome, and with keep_bytes the JPEG ("Image")."""
     try:
         image, full, scale = _decode(image_path, rotation, boxes, options)
     except Exception as error:  # noqa: BLE001 - a bad image is recorded, the run goes on
@@ -228,7 +230,10 @@ def crop_image(image_path: Path, rotation: float | None, boxes: Sequence[BoxReco
         crop = _shrink(image, box, scale, options)
         # Plain strings: pathlib costs more per crop than writing the file's bytes.
         relative = f"{name}/{image_id}_{box_id}.jpg"
-        write_bytes(os.path.join(out_dir, relative), _jpeg(crop, options.quality))
+        data = _jpeg(crop, options.quality)
+        if out_dir is not None:
+            write_bytes(os.path.join(out_dir, relative), data)
         rows.append({"BoxID": box_id, "Status": "ok", "Error": "", "CropPath": relative,
-                     "Width": crop.width, "Height": crop.height})
+                     "Width": crop.width, "Height": crop.height,
+                     **({"Image": data} if keep_bytes else {})})
     return rows

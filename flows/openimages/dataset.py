@@ -1,4 +1,5 @@
-"""The training dataset: crops plus a table that says where each came from and its split."""
+"""The training dataset: crops in Parquet shards, and the live table that says which shard
+rows are the dataset, where each crop came from and its split."""
 
 from __future__ import annotations
 
@@ -7,16 +8,29 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.openimages.compaction import compact
 from flows.openimages.crop import CropOptions
 from flows.openimages.cropjobs import CropRunner, crop_boxes
+from flows.openimages.shards import SHARDS_DIR, prune_shards
 from flows.openimages.split import assign_splits, seeded_rank
 from model.atomic import write_parquet
 
 CROPS_TABLE = "crops.parquet"
+CROP_FILES = "crops"  # per-crop JPEGs, for browsing only (crop_files)
 TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID", "Split",
                  "XMin", "XMax", "YMin", "YMax", "IsOccluded", "IsTruncated", "IsInside",
                  "Rotation", "Width", "Height", "Author", "License", "OriginalLandingURL",
-                 "CropKey"]
+                 "CropKey", "Shard", "Row"]
+
+
+def crops_root(dataset_dir: Path, table: pd.DataFrame) -> Path:
+    """Where the table's crops are read from: its shards, or per-crop files (older tables)."""
+    return dataset_dir / (SHARDS_DIR if "Shard" in table else CROP_FILES)
+
+
+def in_shard_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The table in the order its crops are stored (each shard read once, front to back)."""
+    return table.sort_values(["Shard", "Row"], kind="stable").reset_index(drop=True)
 
 
 def dataset_id(table: pd.DataFrame) -> str:
@@ -38,21 +52,27 @@ def build_dataset(
     max_crops_per_class: int | None = None,
     run_chunks: CropRunner | None = None,
     chunk_images: int = 500,
+    crop_files: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Crop the selection into out_dir/crops (chunks run by run_chunks, or on a local process
-    pool); return (usable crops table, skipped boxes)."""
-    table_path = out_dir / CROPS_TABLE
+    """Crop the selection into shards under out_dir/shards (chunks run by run_chunks, or on
+    a local process pool; with crop_files per-crop JPEGs under out_dir/crops as well), compact
+    them when it pays, and return (live crops table, skipped boxes)."""
+    table_path, shard_dir = out_dir / CROPS_TABLE, out_dir / SHARDS_DIR
     previous = pd.read_parquet(table_path) if table_path.exists() else None
-    crops = crop_boxes(boxes, manifest, out_dir / "crops", options, previous=previous,
-                       run_chunks=run_chunks, chunk_images=chunk_images)
-    usable_boxes = crops[crops.Status == "ok"]
-    splits = assign_splits(usable_boxes, seed, validation, test)
-    crops["Split"] = crops.ImageID.map(splits)
+    # A photo's split depends on its ImageID alone, so it is known before cropping and
+    # written into the shards.
+    boxes = boxes.assign(Split=boxes.ImageID.map(assign_splits(boxes, seed, validation, test)))
+    crops = crop_boxes(boxes, manifest, shard_dir, options, previous=previous,
+                       run_chunks=run_chunks, chunk_images=chunk_images,
+                       out_dir=out_dir / CROP_FILES if crop_files else None)
     usable = crops[crops.Status == "ok"][TABLE_COLUMNS].reset_index(drop=True)
+    usable["Row"] = usable.Row.astype("int64")
     if max_crops_per_class:
         usable = cap_per_class(usable, max_crops_per_class, seed)
     skipped = crops[crops.Status != "ok"][["ImageID", "BoxID", "Class", "Status", "Error"]]
-    prune(out_dir / "crops", set(usable.CropPath))
+    usable = in_shard_order(compact(usable, shard_dir))
+    prune_shards(shard_dir, set(usable.Shard))
+    prune(out_dir / CROP_FILES, set(usable.CropPath) if crop_files else set())
     write_parquet(table_path, usable)
     write_parquet(out_dir / "selection.parquet", boxes)
     return usable, skipped.reset_index(drop=True)

@@ -1,15 +1,19 @@
 """Served images that a person labelled (the service's kept images plus feedback rows) as
 extra training crops: the whole image is the crop, resized like the box crops, train split
-only, Source "feedback". Their licence is unknown, so they are kept out of published data."""
+only, Source "feedback", in shards of their own. Their licence is unknown, so they are kept
+out of published data."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps
+
+from flows.openimages.shards import shard_bytes, write_shard
 
 FEEDBACK = "feedback"
 OPEN_IMAGES = "openimages"
@@ -33,37 +37,39 @@ def labelled_images(log: pd.DataFrame, feedback: pd.DataFrame, images_dir: Path,
     return rows[["sha256", "Class", "path"]].reset_index(drop=True)
 
 
-def _save_crop(source: Path, dest: Path, size: int, quality: int) -> tuple[int, int]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _crop(source: Path, size: int, quality: int) -> tuple[bytes, int, int]:
+    """The whole image as a crop: upright RGB, at most size px, JPEG bytes and size."""
     with Image.open(source) as image:
         crop = ImageOps.exif_transpose(image).convert("RGB")
     crop.thumbnail((size, size))
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    crop.save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, dest)
-    return crop.width, crop.height
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), crop.width, crop.height
 
 
-def add_feedback(table: pd.DataFrame, images: pd.DataFrame, crops_dir: Path, size: int,
+def add_feedback(table: pd.DataFrame, images: pd.DataFrame, shard_dir: Path, size: int,
                  quality: int = 90) -> pd.DataFrame:
-    """table with a Source column and a train row per labelled image, its crop written under
-    crops_dir/feedback/<Class>/<sha256>.jpg."""
+    """table with a Source column and a train row per labelled image, their crops written
+    into one shard of their own under shard_dir (feedback-<hash>.parquet)."""
     table = table.assign(Source=OPEN_IMAGES)
     if images.empty:
         return table
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
-    rows = []
+    rows, crops = [], []
     for image in images.itertuples():
-        relative = f"{FEEDBACK}/{image.Class}/{image.sha256}.jpg"
-        width, height = _save_crop(image.path, crops_dir / relative, size, quality)
+        data, width, height = _crop(image.path, size, quality)
         mid = mids.get(image.Class)
-        rows.append({"CropPath": relative, "Class": image.Class, "ClassMID": mid,
+        crops.append(data)
+        rows.append({"CropPath": f"{FEEDBACK}/{image.Class}/{image.sha256}.jpg",
+                     "Class": image.Class, "ClassMID": mid,
                      "LabelName": mid, "ImageID": f"{FEEDBACK}-{image.sha256}",
                      "BoxID": f"{FEEDBACK}-{image.sha256}", "Split": "train",
                      "XMin": 0.0, "XMax": 1.0, "YMin": 0.0, "YMax": 1.0,
                      "Width": width, "Height": height, "CropKey": image.sha256,
-                     "Source": FEEDBACK})
-    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+                     "Row": len(rows), "Source": FEEDBACK})
+    shard = write_shard(shard_dir, shard_bytes(rows, crops), prefix=FEEDBACK)
+    added = pd.DataFrame(rows).assign(Shard=shard)
+    return pd.concat([table, added], ignore_index=True)
 
 
 def without_feedback(dataset_dir: Path, dest: Path) -> Path:
@@ -76,8 +82,7 @@ def without_feedback(dataset_dir: Path, dest: Path) -> Path:
             shutil.copy2(src, dst)
 
     shutil.copytree(dataset_dir, dest, copy_function=link,
-                    ignore=lambda folder, names: [FEEDBACK] if Path(folder).name == "crops"
-                    else [])
+                    ignore=lambda folder, names: [n for n in names if n.startswith(FEEDBACK)])
     table_path = dest / "crops.parquet"
     table = pd.read_parquet(table_path)
     table_path.unlink()  # a hard link: never write through it

@@ -9,19 +9,23 @@ whatever their size, JPEG quality or small colour shifts."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps
+
+from flows.openimages.dataset import in_shard_order
+from flows.openimages.shards import read_images
 
 HASH_SIDE = 8
 MAX_DISTANCE = 6  # bits of 64: measured apart as in tests/test_feedback_screen.py
 HELD_OUT = ("validation", "test")
 
 
-def dhash(path: Path) -> int:
-    """The 64-bit difference hash of an image file."""
-    with Image.open(path) as image:
+def dhash(path: Path | bytes) -> int:
+    """The 64-bit difference hash of an image file (or its bytes)."""
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
         grey = ImageOps.exif_transpose(image).convert("L").resize(
             (HASH_SIDE + 1, HASH_SIDE), Image.Resampling.LANCZOS)
     pixels = list(grey.getdata())
@@ -40,9 +44,14 @@ def distance(a: int, b: int) -> int:
 
 
 def held_out_hashes(table: pd.DataFrame, crops_dir: Path) -> dict[int, str]:
-    """dHash of every validation and test crop, with its CropPath."""
+    """dHash of every validation and test crop, with its CropPath: read from the shards in
+    crops_dir when the table names them (Shard, Row), else from per-crop files."""
     rows = table[table.Split.isin(HELD_OUT)]
-    return {dhash(crops_dir / path): path for path in rows.CropPath}
+    if "Shard" not in rows:
+        return {dhash(crops_dir / path): path for path in rows.CropPath}
+    rows = in_shard_order(rows)
+    data = read_images(crops_dir, rows.Shard.tolist(), rows.Row.tolist())
+    return {dhash(image): path for image, path in zip(data, rows.CropPath, strict=True)}
 
 
 def screen(images: pd.DataFrame, table: pd.DataFrame, crops_dir: Path, max_share: float,

@@ -14,12 +14,20 @@ import pandas as pd
 
 from flows.openimages.card import write_card
 from flows.openimages.crop import CropOptions
-from flows.openimages.cropjobs import CropRunner, process_pool
-from flows.openimages.dataset import CROPS_TABLE, build_dataset, class_weights, dataset_id
+from flows.openimages.cropjobs import CropRunner, process_pool, source_manifest
+from flows.openimages.dataset import (
+    CROPS_TABLE,
+    build_dataset,
+    class_weights,
+    crops_root,
+    dataset_id,
+)
 from flows.openimages.download import ChunkRunner, DownloadOptions, download_images
 from flows.openimages.feedback import FEEDBACK, add_feedback, labelled_images
 from flows.openimages.feedbackscreen import screen
 from flows.openimages.select import images_of, select_boxes, summary
+from flows.openimages.shards import SHARDS_DIR
+from flows.openimages.sources import bucket_url
 from flows.pipeline.selection import filters, metadata, validate_classes
 from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
@@ -82,10 +90,13 @@ def refresh(settings: Settings, run_chunks: ChunkRunner | None = None) -> dict:
 
 
 def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
-    """Crop the selected boxes (chunks run by run_chunks, or on a local process pool) and
-    split them by source image."""
+    """Crop the selected boxes into shards (chunks run by run_chunks, or on a local process
+    pool) and split them by source image. With crop_from_source the croppers read the photos
+    from the image source (no download stage, no shared disk) instead of the image store."""
     boxes = pd.read_parquet(settings.workspace / "selection.parquet")
-    manifest = pd.read_parquet(settings.workspace / "downloads.parquet")
+    manifest = pd.read_parquet(settings.workspace / "downloads.parquet") \
+        if not settings.crop_from_source else \
+        source_manifest(boxes, bucket_url(settings.image_bucket, settings.image_endpoint_url))
     options = CropOptions(settings.crop_size, settings.min_box_pixels, settings.crop_padding,
                           settings.crop_quality, min_detail=settings.crop_min_detail)
     table, skipped = build_dataset(boxes, manifest, settings.dataset_dir, options,
@@ -93,7 +104,8 @@ def build(settings: Settings, run_chunks: CropRunner | None = None) -> dict:
                                    settings.test_fraction,
                                    max_crops_per_class=settings.max_crops_per_class,
                                    run_chunks=run_chunks or process_pool(settings.crop_workers),
-                                   chunk_images=settings.crop_chunk_images)
+                                   chunk_images=settings.crop_chunk_images,
+                                   crop_files=settings.crop_files)
     table = join_feedback(settings, table)
     weights = class_weights(table)
     write_json(settings.dataset_dir / "class_weights.json", weights)
@@ -147,14 +159,14 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
         else:
             images_dir = folder / "images"
         images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
-    images, screened = screen(images, table, settings.dataset_dir / "crops",
+    images, screened = screen(images, table, crops_root(settings.dataset_dir, table),
                               settings.feedback_max_share)
     if screened["near_duplicates"] or screened["over_cap"]:
         log.warning("feedback kept out of training: %d near-duplicates of validation or test "
                     "crops, over the cap per class %s", len(screened["near_duplicates"]),
                     screened["over_cap"])
     write_json(settings.dataset_dir / FEEDBACK_REPORT, screened)
-    table = add_feedback(table, images, settings.dataset_dir / "crops", settings.crop_size,
+    table = add_feedback(table, images, settings.dataset_dir / SHARDS_DIR, settings.crop_size,
                          settings.crop_quality)
     write_parquet(settings.dataset_dir / CROPS_TABLE, table)
     return table
@@ -187,7 +199,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
-    crops = settings.dataset_dir / "crops"
+    crops = crops_root(settings.dataset_dir, table)
     # Every training knob is a setting of the same name (OPENIMAGER_EPOCHS, _WEIGHTS, ...).
     config = TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)
                             if f.name in Settings.model_fields})
@@ -205,6 +217,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                   "architecture": config.architecture, "train": key}
         tag = register_model(settings.model_dir, settings.model_name, metadata, labels)
 
+    # the live table is in stored order (runs of shards); the holdout is never scored
     test = gate_rows(table, settings.holdout_share)
     metric = settings.promotion_metric
 
@@ -276,7 +289,7 @@ def _fit(settings: Settings, table: pd.DataFrame, config: object, code: dict) ->
     from model.train import train as fit
 
     test = table[table.Split == "test"]
-    result = fit(table, settings.dataset_dir / "crops", settings.model_dir, config)
+    result = fit(table, crops_root(settings.dataset_dir, table), settings.model_dir, config)
     mids = table.drop_duplicates("Class").set_index("Class").ClassMID.to_dict()
     profile_path = settings.dataset_dir / PROFILE  # what the next run's data checks compare
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shlex
 import shutil
@@ -42,9 +43,12 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     """Lay out data/, model/, code/, env/ and README.md under staging; return staging.
 
     code/ and env/ come from the commit the model was trained at (meta's git_commit); with
-    image_dir, the source photos of the crops go along under data/images/.
+    image_dir, the source photos of the crops go along under data/images/. The dataset goes as
+    its shards and tables (hard links where the file system allows), not per-crop files.
     """
-    shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True)
+    shutil.copytree(dataset_dir, staging / "data", dirs_exist_ok=True, copy_function=_link,
+                    ignore=lambda folder, names: ["crops"] if Path(folder) == dataset_dir
+                    and (dataset_dir / "shards").is_dir() else [])
     if image_dir is not None:
         copy_source_images(dataset_dir, image_dir, staging / "data" / "images")
     (staging / "model").mkdir(parents=True, exist_ok=True)
@@ -57,6 +61,14 @@ def stage_bundle(dataset_dir: Path, model_dir: Path, meta: dict, staging: Path,
     (env / "python-version.txt").write_text(platform.python_version() + "\n")
     (staging / "README.md").write_text(readme(meta) + attribution(dataset_dir))
     return staging
+
+
+def _link(src: str, dst: str) -> None:
+    """Hard-link a file into the staging folder, or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def readme(meta: dict) -> str:
@@ -99,8 +111,12 @@ split of the same kind. {what_it_is(meta)}
 Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 
 ## Contents
-- `data/`: crops per class, `crops.parquet` (source image, box, split, author, licence),
-  `selection.parquet` (the selected boxes)
+- `data/`: `shards/*.parquet`, the crops (an `image` column of JPEG `bytes` and `path`, with
+  each crop's class, split, box, source image, author and licence), `crops.parquet` (the live
+  table: which `Shard` and `Row` are the dataset), `selection.parquet` (the selected boxes).
+  pandas, pyarrow, DuckDB and Hugging Face `datasets` read the shards as they are:
+  `duckdb.sql("SELECT Class, count(*) FROM 'data/shards/*.parquet' GROUP BY Class")`,
+  `datasets.load_dataset("parquet", data_files="data/shards/*.parquet")`
 - `model/`: `model.keras` (takes raw RGB pixels), `metrics.json`
 - `code/`: the project source at that commit (`COMMIT`), without its tests, benchmarks and
   synthetic sample
@@ -164,17 +180,46 @@ def fingerprint(staging: Path, name: str) -> str:
     return sha256_text(f"{name}\0{tree_digest(staging)}")
 
 
-def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
-    """The top hash and metadata of the newest version of a package, or None."""
+def latest_package(name: str, registry: str) -> object | None:
+    """The newest version of a package (its manifest), or None."""
     quilt3 = quilt3_module()
     from botocore.exceptions import ClientError
     from quilt3.util import QuiltException
 
     try:
-        package = quilt3.Package.browse(name, registry=registry)
+        return quilt3.Package.browse(name, registry=registry)
     except (QuiltException, ClientError, FileNotFoundError):
         return None
-    return package.top_hash, package.meta
+
+
+def latest_meta(name: str, registry: str) -> tuple[str, dict] | None:
+    """The top hash and metadata of the newest version of a package, or None."""
+    package = latest_package(name, registry)
+    return None if package is None else (package.top_hash, package.meta)
+
+
+def reuse_unchanged(package: object, previous: object) -> int:
+    """Point every entry whose content the previous version already holds at that version's
+    object, so the push neither checks nor sends it; return how many. A shard's name is a hash
+    of its content: one of the same name and size is the same. Other files are hashed here."""
+    old = dict(previous.walk())  # type: ignore[attr-defined]
+    reused = 0
+
+    def same(key: str, entry: object) -> object | None:
+        before = old.get(key)
+        return before if before is not None and before.size == entry.size else None
+
+    for key, entry in list(package.walk()):  # type: ignore[attr-defined]
+        if key.startswith("data/shards/") and (before := same(key, entry)) is not None:
+            package.set(key, before)  # type: ignore[attr-defined]
+            reused += 1
+    package._calculate_missing_hashes()  # type: ignore[attr-defined]  # local files only
+    for key, entry in list(package.walk()):  # type: ignore[attr-defined]
+        before = same(key, entry)
+        if before is not None and before is not entry and before.hash == entry.hash:
+            package.set(key, before)  # type: ignore[attr-defined]
+            reused += 1
+    return reused
 
 
 def attribution(dataset_dir: Path) -> str:
@@ -228,12 +273,15 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
         meta = {**meta, "lock_sha256": sha256_file(lock) if lock.exists() else None,
                 "model_sha256": sha256_file(staging / "model" / "model.keras")}
         meta["fingerprint"] = fingerprint(staging, name)
-        latest = latest_meta(name, registry)
-        if latest and latest[1].get("fingerprint") == meta["fingerprint"]:
-            log.info("%s is unchanged since %s: nothing pushed", name, latest[0][:12])
-            return Published(name, registry, latest[0], pushed=False)
+        latest = latest_package(name, registry)
+        if latest is not None and latest.meta.get("fingerprint") == meta["fingerprint"]:
+            log.info("%s is unchanged since %s: nothing pushed", name, latest.top_hash[:12])
+            return Published(name, registry, latest.top_hash, pushed=False)
         package = quilt3.Package().set_dir("/", staging).set_meta(json.loads(json.dumps(meta)))
         try:
+            if latest is not None:
+                log.info("%s: %d files unchanged since %s, not sent again", name,
+                         reuse_unchanged(package, latest), latest.top_hash[:12])
             pushed = package.push(name, registry=registry, message=message, force=True)
         except (BotoCoreError, ClientError, QuiltException, OSError) as error:
             raise PublishError(f"pushing {name} to {registry} failed ({error}); no version "

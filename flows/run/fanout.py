@@ -1,8 +1,9 @@
 """Fanning chunk work out as Prefect tasks, on threads or on a Dask cluster.
 
-Each chunk travels as a small JSON file beside its data (flow and task parameters stay small),
-runs wherever the task runner puts it, and returns a report naming the host and process that
-ran it. The files must be on a file system every worker sees.
+A download chunk travels as a small JSON file beside its data (flow and task parameters stay
+small), runs wherever the task runner puts it, and returns a report naming the host and
+process that ran it; those files must be on a file system every worker sees. Crop chunks
+travel as task data instead and need no shared disk (flows/crop_flow.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ beside it as s3-state.jsonl.migrated. One server at a time owns a state folder.
 moto draws version ids at random; here the id is a hash of the bucket, the key, the content's
 ETag and the number of earlier versions of that key, so replaying an old recording gives the
 ids it gave the first time. moto 5.2 also leaves the checksum out of its answer to
-CompleteMultipartUpload, which quilt3 8 reads for every file above 8 MB: it is added here.
+CompleteMultipartUpload, which quilt3 8 reads for every file above 8 MB, and answers HEAD
+with a multipart object's composite checksum without its part count ("-N"), so quilt3 never
+finds such a file already there and uploads it again: both are put right here.
 
     python -m flows.servers.s3server -H 127.0.0.1 -p 9000 --state-dir workspace/registry
 """
@@ -69,7 +71,8 @@ def serialised_recording() -> None:
 
 
 def multipart_checksums() -> None:
-    """Answer CompleteMultipartUpload with the object's composite checksum, as S3 does."""
+    """Answer CompleteMultipartUpload and HEAD with the object's composite checksum and its
+    part count, as S3 does."""
     from moto.s3.responses import S3Response
 
     serialized = S3Response.serialized
@@ -87,6 +90,21 @@ def multipart_checksums() -> None:
         return serialized(self, action_result)
 
     S3Response.serialized = with_checksum
+    head = S3Response.head_object
+
+    def head_with_parts(self: Any, bucket_name: str, query: dict, key_name: str,
+                        headers: dict) -> Any:
+        status, answer, body = head(self, bucket_name, query, key_name, headers)
+        version = query.get("versionId", [None])[0]
+        key = self.backend.get_object(bucket_name, key_name, version_id=version) \
+            if status == 200 else None
+        if key is not None and key.checksum_type == "COMPOSITE" and key.checksum_parts:
+            name = f"x-amz-checksum-{str(key.checksum_algorithm).lower()}"
+            if name in answer and "-" not in str(answer[name]):
+                answer[name] = f"{answer[name]}-{key.checksum_parts}"
+        return status, answer, body
+
+    S3Response.head_object = head_with_parts
 
 
 def replay_legacy(app: Any, log: Path) -> int:
