@@ -195,7 +195,7 @@ def demo_like_project(sample_workspace: Path, project: Path, name: str) -> tuple
     dataset = project / "workspace" / "dataset"
     dataset.mkdir(parents=True)
     shutil.copy(sample_workspace / "dataset" / "crops.parquet", dataset)
-    (dataset / "crops").symlink_to(sample_workspace / "dataset" / "crops")
+    (dataset / "shards").symlink_to(sample_workspace / "dataset" / "shards")
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
     import pandas as pd
 

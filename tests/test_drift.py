@@ -206,7 +206,7 @@ def test_a_trained_model_carries_its_reference_to_the_store_and_its_package(
 
     workspace = tmp_path / "ws"
     (workspace / "dataset").mkdir(parents=True)
-    (workspace / "dataset" / "crops").symlink_to(sample_workspace / "dataset" / "crops")
+    (workspace / "dataset" / "shards").symlink_to(sample_workspace / "dataset" / "shards")
     shutil.copy(sample_workspace / "dataset" / "crops.parquet", workspace / "dataset")
     monkeypatch.setenv("OPENIMAGER_MODEL_NAME", "drift-reference-test")
     settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32, epochs=1,

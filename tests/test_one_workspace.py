@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import requests
 
+from flows.openimages.shards import read_images
 from tests.conftest import ROOT
 from tests.servicekit import demo_like_project, served_as_documented
 
@@ -45,9 +46,10 @@ def test_after_the_demo_served_requests_reach_the_drift_command_without_argument
     table = pd.read_parquet(project / "workspace" / "dataset" / "crops.parquet")
     crops = table[table.Split == "test"].sort_values("CropPath").head(2)
     with served_as_documented(project, env, tmp_path / "serve.log", serve) as url:
-        for path in crops.CropPath:
-            with (project / "workspace" / "dataset" / "crops" / path).open("rb") as image:
-                answer = requests.post(f"{url}/classify", timeout=60, files={"image": image})
+        shards = project / "workspace" / "dataset" / "shards"
+        for image in read_images(shards, crops.Shard.tolist(), crops.Row.tolist()):
+            answer = requests.post(f"{url}/classify", timeout=60,
+                                   files={"image": ("crop.jpg", image, "image/jpeg")})
             assert answer.status_code == 200, answer.text
             assert answer.json()["model"] == tag
     assert list((project / "workspace" / "predictions" / "log").glob("part-*.parquet"))

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import requests
 
+from flows.openimages.shards import read_images
 from tests.conftest import ROOT
 from tests.servicekit import DEMO_CLASSES, demo_like_project, served_as_documented
 
@@ -44,10 +45,10 @@ def test_the_feedback_reader_and_drift_examples_run_after_the_demo(sample_worksp
     assert len(labels) == 2 and set(labels) <= set(DEMO_CLASSES)
     with served_as_documented(project, env, tmp_path / "serve.log") as url:
         answers = []
-        for path in crops.CropPath:
-            with (project / "workspace" / "dataset" / "crops" / path).open("rb") as image:
-                answers.append(requests.post(f"{url}/classify", timeout=60,
-                                             files={"image": image}).json())
+        shards = project / "workspace" / "dataset" / "shards"
+        for image in read_images(shards, crops.Shard.tolist(), crops.Row.tolist()):
+            answers.append(requests.post(f"{url}/classify", timeout=60, files={
+                "image": ("crop.jpg", image, "image/jpeg")}).json())
         for line, answer in zip(commands.splitlines(), answers, strict=False):
             line = line.replace(EXAMPLE_HOST, url).replace("REQUEST_ID", answer["request_id"])
             done = subprocess.run([*shlex.split(line), "--silent", "--show-error", "--fail"],

@@ -53,7 +53,7 @@ def wait_own_http(url: str, timeout: float, process: subprocess.Popen) -> None:
             answer = requests.get(url, timeout=1)
             if answer.headers.get(SERVER_HEADER) == str(process.pid):
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
@@ -75,7 +75,7 @@ def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None
         try:
             requests.get(url, timeout=1)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # starting, or a busy machine
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
