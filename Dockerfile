@@ -5,7 +5,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-COPY requirements.lock /tmp/requirements.lock
+# The runtime lock: the pins of requirements.lock without the tests' and linters' packages.
+COPY requirements-runtime.lock /tmp/requirements.lock
 # `python3`, not `python`: Debian's own interpreter has no `python` name. One layer for the venv.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \

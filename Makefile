@@ -28,7 +28,7 @@ help:
 	@echo "make test    run the test suite on $(TEST_WORKERS) workers (TEST_WORKERS=0: in this process)"
 	@echo "make test-fast  unit tests only (no servers, no training), for the edit loop"
 	@echo "make lint    ruff"
-	@echo "make lock    regenerate requirements.lock from pyproject.toml"
+	@echo "make lock    regenerate requirements.lock (dev) and requirements-runtime.lock (images)"
 	@echo "make sample  regenerate the synthetic sample in data/sample"
 	@echo "make browser install Debian's chromium and chromium-driver (the page's browser test)"
 	@echo "make prefect-server  Prefect server and UI on 127.0.0.1:$(PREFECT_PORT)"
@@ -63,11 +63,15 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Two locks with the same pins: requirements.lock (everything, the dev venv and CI) and
+# requirements-runtime.lock (without the dev extra: the images), constrained by the first.
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header \
+	--annotation-style line
 lock: venv
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line \
-		-o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements.lock $(LOCK_FLAGS) \
+		-o requirements-runtime.lock
 
 sample: venv
 	$(BIN)/python data/sample/generate.py
