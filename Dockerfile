@@ -14,9 +14,11 @@ RUN python3 -m venv /opt/venv \
 
 FROM ${BASE_IMAGE}
 # The user owns /app too: `python -m flows demo` writes its workspace under the working dir.
+# /data and /cache are where deploy/ mounts volumes: a new named volume takes the owner of
+# its mount point (Docker, podman), as fsGroup gives it on Kubernetes.
 RUN useradd --create-home --uid 10001 --user-group openimager \
-    && mkdir -p /app /home/openimager/workspace \
-    && chown openimager:openimager /app /home/openimager/workspace
+    && mkdir -p /app /home/openimager/workspace /data /cache \
+    && chown openimager:openimager /app /home/openimager/workspace /data /cache
 # The venv links to the base's interpreter, which is why both stages share BASE_IMAGE.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app

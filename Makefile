@@ -21,7 +21,7 @@ PREFECT_POOL ?= openimager
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
 .PHONY: help venv demo test test-fast lint lock sample clean browser prefect-server deploy worker \
-	test-container
+	container-tools test-container test-deploy
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
@@ -35,6 +35,7 @@ help:
 	@echo "make deploy  the work pool and the deployments of prefect.yaml, on that server"
 	@echo "make worker  a process worker running the deployments' flow runs"
 	@echo "make test-container  build the worker image offline (debootstrap, buildah), run it (podman)"
+	@echo "make test-deploy  play deploy/'s manifests as pods (podman kube play) and run the system"
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
@@ -104,7 +105,7 @@ worker: venv
 # The worker image's test: a debootstrapped bookworm base, `buildah bud`, a retrain under
 # `podman run` (tests/test_container.py). Installs only the missing tools; as root or with sudo.
 CONTAINER_TOOLS := buildah podman runc debootstrap
-test-container: venv
+container-tools:
 	@missing=$$(for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || echo $$tool; \
 		done); \
 	if [ -z "$$missing" ]; then \
@@ -114,7 +115,14 @@ test-container: venv
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			$(CONTAINER_TOOLS); \
 	fi
+
+test-container: venv container-tools
 	$(BIN)/python -m pytest -m container
+
+# deploy/'s test overlay as pods (tests/test_deploy.py): the same image and build cache as
+# test-container, haproxy in front of the API, `podman kube play` and `podman kube down`.
+test-deploy: venv container-tools
+	$(BIN)/python -m pytest -m deploy
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache
