@@ -23,7 +23,9 @@ RUN useradd --create-home --uid 10001 --user-group openimager \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # PYTHONPATH: the entrypoint and healthcheck import flows whatever the working folder.
-ENV PATH=/opt/venv/bin:$PATH \
+# PATH in full: an imported base (debootstrap, `podman import`) has none, and `podman kube play`
+# and Kubernetes add none, so `sh` and the like must be found through the image's own.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     QUILT_DISABLE_USAGE_METRICS=true \

@@ -104,7 +104,7 @@ worker: venv
 
 # The worker image's test: a debootstrapped bookworm base, `buildah bud`, a retrain under
 # `podman run` (tests/test_container.py). Installs only the missing tools; as root or with sudo.
-CONTAINER_TOOLS := buildah podman runc debootstrap
+CONTAINER_TOOLS := buildah podman runc debootstrap catatonit
 container-tools:
 	@missing=$$(for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || echo $$tool; \
 		done); \

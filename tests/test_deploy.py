@@ -45,7 +45,8 @@ IMAGE = encoded(picture(5, (IMAGE_SIZE * 4, IMAGE_SIZE * 3)))
 
 
 def skip_reason() -> str | None:
-    if missing := [t for t in (*containerkit.TOOLS,) if shutil.which(t) is None]:
+    # catatonit: the pods' pause process, which podman builds its infra image around
+    if missing := [t for t in (*containerkit.TOOLS, "catatonit") if shutil.which(t) is None]:
         return f"needs {', '.join(missing)}: `make test-deploy` installs them with apt-get"
     if os.geteuid() != 0:
         return "needs root: rootful podman"
