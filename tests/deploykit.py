@@ -205,18 +205,16 @@ class Played:
         """haproxy's pod and its configuration, checking the API pods' loopback ports; a stats
         page on its own port says which it sees up."""
         config = find(self.objects, "ConfigMap", "haproxy")["data"]["haproxy.cfg"]
-        head, _, _ = config.partition("      server-template")
-        servers = "".join(f"      server api{i} 127.0.0.1:{self.ports[f'api{i}']} check\n"
+        head, found, _ = config.partition("  server-template")
+        assert found, config
+        servers = "".join(f"  server api{i} 127.0.0.1:{self.ports[f'api{i}']} check\n"
                           for i in range(API_SLOTS))
-        stats = (f"    listen stats\n      bind 127.0.0.1:{self.ports['stats']}\n"
-                 "      stats enable\n      stats uri /stats\n")
+        stats = (f"listen stats\n  bind 127.0.0.1:{self.ports['stats']}\n"
+                 "  stats enable\n  stats uri /stats\n")
         text = (head + servers + stats).replace("bind :8080",
                                                 f"bind 127.0.0.1:{self.ports['haproxy']}")
         configmap = {"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": PREFIX + "haproxy"},
-                     "data": {"haproxy.cfg": "\n".join(
-                         line[4:] if line.startswith("    ") else line
-                         for line in text.splitlines()) + "\n"}}
+                     "metadata": {"name": PREFIX + "haproxy"}, "data": {"haproxy.cfg": text}}
         return [configmap, self.pod("haproxy")]
 
     @staticmethod
