@@ -115,11 +115,12 @@ def system(images: dict[str, str], mirror: StaticHTTP, tmp_path_factory: pytest.
         s3.create_bucket(REGISTRY_BUCKET)
         wait_for(lambda: played.answers(f"{played.prefect_url}/health"), "the Prefect server",
                  300)
-        played.play("worker", [played.pod("retrain-worker", extra_env={
-            "OPENIMAGER_METADATA_URL": mirror.url,
-            "OPENIMAGER_IMAGE_ENDPOINT_URL": played.s3_url,
-            "OPENIMAGER_ARCHITECTURE": "seed-cnn", "OPENIMAGER_EPOCHS": "1",
-            "OPENIMAGER_IMAGE_SIZE": "64", "OPENIMAGER_MAX_IMAGES_PER_CLASS": "20"})])
+        worker_env = {"OPENIMAGER_METADATA_URL": mirror.url,
+                      "OPENIMAGER_IMAGE_ENDPOINT_URL": played.s3_url,
+                      "OPENIMAGER_ARCHITECTURE": "seed-cnn", "OPENIMAGER_EPOCHS": "1",
+                      "OPENIMAGER_IMAGE_SIZE": "64", "OPENIMAGER_MAX_IMAGES_PER_CLASS": "20"}
+        played.run_init("retrain-worker", extra_env=worker_env)  # the pool, the deployments
+        played.play("worker", [played.pod("retrain-worker", extra_env=worker_env)])
         wait_for(lambda: played.answers(f"{played.worker_health_url}/health"),
                  "the worker's health server", 600)
         timings["play_to_ready"] = time.monotonic() - start
