@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flows.servers.local import LocalS3
+from flows.servers.local import LocalS3, free_port
 from flows.servers.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET
 from tests import containerkit, deploykit
@@ -171,6 +171,17 @@ def serving(url: str) -> str | None:
 def test_pods_become_ready(system: deploykit.Played, timings: dict[str, float]):
     assert system.answers(f"{system.prefect_url}/health")
     assert system.answers(f"{system.worker_health_url}/health")  # its liveness probe's URL
+    # the image's HEALTHCHECK, run in the worker's container (kube play gives it no timer):
+    # settings, the Prefect API, and the worker's own health server
+    check = json.loads(containerkit.inspect(containerkit.WORKER, "{{json .HealthCheck}}"))
+    assert check["Test"][0] == "CMD"
+    container = f"{deploykit.PREFIX}retrain-worker-worker"
+    done = system.podman("exec", container, *check["Test"][1:], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # asked on a port where no worker answers, it says the worker is not alive
+    done = system.podman("exec", "--env", f"PREFECT_WORKER_WEBSERVER_PORT={free_port()}",
+                         container, *check["Test"][1:], check=False)
+    assert done.returncode != 0 and "the Prefect worker is not alive" in done.stderr
     pools = prefect(system, "POST", "/work_pools/filter")
     assert "openimager" in {pool["name"] for pool in pools}  # the init container's work
     names = {d["name"] for d in prefect(system, "POST", "/deployments/filter")}
