@@ -5,12 +5,20 @@ settings: probes, drain times, replicas, where settings and credentials come fro
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
+
+# Pinned in requirements.lock; a venv made before it was (`make venv` installs it) skips this
+# module instead of failing the whole run's collection. CI's fresh venv always has it.
+if os.environ.get("CI"):
+    import kubernetes_validate
+else:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="`make venv` installs kubernetes-validate")
 
 from tests import deploykit
 from tests.deploykit import BASE, OVERLAY, POOL, containers, documents, env_of, find, render
