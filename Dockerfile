@@ -5,7 +5,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-COPY requirements.lock /tmp/requirements.lock
+# The runtime lock: the pins of requirements.lock without the tests' and linters' packages.
+COPY requirements-runtime.lock /tmp/requirements.lock
 # `python3`, not `python`: Debian's own interpreter has no `python` name. One layer for the venv.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
@@ -13,14 +14,18 @@ RUN python3 -m venv /opt/venv \
 
 FROM ${BASE_IMAGE}
 # The user owns /app too: `python -m flows demo` writes its workspace under the working dir.
+# /data and /cache are where deploy/ mounts volumes: a new named volume takes the owner of
+# its mount point (Docker, podman), as fsGroup gives it on Kubernetes.
 RUN useradd --create-home --uid 10001 --user-group openimager \
-    && mkdir -p /app /home/openimager/workspace \
-    && chown openimager:openimager /app /home/openimager/workspace
+    && mkdir -p /app /home/openimager/workspace /data /cache \
+    && chown openimager:openimager /app /home/openimager/workspace /data /cache
 # The venv links to the base's interpreter, which is why both stages share BASE_IMAGE.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # PYTHONPATH: the entrypoint and healthcheck import flows whatever the working folder.
-ENV PATH=/opt/venv/bin:$PATH \
+# PATH in full: an imported base (debootstrap, `podman import`) has none, and `podman kube play`
+# and Kubernetes add none, so `sh` and the like must be found through the image's own.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     QUILT_DISABLE_USAGE_METRICS=true \

@@ -21,20 +21,21 @@ PREFECT_POOL ?= openimager
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
 .PHONY: help venv demo test test-fast lint lock sample clean browser prefect-server deploy worker \
-	test-container
+	container-tools test-container test-deploy
 
 help:
 	@echo "make demo    whole job offline on the bundled sample (refresh, crop, train, publish, serve)"
 	@echo "make test    run the test suite on $(TEST_WORKERS) workers (TEST_WORKERS=0: in this process)"
 	@echo "make test-fast  unit tests only (no servers, no training), for the edit loop"
 	@echo "make lint    ruff"
-	@echo "make lock    regenerate requirements.lock from pyproject.toml"
+	@echo "make lock    regenerate requirements.lock (dev) and requirements-runtime.lock (images)"
 	@echo "make sample  regenerate the synthetic sample in data/sample"
 	@echo "make browser install Debian's chromium and chromium-driver (the page's browser test)"
 	@echo "make prefect-server  Prefect server and UI on 127.0.0.1:$(PREFECT_PORT)"
 	@echo "make deploy  the work pool and the deployments of prefect.yaml, on that server"
 	@echo "make worker  a process worker running the deployments' flow runs"
 	@echo "make test-container  build the worker image offline (debootstrap, buildah), run it (podman)"
+	@echo "make test-deploy  play deploy/'s manifests as pods (podman kube play) and run the system"
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "openimager needs Python 3.11, found " + sys.version.split()[0])'
@@ -63,11 +64,15 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Two locks with the same pins: requirements.lock (everything, the dev venv and CI) and
+# requirements-runtime.lock (without the dev extra: the images), constrained by the first.
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header \
+	--annotation-style line
 lock: venv
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line \
-		-o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements.lock $(LOCK_FLAGS) \
+		-o requirements-runtime.lock
 
 sample: venv
 	$(BIN)/python data/sample/generate.py
@@ -99,8 +104,8 @@ worker: venv
 
 # The worker image's test: a debootstrapped bookworm base, `buildah bud`, a retrain under
 # `podman run` (tests/test_container.py). Installs only the missing tools; as root or with sudo.
-CONTAINER_TOOLS := buildah podman runc debootstrap
-test-container: venv
+CONTAINER_TOOLS := buildah podman runc debootstrap catatonit
+container-tools:
 	@missing=$$(for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || echo $$tool; \
 		done); \
 	if [ -z "$$missing" ]; then \
@@ -110,7 +115,14 @@ test-container: venv
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			$(CONTAINER_TOOLS); \
 	fi
+
+test-container: venv container-tools
 	$(BIN)/python -m pytest -m container
+
+# deploy/'s test overlay as pods (tests/test_deploy.py): the same image and build cache as
+# test-container, haproxy in front of the API, `podman kube play` and `podman kube down`.
+test-deploy: venv container-tools
+	$(BIN)/python -m pytest -m deploy
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

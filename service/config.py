@@ -100,12 +100,21 @@ class Lifecycle:
 
     reload_seconds: float = 30.0  # check for a newer promotion this often; 0 turns it off
     grace_seconds: float = 20.0  # finish requests in flight this long after SIGTERM
+    # After SIGTERM, /readyz fails at once but requests are answered as usual this long: the
+    # time load balancers take to stop sending here. 0 (no balancer in front): 503 at once.
+    drain_delay_seconds: float = 0.0
 
     @classmethod
     def from_env(cls) -> Lifecycle:
-        """Lifecycle with OPENIMAGER_RELOAD_SECONDS and OPENIMAGER_GRACE_SECONDS overrides."""
+        """Lifecycle with OPENIMAGER_RELOAD_SECONDS, OPENIMAGER_GRACE_SECONDS and
+        OPENIMAGER_DRAIN_DELAY_SECONDS overrides; the delay must leave time to finish."""
+        grace = env_number("OPENIMAGER_GRACE_SECONDS", 20.0, 0)
+        delay = env_number("OPENIMAGER_DRAIN_DELAY_SECONDS", 0.0, 0)
+        if delay and delay >= grace:
+            raise ValueError(f"OPENIMAGER_DRAIN_DELAY_SECONDS={delay:g} must be under "
+                             f"OPENIMAGER_GRACE_SECONDS={grace:g}")
         return cls(reload_seconds=env_number("OPENIMAGER_RELOAD_SECONDS", 30.0, 0),
-                   grace_seconds=env_number("OPENIMAGER_GRACE_SECONDS", 20.0, 0))
+                   grace_seconds=grace, drain_delay_seconds=delay)
 
 
 def env_switch(name: str, default: bool) -> bool:

@@ -1,9 +1,11 @@
 """Shutdown without failing a request: drain on SIGTERM, then hand over to uvicorn; readiness
 that answers at once.
 
-Each worker wraps the SIGTERM handler uvicorn installed before the service started: it stops
-taking new work (503 with Retry-After), finishes what is in flight (its model batches
-included), then lets uvicorn shut down. OPENIMAGER_GRACE_SECONDS caps the wait.
+Each worker wraps the SIGTERM handler uvicorn installed before the service started: /readyz
+fails at once, requests are still answered as usual for OPENIMAGER_DRAIN_DELAY_SECONDS (the
+time a load balancer or Kubernetes takes to stop sending new ones here), then it stops taking
+new work (503 with Retry-After), finishes what is in flight (its model batches included), and
+lets uvicorn shut down. OPENIMAGER_GRACE_SECONDS caps the whole wait.
 """
 
 from __future__ import annotations
@@ -36,26 +38,33 @@ API_PATHS = ("/classify", "/classify_batch")
 class Drain:
     """One worker's shutdown state: whether it drains, and what is still in flight."""
 
-    draining: bool = False
+    draining: bool = False  # SIGTERM came: readiness fails
     since: float = 0.0
     in_flight: int = 0
     tasks: set = field(default_factory=set)
+    delay: float = 0.0  # seconds after SIGTERM that requests are still answered as usual
 
     def elapsed(self) -> float:
         """Seconds since the drain began."""
         return time.monotonic() - self.since
 
+    def refusing(self) -> bool:
+        """New requests get 503: draining, and the drain delay is over."""
+        return self.draining and self.elapsed() >= self.delay
+
     def done(self) -> bool:
-        """The worker may stop: nothing in flight, and it has said 503 long enough."""
-        return self.in_flight == 0 and self.elapsed() >= LINGER_SECONDS
+        """The worker may stop: nothing in flight, the drain delay over, and it has said 503
+        long enough (readiness since the signal counts: with a delay it said so already)."""
+        return self.in_flight == 0 and self.elapsed() >= max(self.delay, LINGER_SECONDS)
 
 
 DRAIN = Drain()  # the worker's own; the middleware and the service share it
 
 
-def drain_on_signals(drain: Drain, grace: float) -> None:
-    """Wrap uvicorn's SIGTERM and SIGINT handlers: drain until drain.done() or grace, then
-    call them."""
+def drain_on_signals(drain: Drain, grace: float, delay: float = 0.0) -> None:
+    """Wrap uvicorn's SIGTERM and SIGINT handlers: drain (answering as usual for delay
+    seconds) until drain.done() or grace, then call them."""
+    drain.delay = delay
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
@@ -67,7 +76,8 @@ def drain_on_signals(drain: Drain, grace: float) -> None:
                 previous(signum, frame)
                 return
             drain.draining, drain.since = True, time.monotonic()
-            log.info("signal %d: draining (at most %g s)", signum, grace)
+            log.info("signal %d: draining (answering for %g s, at most %g s in all)", signum,
+                     drain.delay, grace)
             loop.call_soon_threadsafe(
                 lambda: drain.tasks.add(loop.create_task(hand_over(drain, grace,
                                                                    signum, previous))))
@@ -100,9 +110,10 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
 
 
 class Lifecycle:
-    """ASGI middleware of the workers: /livez and /readyz answered here, at once; until
-    the model is ready and while draining, new requests get 503 with Retry-After (and a
-    JSON code); requests in flight are counted."""
+    """ASGI middleware of the workers: /livez and /readyz answered here, at once (/readyz
+    503 from the signal on); until the model is ready, and while draining once the drain
+    delay is over, new requests get 503 with Retry-After (and a JSON code); requests in
+    flight are counted."""
 
     def __init__(self, app: ASGIApp, drain: Drain = DRAIN,
                  model_state: Callable[[], Awaitable[dict]] | None = None) -> None:
@@ -121,7 +132,7 @@ class Lifecycle:
             status, body = await self.readiness()
             await send_json(send, status, body)
             return
-        if self.drain.draining:
+        if self.drain.refusing():
             await send_json(send, 503, {"error": "the server is shutting down: retry",
                                         "code": "draining"},
                             {"Retry-After": "1", "Connection": "close"})

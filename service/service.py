@@ -147,7 +147,8 @@ class Classifier:
     async def start(self) -> None:
         """Load the model in the background (readiness answers at once), and on SIGTERM: new
         requests get 503, those in flight finish, then the worker exits."""
-        drain_on_signals(DRAIN, self.lifecycle.grace_seconds)
+        drain_on_signals(DRAIN, self.lifecycle.grace_seconds,
+                         self.lifecycle.drain_delay_seconds)
         self.predictor.start()
         self.predlog.start()
 

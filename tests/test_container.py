@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +59,8 @@ def timings(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def worker_image(request: pytest.FixtureRequest, timings: dict[str, float]) -> str:
+def worker_image(request: pytest.FixtureRequest, timings: dict[str, float],
+                 tmp_path_factory: pytest.TempPathFactory) -> str:
     """The worker image built from the project's Dockerfile on a local bookworm base."""
     if reason := skip_reason():
         pytest.skip(reason)
@@ -68,8 +70,27 @@ def worker_image(request: pytest.FixtureRequest, timings: dict[str, float]) -> s
     if probe.returncode != 0 and any(word in probe.stderr for word in REFUSALS):
         pytest.skip(f"this kernel or sandbox refuses containers: {probe.stderr.strip()}")
     assert probe.returncode == 0, probe.stderr
-    timings["build"] = containerkit.build_worker(base)
+    context = checkout_with_secrets(tmp_path_factory.mktemp("context"))
+    timings["build"] = containerkit.build_worker(base, context=context)
+    timings["image_mb"] = int(containerkit.inspect(containerkit.WORKER, "{{.Size}}")) / 1e6
     return containerkit.WORKER
+
+
+# Planted in the build context: what .dockerignore must keep out of the image.
+PLANTED = (".env", "deploy/prod.env", "tls/server.pem", ".aws/credentials",
+           "workspace/registry/secret.txt")
+
+
+def checkout_with_secrets(dest: Path) -> Path:
+    """A copy of this checkout, as a developer's would be, with local secrets and state in it."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "workspace", "__pycache__",
+                                    ".pytest_cache", ".ruff_cache")
+    context = dest / "checkout"
+    shutil.copytree(containerkit.ROOT, context, ignore=ignore, symlinks=True)
+    for name in PLANTED:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        (context / name).write_text("AWS_SECRET_ACCESS_KEY=planted-by-the-test\n")
+    return context
 
 
 def test_image_runs_as_a_user_with_a_healthcheck(worker_image: str) -> None:
@@ -137,3 +158,23 @@ def test_retrain_in_the_container_publishes_to_local_s3(
     latest = local_s3.client().get_object(Bucket=REGISTRY_BUCKET, Key=prefix + "latest")
     top_hash = latest["Body"].read().decode().strip()
     assert f'"top_hash": "{top_hash}"' in done.stdout  # the run's own summary names it
+
+
+def test_secrets_and_local_state_stay_out_of_the_image(worker_image: str) -> None:
+    script = ("import os, sys; found = [p for p in sys.argv[1:] if os.path.lexists(p)]; "
+              "print(found); sys.exit(1 if found else 0)")
+    done = containerkit.podman_run(worker_image, ["python", "-c", script,
+                                                  *(f"/app/{name}" for name in PLANTED)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the build context did have them: the same copy built the code that is there
+    done = containerkit.podman_run(worker_image, ["python", "-c",
+                                                  "import os; print(os.listdir('/app'))"])
+    assert "flows" in done.stdout and "deploy" in done.stdout
+    assert ".env" not in done.stdout and "workspace" not in done.stdout
+
+
+def test_the_image_has_no_test_or_lint_packages(worker_image: str) -> None:
+    script = ("import importlib.util as u; "
+              "print([m for m in ('pytest', 'selenium', 'ruff', 'xdist') if u.find_spec(m)])")
+    done = containerkit.podman_run(worker_image, ["python", "-c", script])
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr

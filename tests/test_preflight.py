@@ -155,7 +155,12 @@ def test_every_problem_is_reported_at_once(clean_env: None,
     ([], [sys.executable, "-m", "flows", "--help"]),
     (["retrain", "--epochs", "1"], [sys.executable, "-m", "flows", "retrain", "--epochs", "1"]),
     (["install", "bundle"], [sys.executable, "-m", "flows", "install", "bundle"]),
-    (["prefect", "worker", "start"], ["prefect", "worker", "start"]),
+    (["prefect", "worker", "start"], ["prefect", "worker", "start", "--with-healthcheck"]),
+    (["prefect", "worker", "start", "--with-healthcheck"],
+     ["prefect", "worker", "start", "--with-healthcheck"]),
+    (["prefect", "server", "start"], ["prefect", "server", "start"]),
+    (["bentoml", "serve", "service.service:Classifier"],
+     ["bentoml", "serve", "service.service:Classifier"]),
     (["/bin/sh", "-c", "id"], ["/bin/sh", "-c", "id"]),
 ])
 def test_command_line(argv: list[str], expected: list[str]) -> None:
@@ -286,3 +291,55 @@ def test_reach_asks_whether_the_imagenet_weights_can_be_downloaded(
     assert preflight.check(["train"], os.environ) == []  # no network without --reach
     (found,) = preflight.check(["train"], os.environ, reach=True)
     assert "not in the Keras cache" in found and "cannot be downloaded" in found
+
+
+@pytest.fixture
+def worker_health() -> Iterator[tuple[int, list[int]]]:
+    """A stand-in for a Prefect worker's health server: /health answers with status[0]."""
+    status = [200]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status[0] if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], status
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def main_process(tmp_path: Path, *argv: str) -> Path:
+    path = tmp_path / "cmdline"
+    path.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    return path
+
+
+def test_the_healthcheck_asks_a_worker_whether_it_is_alive(
+        tmp_path: Path, worker_health: tuple[int, list[int]]) -> None:
+    port, status = worker_health
+    env = {"PREFECT_WORKER_WEBSERVER_PORT": str(port)}
+    worker = main_process(tmp_path, "/opt/venv/bin/python", "/opt/venv/bin/prefect", "worker",
+                          "start", "--pool", "openimager", "--with-healthcheck")
+    assert preflight.alive_problems(env, worker) == []
+    status[0] = 503  # Prefect's answer once the worker stopped polling the API
+    assert "the Prefect worker is not alive" in preflight.alive_problems(env, worker)[0]
+    closed = {"PREFECT_WORKER_WEBSERVER_PORT": str(free_port())}
+    assert "not alive" in preflight.alive_problems(closed, worker)[0]
+    blind = main_process(tmp_path, "prefect", "worker", "start", "--pool", "x")
+    assert "without --with-healthcheck" in preflight.alive_problems(env, blind)[0]
+
+
+def test_the_healthcheck_asks_nothing_of_other_commands(tmp_path: Path) -> None:
+    closed = {"PREFECT_WORKER_WEBSERVER_PORT": str(free_port())}
+    for argv in (("python", "-m", "flows", "retrain"), ("bentoml", "serve", "x"),
+                 ("prefect", "server", "start")):
+        assert preflight.alive_problems(closed, main_process(tmp_path, *argv)) == []
+    assert preflight.alive_problems(closed, tmp_path / "no-such-process") == []

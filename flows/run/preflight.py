@@ -5,9 +5,12 @@ the download and the training. The worker image's entrypoint runs this first:
 
     python -m flows.run.preflight [--reach] [--exec] [--] [COMMAND ...]
 
---exec then runs COMMAND (a `python -m flows` subcommand, or `prefect ...`), --reach also asks
-PREFECT_API_URL for its health (the image's HEALTHCHECK) and, for train and retrain, whether the
-ImageNet weights are in the Keras cache or can be downloaded. Problems exit with EX_CONFIG (78).
+--exec then runs COMMAND (a `python -m flows` subcommand, `prefect ...` or `bentoml ...`; a
+`prefect worker start` gets --with-healthcheck), --reach also asks PREFECT_API_URL for its
+health and, when the container's main process is a Prefect worker, the worker's own health
+server whether it still polls the API (the image's HEALTHCHECK), and, for train and retrain,
+whether the ImageNet weights are in the Keras cache or can be downloaded. Problems exit with
+EX_CONFIG (78).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ EX_CONFIG = 78  # sysexits.h: configuration error
 SKIP_VARIABLE = "OPENIMAGER_PREFLIGHT"  # "off": start without checking
 # Commands run as they are; anything else is a `python -m flows` subcommand (note that
 # `install` is one, and also a coreutils binary: no PATH lookup decides this).
-PASSTHROUGH = ("prefect", "python", "python3", "sh", "bash")
+PASSTHROUGH = ("prefect", "bentoml", "python", "python3", "sh", "bash")
+# A Prefect worker's health server (`--with-healthcheck`): /health fails once it stops polling.
+WORKER_HEALTH_FLAG = "--with-healthcheck"
+MAIN_PROCESS = Path("/proc/1/cmdline")  # in a container, the command the entrypoint exec'd
 # What `python -m flows` flags override in the settings the check sees.
 FLAG_SETTINGS = ("registry", "workspace", "architecture")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -188,13 +194,50 @@ def reach_problems(env: Mapping[str, str], timeout: float = 5.0) -> list[str]:
     return []
 
 
+def worker_argv(argv: Sequence[str]) -> list[str] | None:
+    """The arguments after `prefect worker start` when argv runs a Prefect worker (as a
+    process's command line shows it: `python .../prefect worker start ...`), else None."""
+    for index, word in enumerate(argv):
+        if Path(word).name == "prefect":
+            return list(argv[index + 3:]) if list(argv[index + 1:index + 3]) == [
+                "worker", "start"] else None
+    return None
+
+
+def alive_problems(env: Mapping[str, str], main_process: Path = MAIN_PROCESS,
+                   timeout: float = 10.0) -> list[str]:
+    """When the container's main process is a Prefect worker: whether its health server says
+    it is alive (it polled the API lately). Any other command: nothing to ask."""
+    try:
+        argv = [w.decode() for w in main_process.read_bytes().split(b"\0") if w]
+    except OSError:
+        return []
+    rest = worker_argv(argv)
+    if rest is None:
+        return []
+    if WORKER_HEALTH_FLAG not in rest:
+        return [f"the Prefect worker runs without {WORKER_HEALTH_FLAG}: nothing says whether "
+                "it is alive"]
+    import urllib.error
+    import urllib.request
+
+    port = env.get("PREFECT_WORKER_WEBSERVER_PORT") or "8080"
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        return [f"the Prefect worker is not alive: {url} answered {error}"]
+    return []
+
+
 def check(argv: Sequence[str], env: Mapping[str, str], reach: bool = False) -> list[str]:
     """Load the settings as argv would see them and list every problem."""
     settings, found = load_settings(flag_overrides(argv))
     if settings is not None:
         found = problems(settings, env, argv)
     if reach:
-        found += reach_problems(env)
+        found += reach_problems(env) + alive_problems(env)
         if settings is not None and argv[:1] and argv[0] in TRAINING_COMMANDS:
             found += [problem for problem in weights_problems(settings, env, reach=True)
                       if problem not in found]
@@ -211,8 +254,12 @@ def report(argv: Sequence[str], found: Sequence[str]) -> str:
 
 
 def command_line(argv: Sequence[str]) -> list[str]:
-    """What to exec for argv: itself when it names a program, else `python -m flows argv`."""
+    """What to exec for argv: itself when it names a program (a Prefect worker with its health
+    server), else `python -m flows argv`."""
     if argv and (argv[0] in PASSTHROUGH or "/" in argv[0]):
+        rest = worker_argv(argv)
+        if rest is not None and WORKER_HEALTH_FLAG not in rest:
+            return [*argv, WORKER_HEALTH_FLAG]
         return list(argv)
     return [sys.executable, "-m", "flows", *(argv or ["--help"])]
 
