@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,9 @@ from PIL import Image, ImageOps
 
 from service.config import Limits
 
+# An upload as either request form delivers it: the file BentoML spooled a multipart upload
+# to, or a raw request body in memory.
+Source = Path | bytes
 MAX_PIXELS = Limits.max_pixels
 # Decodes over this many pixels go through their own, narrower lane (Lanes) and give their
 # memory back afterwards.
@@ -55,16 +59,20 @@ def as_limits(limits: Limits | int | None) -> Limits:
 
 
 @contextmanager
-def opened(path: Path, limits: Limits | int | None = None) -> Iterator[Image.Image]:
-    """Open an upload lazily (header only), refusing empty files, other formats and images
-    over the pixel limit of their format (decompression bombs among them)."""
+def opened(path: Source, limits: Limits | int | None = None) -> Iterator[Image.Image]:
+    """Open an upload (a file, or a body's bytes) lazily (header only), refusing empty ones,
+    other formats and images over the pixel limit of their format (decompression bombs among
+    them)."""
     limits = as_limits(limits)
-    if not path.exists() or path.stat().st_size == 0:
+    empty = not path if isinstance(path, bytes) else (not path.exists()
+                                                      or path.stat().st_size == 0)
+    if empty:
         raise BadImage("the uploaded file is empty", code="empty_file")
     # Our own limit below replaces Pillow's (a warning, then an error without the size).
     Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(path, formats=FORMATS)
+        image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path,
+                           formats=FORMATS)
     except Exception as error:  # noqa: BLE001 - hostile headers raise many types
         raise client_error(error, f"not a {FORMAT_NAMES} image", "not_an_image") from None
     with image:
@@ -121,7 +129,7 @@ def client_error(error: Exception, message: str, code: str) -> BadImage:
     return BadImage(message, code=code)
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: Source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file (EXIF-upright, RGB, first frame) into a uint8 HxWx3 array."""
     with opened(path, max_pixels) as image, decoding_errors():
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
@@ -156,14 +164,14 @@ def decoded_pixels(image: Image.Image, size: int) -> int:
     return -(-image.width // scale) * -(-image.height // scale)
 
 
-def decode_cost(path: Path, size: int, limits: Limits | None = None) -> int:
+def decode_cost(path: Source, size: int, limits: Limits | None = None) -> int:
     """Pixels a decode of this upload to size x size will produce; checks the header only."""
     limits = as_limits(limits)
     with opened(path, limits) as image:
         return decoded_pixels(image, size)
 
 
-def prepare(path: Path, size: int, limits: Limits | int | None = None) -> np.ndarray:
+def prepare(path: Source, size: int, limits: Limits | int | None = None) -> np.ndarray:
     """Decode an upload once, straight to the model's size x size RGB input (uint8)."""
     limits = as_limits(limits)
     with opened(path, limits) as image, decoding_errors():
@@ -281,10 +289,11 @@ async def rest(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-async def prepare_all(paths: list[Path], size: int, limits: Limits, lanes: Lanes) -> np.ndarray:
+async def prepare_all(paths: list[Source], size: int, limits: Limits, lanes: Lanes
+                      ) -> np.ndarray:
     """Decode uploads in threads, each in its lane, into one uint8 batch (upload order)."""
 
-    async def one(index: int, path: Path) -> np.ndarray:
+    async def one(index: int, path: Source) -> np.ndarray:
         try:
             # The header alone says the cost; only the decode itself waits for its lane.
             pixels = await anyio.to_thread.run_sync(decode_cost, path, size, limits)
