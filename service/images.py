@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -173,8 +174,22 @@ def decode_cost(path: Source, size: int, limits: Limits | None = None) -> int:
 
 def prepare(path: Source, size: int, limits: Limits | int | None = None) -> np.ndarray:
     """Decode an upload once, straight to the model's size x size RGB input (uint8)."""
-    limits = as_limits(limits)
-    with opened(path, limits) as image, decoding_errors():
+    with opened(path, as_limits(limits)) as image:
+        return prepare_opened(image, size)
+
+
+def prepare_if_small(path: Source, size: int, limits: Limits, most_pixels: int
+                     ) -> np.ndarray | int:
+    """prepare() when the decode produces at most most_pixels; else how many it would
+    produce, nothing decoded (the header is read once either way)."""
+    with opened(path, limits) as image:
+        pixels = decoded_pixels(image, size)
+        return pixels if pixels > most_pixels else prepare_opened(image, size)
+
+
+def prepare_opened(image: Image.Image, size: int) -> np.ndarray:
+    """prepare() of an image opened by opened()."""
+    with decoding_errors():
         if image.format in ("JPEG", "MPO"):
             # libjpeg writes 1/2..1/8 scale (a progressive JPEG still holds all coefficients).
             image.draft("RGB", (size, size))
@@ -264,14 +279,22 @@ class Lanes:
         self.threads, self.large_threads, self.large_pixels = threads, large_threads, large_pixels
         self._limiters: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter] | None = None
 
-    async def run(self, pixels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        """Run a decode producing this many pixels in its lane."""
-        if self._limiters is None:  # made in the event loop that uses them
+    def limiters(self) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
+        """The small and the large lane, made in the event loop that uses them."""
+        if self._limiters is None:
             self._limiters = (anyio.CapacityLimiter(self.threads),
                               anyio.CapacityLimiter(self.large_threads))
+        return self._limiters
+
+    async def small(self, work: Callable[[], Any]) -> Any:
+        """Run work in the small lane."""
+        return await anyio.to_thread.run_sync(work, limiter=self.limiters()[0])
+
+    async def run(self, pixels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """Run a decode producing this many pixels in its lane."""
         if pixels <= self.large_pixels:
-            return await anyio.to_thread.run_sync(decode, limiter=self._limiters[0])
-        async with self._limiters[1]:
+            return await self.small(decode)
+        async with self.limiters()[1]:
             result, cpu_seconds = await anyio.to_thread.run_sync(timed, decode)
             await rest(cpu_seconds)
         return result
@@ -295,11 +318,17 @@ async def prepare_all(paths: list[Source], size: int, limits: Limits, lanes: Lan
 
     async def one(index: int, path: Source) -> np.ndarray:
         try:
-            # The header alone says the cost; only the decode itself waits for its lane.
-            pixels = await anyio.to_thread.run_sync(decode_cost, path, size, limits)
-            return await lanes.run(pixels, partial(prepare, path, size, limits))
+            # The header says the cost: a small decode runs at once in the same thread (one
+            # thread hop for most uploads); a large one then waits for its own lane.
+            done = await lanes.small(partial(prepare_if_small, path, size, limits,
+                                             lanes.large_pixels))
+            if isinstance(done, np.ndarray):
+                return done
+            return await lanes.run(done, partial(prepare, path, size, limits))
         except BadImage as error:
             error.index = index
             raise
 
+    if len(paths) == 1:  # no task to gather
+        return (await one(0, paths[0]))[None]
     return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))

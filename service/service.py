@@ -186,7 +186,7 @@ def uploaded_names(ctx: bentoml.Context) -> list[str]:
 # Outermost: readiness at once, 503 while draining, requests in flight counted.
 Classifier.add_asgi_middleware(LifecycleMiddleware)
 # Raw image bodies on /classify go to the mounted app's route, bypassing BentoML's form parsing.
-Classifier.add_asgi_middleware(RawBody, target=web_app)
+Classifier.add_asgi_middleware(RawBody, handler=classify_body)
 # Checks every upload before BentoML parses it (see service.guard).
 Classifier.add_asgi_middleware(UploadGuard)
 # Innermost: BentoML's own error answers (invalid input) get a code, like every other error.

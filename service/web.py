@@ -85,7 +85,7 @@ async def classify_body(request: Request) -> Response:
     return JSONResponse(answer, status_code=reply.status_code, headers=reply.headers)
 
 
-# Reached only through service.rawbody.RawBody (BentoML routes /classify to its API first);
-# its OpenAPI entry, both request forms, is filled in by service.rawbody.document_forms.
+# Its endpoint is called by service.rawbody.RawBody (BentoML routes /classify to its API
+# first); the route gives /docs.json its entry, both forms (service.rawbody.document_forms).
 web_app.add_api_route("/classify", classify_body, methods=["POST"], response_class=JSONResponse,
                       tags=["Service APIs"], summary="Classify one image")
