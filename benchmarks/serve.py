@@ -39,6 +39,7 @@ from benchmarks.servers import (  # noqa: E402 - after the project's folder is o
     bare_server,
     naive_server,
     openimager_server,
+    service_threads,
     snapshot,
     worker_memory,
 )
@@ -99,21 +100,6 @@ def raw_model(model_file: Path, size: int, seconds: float, threads: int, images:
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env,
                           timeout=600)
     return {int(b): v for b, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
-
-
-def service_threads(workers: int) -> int:
-    """The TensorFlow threads each of the service's workers gets with this many workers."""
-    from service.config import Tuning
-
-    previous = os.environ.get("OPENIMAGER_WORKERS")
-    os.environ["OPENIMAGER_WORKERS"] = str(workers)
-    try:
-        return Tuning.from_env().intra_op_threads
-    finally:
-        if previous is None:
-            del os.environ["OPENIMAGER_WORKERS"]
-        else:
-            os.environ["OPENIMAGER_WORKERS"] = previous
 
 
 def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict],

@@ -16,6 +16,21 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["Hamburger", "Sandwich"]
 
 
+def service_threads(workers: int) -> int:
+    """The TensorFlow threads each of the service's workers gets with this many workers."""
+    from service.config import Tuning
+
+    previous = os.environ.get("OPENIMAGER_WORKERS")
+    os.environ["OPENIMAGER_WORKERS"] = str(workers)
+    try:
+        return Tuning.from_env().intra_op_threads
+    finally:
+        if previous is None:
+            del os.environ["OPENIMAGER_WORKERS"]
+        else:
+            os.environ["OPENIMAGER_WORKERS"] = previous
+
+
 def own_home(folder: Path) -> Path:
     """A BENTOML_HOME that shares the current one's models but not its metrics: `bentoml
     serve` empties its home's prometheus_multiproc_dir at start, so two servers running from

@@ -173,7 +173,7 @@ def test_hundreds_of_mutated_raw_bodies_get_no_5xx(classifier_server):
                              headers={"Content-Type": "image/png"}, timeout=30)
     assert not failures, failures
     assert sum(statuses.values()) == RAW_ROUNDS
-    assert statuses[200] > 20 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 200
+    assert statuses[200] > 10 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 300
     # the body's cases were all met: empty, not an image, truncated, too many pixels
     assert {"empty_file", "not_an_image", "truncated_image", "too_many_pixels"} <= set(codes)
     assert final.status_code == 200 and len(final.json()["labels"]) == 3

@@ -136,10 +136,10 @@ def test_both_forms_are_logged_alike(classifier_server):
 
     def logged():
         rows = read_log(folder)
-        rows = rows[rows.request_id.isin(ids)] if len(rows) else rows
-        return rows if len(rows) == 2 else None
+        return rows[rows.request_id.isin(ids)] if len(rows) else rows
 
-    rows = wait_for(logged, "both answers in the prediction log", 60, 0.5)
+    wait_for(lambda: len(logged()) == 2, "both answers in the prediction log", 60, 0.5)
+    rows = logged()
     assert list(rows.endpoint) == ["classify", "classify"]
     assert len(set(rows.sha256)) == 1 and list(rows.format) == ["PNG", "PNG"]
     assert (rows.width == 48).all() and (rows.height == 40).all()
