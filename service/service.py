@@ -31,7 +31,8 @@ with bentoml.importing():
     import numpy as np
 
     from model.predict import top_k
-    from service.images import BadImage, Lanes, Source, prepare_all
+    from service.images import BadImage, Source
+    from service.lanes import Lanes, prepare_all
     from service.predlog import (
         Answered,
         PredictionLog,
