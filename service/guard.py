@@ -29,6 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DRAIN_FACTOR = 4  # read and drop up to this many times the limit so the client sees the 413
 MAX_FILENAME = 200
 UPLOAD_STATE = "openimager_filenames"  # scope["state"] key: the files' names, in order
+TOP_VALUE = re.compile(r"[0-9]{1,4}")  # `top`, as a form field or (service.rawbody) a query
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def mib(size: int) -> str:
 
 def default_rules(limits: Limits) -> dict[str, Rule]:
     """The rules of /classify and /classify_batch under the given limits."""
-    top = {"top": re.compile(r"[0-9]{1,4}")}
+    top = {"top": TOP_VALUE}
     single = Rule("image", 1, limits.max_upload_bytes, limits.max_upload_bytes + 64 * 1024, top,
                   "as the request body (Content-Type image/jpeg, image/png, ...), or ")
     batch = Rule("images", limits.max_batch_images, limits.max_upload_bytes,

@@ -14,7 +14,6 @@ middleware stack, routing, request wrapping), and the route is there for /docs.j
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from service.config import Limits
 from service.errorshape import INVALID_INPUT, field_problems
 from service.guard import (
+    TOP_VALUE,
     ASGIApp,
     ClientGone,
     Receive,
@@ -42,7 +42,6 @@ from service.guard import (
 Top = Annotated[int, Field(ge=1, le=Limits.max_top, description="how many labels to return")]
 RAW_PATHS = ("/classify",)
 TOP_STATE = "openimager_top"  # scope["state"] key: the checked `top` of a raw body
-TOP_PATTERN = r"[0-9]{1,4}"  # as the form's field (service.guard.default_rules)
 Query = create_model("Input", top=(Top, 3))  # BentoML's name for an API's input model
 
 
@@ -71,7 +70,7 @@ def checked_top(query: bytes) -> int:
         tops.append(value)
     if not tops:
         return 3
-    if len(tops) > 1 or not re.fullmatch(TOP_PATTERN, tops[0].strip()):
+    if len(tops) > 1 or not TOP_VALUE.fullmatch(tops[0].strip()):
         raise Rejected(400, "bad_field", "query parameter 'top' must be one whole number")
     try:
         return Query(top=int(tops[0])).top

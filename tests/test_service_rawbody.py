@@ -144,3 +144,22 @@ def test_both_forms_are_logged_alike(classifier_server):
     assert len(set(rows.sha256)) == 1 and list(rows.format) == ["PNG", "PNG"]
     assert (rows.width == 48).all() and (rows.height == 40).all()
     assert rows.top_label.iloc[0] == rows.top_label.iloc[1]
+
+
+def test_the_query_and_media_type_are_checked_as_the_form_is():
+    from service.guard import Rejected
+    from service.rawbody import Invalid, checked_top, is_raw
+
+    assert checked_top(b"") == 3 and checked_top(b"top=7") == 7
+    for query, code in [(b"top=0", "invalid_input"), (b"top=101", "invalid_input"),
+                        (b"top=x", "bad_field"), (b"top=", "bad_field"),
+                        (b"top=12345", "bad_field"), (b"top=1&top=2", "bad_field"),
+                        (b"image=a.jpg", "unexpected_field")]:
+        with pytest.raises(Rejected) as caught:
+            checked_top(query)
+        assert (caught.value.status, caught.value.code) == (400, code), query
+    with pytest.raises(Invalid) as caught:
+        checked_top(b"top=0")
+    assert caught.value.detail[0]["loc"] == ("top",)
+    assert all(map(is_raw, [b"image/jpeg", b"image/x-anything", b"application/octet-stream"]))
+    assert not any(map(is_raw, [b"multipart/form-data", b"text/plain", b"", b"application/json"]))
