@@ -36,8 +36,8 @@ async def client(session: aiohttp.ClientSession, url: str, field: str, images: l
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 status = response.status
-        except aiohttp.ClientError:
-            status = 0  # connection failed: counted as an error
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            status = 0  # connection failed or timed out: counted as an error, the run goes on
         latencies.append(time.perf_counter() - start)
         statuses[status] = statuses.get(status, 0) + 1
 
