@@ -2,6 +2,8 @@
 
     python benchmarks/load.py URL FIELD CONCURRENCY SECONDS IMAGE...
 
+FIELD names the multipart field of the image, or is - to send the image as the request body
+(Content-Type image/jpeg).
 Prints one JSON line: requests, errors, statuses, req/s, p50 and p99 latency in ms.
 """
 
@@ -22,17 +24,20 @@ async def client(session: aiohttp.ClientSession, url: str, field: str, images: l
     """Post images one after another until stop; record each latency and status."""
     i = offset
     while time.perf_counter() < stop:
-        form = aiohttp.FormData()
-        form.add_field(field, images[i % len(images)], filename=f"{i}.jpg",
-                       content_type="image/jpeg")
+        if field == "-":
+            body, headers = images[i % len(images)], {"Content-Type": "image/jpeg"}
+        else:
+            body, headers = aiohttp.FormData(), None
+            body.add_field(field, images[i % len(images)], filename=f"{i}.jpg",
+                           content_type="image/jpeg")
         i += 1
         start = time.perf_counter()
         try:
-            async with session.post(url, data=form) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 status = response.status
-        except aiohttp.ClientError:
-            status = 0  # connection failed: counted as an error
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            status = 0  # connection failed or timed out: counted as an error, the run goes on
         latencies.append(time.perf_counter() - start)
         statuses[status] = statuses.get(status, 0) + 1
 

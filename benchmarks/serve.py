@@ -1,17 +1,20 @@
-"""Serving throughput and CPU: openimager's service vs the naive tutorial server vs the model.
+"""Serving throughput and CPU: openimager's service, both request forms, against bare routes
+of the same framework, the naive tutorial server and the model alone.
 
 The same model (the seed CNN and the default transfer model, MobileNetV3Small, at the training
-default of 150 px; untrained weights cost the same to run) is served (a) by `bentoml serve
-service.service:Classifier` and (b) by the tutorial FastAPI app in benchmarks/naive_server.py,
-both on 127.0.0.1 with the same number of worker processes, and (c) run alone, in a process of its
-own, as predict_on_batch over prepared images at the batch sizes the service formed (read from
-its /metrics): the ceiling. Load comes from a separate process (benchmarks/load.py) posting real
-JPEGs at each concurrency level. Besides throughput, each case reports the CPU of the server's
-process tree per request, and the part of it spent outside the model: the tree's CPU minus
-images x the model's CPU per image at those batch sizes (measured with the service's
-TensorFlow threads). Then the prediction log's cost: two openimager servers, one logging and
-one not, loaded in turn (alternating rounds) at one concurrency. Prints one line per case and
-the ratios; timings are noisy on a shared machine, read the ratios.
+default of 150 px; untrained weights cost the same to run) is served by `bentoml serve
+service.service:Classifier`, loaded with the image as a multipart form (`form`) and as the
+request body (`raw`) in turn; then by benchmarks/bare_service.py, BentoML routes that only
+decode (`bare-form`: an API taking a multipart file, `bare-raw`: a mounted route reading the
+body); then by the tutorial FastAPI app (benchmarks/naive_server.py); all on 127.0.0.1 with the
+same number of worker processes. The model alone runs in a process of its own as
+predict_on_batch over prepared images at the batch sizes the service formed (read from its
+/metrics): the ceiling. Load comes from a separate process (benchmarks/load.py) posting real
+JPEGs at each concurrency level. Each case reports the CPU of the server's process tree per
+request and the part of it outside the model: the tree's CPU minus images x the model's CPU
+per image at those batch sizes (measured with the service's TensorFlow threads). Then the
+prediction log's cost: two servers, one logging and one not, loaded in turn. Prints one line
+per case and the ratios; timings are noisy on a shared machine, read the ratios.
 
     python benchmarks/serve.py            # full: both models, c = 1, 16, 64, 10 s each
     python benchmarks/serve.py --quick    # a tiny run for the test suite
@@ -25,14 +28,22 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLASSES = ["Hamburger", "Sandwich"]
+from benchmarks.servers import (  # noqa: E402 - after the project's folder is on the path
+    CLASSES,
+    bare_server,
+    naive_server,
+    openimager_server,
+    service_threads,
+    snapshot,
+    worker_memory,
+)
+
 MODELS = ("seed-cnn", "transfer")
 
 
@@ -91,145 +102,11 @@ def raw_model(model_file: Path, size: int, seconds: float, threads: int, images:
     return {int(b): v for b, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
-def service_threads(workers: int) -> int:
-    """The TensorFlow threads each of the service's workers gets with this many workers."""
-    from service.config import Tuning
-
-    previous = os.environ.get("OPENIMAGER_WORKERS")
-    os.environ["OPENIMAGER_WORKERS"] = str(workers)
-    try:
-        return Tuning.from_env().intra_op_threads
-    finally:
-        if previous is None:
-            del os.environ["OPENIMAGER_WORKERS"]
-        else:
-            os.environ["OPENIMAGER_WORKERS"] = previous
-
-
-def own_home(folder: Path) -> Path:
-    """A BENTOML_HOME that shares the current one's models but not its metrics: `bentoml
-    serve` empties its home's prometheus_multiproc_dir at start, so two servers running from
-    one home read each other's (or no) batch sizes."""
-    home = Path(os.environ["BENTOML_HOME"])
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in home.iterdir():
-        if entry.name != "prometheus_multiproc_dir" and not (folder / entry.name).exists():
-            (folder / entry.name).symlink_to(entry)
-    return folder
-
-
-@contextmanager
-def openimager_server(tag: str, workers: int, log: Path, logging: bool = True
-                      ) -> Iterator[tuple[str, int]]:
-    """openimager's service, logging predictions beside its log or not, with a BentoML home of
-    its own; yields its base URL and process id."""
-    from flows.servers.local import BentoServer
-
-    env = {"OPENIMAGER_WORKERS": str(workers), "OPENIMAGER_PREDICTION_LOG": str(logging),
-           "OPENIMAGER_PREDICTION_LOG_DIR": str(log.with_suffix(".predictions")),
-           "BENTOML_HOME": str(own_home(log.with_suffix(".home")))}
-    with BentoServer(tag, log_path=log, env=env) as server:
-        yield server.url, server.process.pid
-
-
-@contextmanager
-def spawned_server(args: list[str], env: dict[str, str], log: Path, ready: str,
-                   timeout: float) -> Iterator[tuple[str, int]]:
-    """A server run as `args --host 127.0.0.1 --port PORT` from the project's folder, ending
-    with this process; yields its base URL (once ready answers) and process id."""
-    from flows.servers import lifeline
-    from flows.servers.local import TELEMETRY_OFF, free_port, stop_group, wait_ready
-
-    port = free_port()
-    with log.open("ab") as out:
-        process = lifeline.popen(
-            [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env={**os.environ, **TELEMETRY_OFF, **env}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}{ready}", timeout, process)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        stop_group(process)
-
-
-@contextmanager
-def naive_server(model_file: Path, workers: int, log: Path) -> Iterator[tuple[str, int]]:
-    """The tutorial FastAPI app under uvicorn; yields its base URL and process id."""
-    env = {"NAIVE_MODEL": str(model_file), "NAIVE_CLASSES": json.dumps(CLASSES)}
-    with spawned_server(["uvicorn", "benchmarks.naive_server:app", "--workers", str(workers),
-                         "--no-access-log"], env, log, "/docs", 180) as server:
-        yield server
-
-
-def role(command: str) -> str | None:
-    """What a process of a server's tree does: worker (BentoML's or uvicorn's), or None for
-    supervisors."""
-    return "worker" if "_bentoml_impl.worker" in command or "spawn_main" in command else None
-
-
-def worker_memory(pid: int) -> str:
-    """Resident memory of each worker process under pid, by role."""
-    import psutil
-
-    roles: dict[str, list[float]] = {}
-    for child in psutil.Process(pid).children(recursive=True):
-        if name := role(" ".join(child.cmdline())):
-            roles.setdefault(name, []).append(child.memory_info().rss / 2**20)
-    if not roles:  # a single uvicorn worker runs in the main process
-        roles["worker"] = [psutil.Process(pid).memory_info().rss / 2**20]
-    return ", ".join(f"{name} {sum(v) / len(v):.0f} MB x{len(v)}" for name, v in roles.items())
-
-
-def tree_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far of every process of a server's tree, by role ("other": the rest)."""
-    import psutil
-
-    cpu: dict[str, float] = {}
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-            name = role(" ".join(process.cmdline())) or "other"
-        except psutil.NoSuchProcess:
-            continue
-        cpu[name] = cpu.get(name, 0.0) + times.user + times.system
-    return cpu
-
-
-def batch_histogram(base_url: str, metric: str) -> dict[int, float]:
-    """How many model batches fell in each size bucket so far (bucket's upper bound: count)."""
-    import requests
-    from prometheus_client.parser import text_string_to_metric_families
-
-    cumulative: dict[float, float] = {}
-    text = requests.get(f"{base_url}/metrics", timeout=30).text
-    for family in text_string_to_metric_families(text):
-        if family.name != metric:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":
-                bound = float(sample.labels["le"])
-                cumulative[bound] = cumulative.get(bound, 0.0) + sample.value
-    counts, below = {}, 0.0
-    for bound in sorted(cumulative):
-        counts[int(bound)] = cumulative[bound] - below
-        below = cumulative[bound]
-    return counts
-
-
-def snapshot(base_url: str, pid: int, batching: bool) -> tuple[dict[str, float], dict]:
-    """The server tree's CPU by role and, when it batches, its batch histogram."""
-    if not batching:
-        return tree_cpu(pid), {}
-    from service.predictor import BATCH_METRIC
-
-    return tree_cpu(pid), batch_histogram(base_url, BATCH_METRIC)
-
-
-def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict]) -> dict:
-    """CPU ms per request (total, by role), the model's share and what is left outside it,
-    the mean batch, and raw predict_on_batch's img/s at the batches the server formed."""
+def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict],
+              model: bool = True) -> dict:
+    """CPU ms per request (total, by role), the model's share (none for a server without a
+    model) and what is left outside it, the mean batch, and raw predict_on_batch's img/s at
+    the batches the server formed."""
     (cpu0, hist0), (cpu1, hist1) = before, after
     requests = max(1, result["requests"])
     by_role = {k: 1000 * (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / requests for k in cpu1}
@@ -243,14 +120,16 @@ def cpu_split(before: tuple, after: tuple, result: dict, raw: dict[int, dict]) -
     model_ms = sum(n * scale * raw["cpu"][b]["cpu_ms"] for b, n in images.items()) / requests
     seconds = sum(n * scale / raw["all"][b]["img_s"] for b, n in images.items())
     total = sum(by_role.values())
+    model_ms = model_ms if model else 0.0
     return {"total": total, "roles": by_role, "model": model_ms, "outside": total - model_ms,
             "mean_batch": requests / max(1.0, sum(batches.values())),
             "raw_img_s": requests / seconds}
 
 
-def load(url: str, concurrency: int, seconds: float, images: list[Path]) -> dict:
-    """Run the load generator process once and return its summary."""
-    field = "image"
+def load(url: str, concurrency: int, seconds: float, images: list[Path], field: str = "image"
+         ) -> dict:
+    """Run the load generator process once and return its summary; field "-" sends each
+    image as the request body."""
     command = [sys.executable, str(ROOT / "benchmarks" / "load.py"), url, field,
                str(concurrency), str(seconds), *map(str, images)]
     done = subprocess.run(command, capture_output=True, text=True, check=True,
@@ -258,12 +137,26 @@ def load(url: str, concurrency: int, seconds: float, images: list[Path]) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measured_load(base: str, pid: int, concurrency: int, seconds: float, images: list[Path],
-                  raw: dict, batching: bool) -> dict:
+@dataclass(frozen=True)
+class Case:
+    """One way of loading a server: the route and the multipart field, or - for a raw body."""
+
+    name: str
+    route: str
+    field: str
+
+
+FORM, RAW = Case("form", "/classify", "image"), Case("raw", "/classify", "-")
+BARE = (Case("bare-form", "/classify", "image"), Case("bare-raw", "/decode", "-"))
+NAIVE = Case("naive", "/classify", "image")
+
+
+def measured_load(base: str, pid: int, case: Case, concurrency: int, seconds: float,
+                  images: list[Path], raw: dict, batching: bool, model: bool = True) -> dict:
     """One load run with the server's CPU and batches around it."""
     before = snapshot(base, pid, batching)
-    result = load(f"{base}/classify", concurrency, seconds, images)
-    result["cpu"] = cpu_split(before, snapshot(base, pid, batching), result, raw)
+    result = load(f"{base}{case.route}", concurrency, seconds, images, case.field)
+    result["cpu"] = cpu_split(before, snapshot(base, pid, batching), result, raw, model)
     return result
 
 
@@ -273,18 +166,23 @@ def failed(result: dict) -> str:
     return f" {bad}" if bad else ""
 
 
-def run_server(name: str, server: object, args: argparse.Namespace, images: list[Path],
-               raw: dict) -> dict[int, dict]:
-    """Warm a server up, load it at each level and print one line per case."""
-    results = {}
-    batching = name == "openimager"
+def run_server(cases: tuple[Case, ...], server: object, args: argparse.Namespace,
+               images: list[Path], raw: dict, batching: bool = False, model: bool = True
+               ) -> dict[str, dict[int, dict]]:
+    """Warm a server up, load it at each level with each case in turn (alternating, so a
+    change of the machine's load falls on every case alike) and print one line per case."""
+    results: dict[str, dict[int, dict]] = {case.name: {} for case in cases}
     with server as (base, pid):
-        load(f"{base}/classify", max(args.levels), min(args.seconds, 3), images)  # warm-up
+        for case in cases:  # warm-up
+            load(f"{base}{case.route}", max(args.levels), min(args.seconds, 3), images,
+                 case.field)
         for concurrency in args.levels:
-            result = measured_load(base, pid, concurrency, args.seconds, images, raw, batching)
-            results[concurrency] = result
-            print(f"{summary(name, concurrency, result)}  "
-                  f"memory per worker: {worker_memory(pid)}", flush=True)
+            for case in cases:
+                result = measured_load(base, pid, case, concurrency, args.seconds, images, raw,
+                                       batching, model)
+                results[case.name][concurrency] = result
+                print(f"{summary(case.name, concurrency, result)}  "
+                      f"memory per worker: {worker_memory(pid)}", flush=True)
     return results
 
 
@@ -301,20 +199,20 @@ def summary(name: str, concurrency: int, result: dict) -> str:
 
 def logging_cost(tag: str, args: argparse.Namespace, images: list[Path], workdir: Path,
                  raw: dict) -> tuple[float, float]:
-    """Throughput with the prediction log on over off, loading two servers in turn; and the
-    CPU ms per request the log adds."""
+    """Throughput with the prediction log on over off (raw bodies), loading two servers in
+    turn; and the CPU ms per request the log adds."""
     c = args.log_level
     totals = {"logged": 0.0, "unlogged": 0.0}
     cpu = {"logged": 0.0, "unlogged": 0.0}
     with openimager_server(tag, args.workers, workdir / "logged.log") as on, \
             openimager_server(tag, args.workers, workdir / "unlogged.log", False) as off:
         for base, _ in (on, off):
-            load(f"{base}/classify", c, min(args.seconds, 3), images)  # warm-up, discarded
+            load(f"{base}/classify", c, min(args.seconds, 3), images, "-")  # warm-up
         for turn in range(args.log_rounds):
             # Alternate which goes first: a drift of the machine's speed hits both alike.
             order = [("logged", on), ("unlogged", off)][:: 1 if turn % 2 == 0 else -1]
             for name, (base, pid) in order:
-                result = measured_load(base, pid, c, args.seconds, images, raw, True)
+                result = measured_load(base, pid, RAW, c, args.seconds, images, raw, True)
                 totals[name] += result["rps"]
                 cpu[name] += result["cpu"]["total"] / args.log_rounds
                 print(summary(name, c, result), flush=True)
@@ -330,6 +228,26 @@ def raw_line(architecture: str, args: argparse.Namespace, raw: dict, threads: in
             f"(img/s with every core, CPU ms/img with {threads} TF thread(s)): {sizes}")
 
 
+def ratio_line(architecture: str, c: int, results: dict[str, dict[int, dict]]) -> str:
+    """The goals' ratios at one level: CPU outside the model of each form over the bare raw
+    route, throughput over predict_on_batch at the batches each form formed."""
+    at = {name: by_level[c] for name, by_level in results.items()}
+    outside = {name: result["cpu"]["outside"] for name, result in at.items()}
+    bare = max(outside["bare-raw"], 0.01)
+
+    def vs_model(name: str) -> str:
+        raw_ips = at[name]["cpu"]["raw_img_s"]
+        return (f"{name} {at[name]['rps'] / raw_ips:.2f} (model {raw_ips:.0f} img/s at mean "
+                f"batch {at[name]['cpu']['mean_batch']:.1f})")
+
+    return (f"ratios {architecture} c={c}: CPU outside the model per request, raw "
+            f"{outside['raw']:.2f} ms / bare raw route {outside['bare-raw']:.2f} ms = "
+            f"{outside['raw'] / bare:.2f}x (goal <= 1.3), form {outside['form']:.2f} ms = "
+            f"{outside['form'] / bare:.2f}x (bare form route {outside['bare-form']:.2f} ms); "
+            f"throughput over predict_on_batch: {vs_model('raw')}, {vs_model('form')}; "
+            f"raw/naive {at['raw']['rps'] / at['naive']['rps']:.2f}x")
+
+
 def bench_model(architecture: str, args: argparse.Namespace, images: list[Path],
                 workdir: Path, log_cost: bool) -> list[str]:
     """Every case of one model; returns its ratio lines."""
@@ -339,19 +257,14 @@ def bench_model(architecture: str, args: argparse.Namespace, images: list[Path],
     raw = {"all": raw_model(model_file, args.image_size, seconds, 0, images),
            "cpu": raw_model(model_file, args.image_size, seconds, threads, images)}
     print(raw_line(architecture, args, raw, threads, len(images)), flush=True)
-    ours = run_server("openimager", openimager_server(
-        tag, args.workers, workdir / "bentoml.log"), args, images, raw)
-    naive = run_server("naive", naive_server(
+    results = run_server((FORM, RAW), openimager_server(
+        tag, args.workers, workdir / "bentoml.log"), args, images, raw, batching=True)
+    results |= run_server(BARE, bare_server(args.image_size, args.workers, workdir / "bare.log"),
+                          args, images, raw, model=False)
+    results |= run_server((NAIVE,), naive_server(
         model_file, args.workers, workdir / "naive.log"), args, images, raw)
     lines = [f"{architecture}: {args.workers} worker process(es) each"]
-    for c in args.levels:
-        raw_ips, vs_naive = ours[c]["cpu"]["raw_img_s"], ours[c]["rps"] / naive[c]["rps"]
-        lines.append(
-            f"ratios {architecture} c={c}: openimager/naive {vs_naive:.2f}x,"
-            f" openimager/raw {ours[c]['rps'] / raw_ips:.2f} (raw {raw_ips:.0f} img/s at the "
-            f"service's batches), naive/raw {naive[c]['rps'] / raw['all'][1]['img_s']:.2f}; "
-            f"CPU outside the model {ours[c]['cpu']['outside']:.1f} ms/request "
-            f"(naive {naive[c]['cpu']['outside']:.1f})")
+    lines += [ratio_line(architecture, c, results) for c in args.levels]
     if log_cost:
         logged, extra_ms = logging_cost(tag, args, images, workdir, raw)
         lines.append(f"prediction log c={args.log_level}: logged/unlogged throughput "

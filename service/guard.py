@@ -29,6 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DRAIN_FACTOR = 4  # read and drop up to this many times the limit so the client sees the 413
 MAX_FILENAME = 200
 UPLOAD_STATE = "openimager_filenames"  # scope["state"] key: the files' names, in order
+TOP_VALUE = re.compile(r"[0-9]{1,4}")  # `top`, as a form field or (service.rawbody) a query
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Rule:
     max_file_bytes: int
     max_body_bytes: int
     text_fields: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    other_form: str = ""  # how else the endpoint takes an image, for the 415 message
 
 
 class Rejected(Exception):
@@ -61,8 +63,9 @@ def mib(size: int) -> str:
 
 def default_rules(limits: Limits) -> dict[str, Rule]:
     """The rules of /classify and /classify_batch under the given limits."""
-    top = {"top": re.compile(r"[0-9]{1,4}")}
-    single = Rule("image", 1, limits.max_upload_bytes, limits.max_upload_bytes + 64 * 1024, top)
+    top = {"top": TOP_VALUE}
+    single = Rule("image", 1, limits.max_upload_bytes, limits.max_upload_bytes + 64 * 1024, top,
+                  "as the request body (Content-Type image/jpeg, image/png, ...), or ")
     batch = Rule("images", limits.max_batch_images, limits.max_upload_bytes,
                  limits.max_batch_upload_bytes, top)
     return {"/classify": single, "/classify_batch": batch}
@@ -199,7 +202,7 @@ class UploadGuard:
         raw_type = headers.get(b"content-type", b"").decode("latin-1")
         media_type, options = parse_options_header(raw_type)
         if media_type != b"multipart/form-data":
-            raise Rejected(415, "unsupported_media_type", "send the image as "
+            raise Rejected(415, "unsupported_media_type", f"send the image {rule.other_form}as "
                            f"multipart/form-data in a field named '{rule.file_field}'")
         boundary = options.get(b"boundary", b"")
         if not 1 <= len(boundary) <= 200:

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import time
-from collections.abc import Callable, Iterator
+import io
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
-import anyio
 import numpy as np
 from PIL import Image, ImageOps
 
 from service.config import Limits
 
+# An upload as either request form delivers it: the file BentoML spooled a multipart upload
+# to, or a raw request body in memory.
+Source = Path | bytes
 MAX_PIXELS = Limits.max_pixels
-# Decodes over this many pixels go through their own, narrower lane (Lanes) and give their
-# memory back afterwards.
+# Decodes over this many pixels go through their own, narrower lane (service.lanes) and give
+# their memory back afterwards.
 LARGE_PIXELS = 4_000_000
 REDUCING_GAP = 3  # box-reduce to 3x the model's size, then resize: as good as a full resize
 STRIP_PIXELS = 1_000_000  # pixels converted at once while reducing
@@ -55,16 +55,20 @@ def as_limits(limits: Limits | int | None) -> Limits:
 
 
 @contextmanager
-def opened(path: Path, limits: Limits | int | None = None) -> Iterator[Image.Image]:
-    """Open an upload lazily (header only), refusing empty files, other formats and images
-    over the pixel limit of their format (decompression bombs among them)."""
+def opened(path: Source, limits: Limits | int | None = None) -> Iterator[Image.Image]:
+    """Open an upload (a file, or a body's bytes) lazily (header only), refusing empty ones,
+    other formats and images over the pixel limit of their format (decompression bombs among
+    them)."""
     limits = as_limits(limits)
-    if not path.exists() or path.stat().st_size == 0:
+    empty = not path if isinstance(path, bytes) else (not path.exists()
+                                                      or path.stat().st_size == 0)
+    if empty:
         raise BadImage("the uploaded file is empty", code="empty_file")
     # Our own limit below replaces Pillow's (a warning, then an error without the size).
     Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(path, formats=FORMATS)
+        image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path,
+                           formats=FORMATS)
     except Exception as error:  # noqa: BLE001 - hostile headers raise many types
         raise client_error(error, f"not a {FORMAT_NAMES} image", "not_an_image") from None
     with image:
@@ -121,7 +125,7 @@ def client_error(error: Exception, message: str, code: str) -> BadImage:
     return BadImage(message, code=code)
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: Source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file (EXIF-upright, RGB, first frame) into a uint8 HxWx3 array."""
     with opened(path, max_pixels) as image, decoding_errors():
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
@@ -156,17 +160,31 @@ def decoded_pixels(image: Image.Image, size: int) -> int:
     return -(-image.width // scale) * -(-image.height // scale)
 
 
-def decode_cost(path: Path, size: int, limits: Limits | None = None) -> int:
+def decode_cost(path: Source, size: int, limits: Limits | None = None) -> int:
     """Pixels a decode of this upload to size x size will produce; checks the header only."""
     limits = as_limits(limits)
     with opened(path, limits) as image:
         return decoded_pixels(image, size)
 
 
-def prepare(path: Path, size: int, limits: Limits | int | None = None) -> np.ndarray:
+def prepare(path: Source, size: int, limits: Limits | int | None = None) -> np.ndarray:
     """Decode an upload once, straight to the model's size x size RGB input (uint8)."""
-    limits = as_limits(limits)
-    with opened(path, limits) as image, decoding_errors():
+    with opened(path, as_limits(limits)) as image:
+        return prepare_opened(image, size)
+
+
+def prepare_if_small(path: Source, size: int, limits: Limits, most_pixels: int
+                     ) -> np.ndarray | int:
+    """prepare() when the decode produces at most most_pixels; else how many it would
+    produce, nothing decoded (the header is read once either way)."""
+    with opened(path, limits) as image:
+        pixels = decoded_pixels(image, size)
+        return pixels if pixels > most_pixels else prepare_opened(image, size)
+
+
+def prepare_opened(image: Image.Image, size: int) -> np.ndarray:
+    """prepare() of an image opened by opened()."""
+    with decoding_errors():
         if image.format in ("JPEG", "MPO"):
             # libjpeg writes 1/2..1/8 scale (a progressive JPEG still holds all coefficients).
             image.draft("RGB", (size, size))
@@ -243,54 +261,3 @@ def release_memory() -> None:
 
 
 _trim = None
-
-
-class Lanes:
-    """How many uploads one worker decodes at once, large ones in a narrower lane of
-    their own: a burst of large uploads then waits for itself, never in front of small ones.
-    After each large decode its lane rests as long as the decode took CPU, so large uploads
-    take at most half a core per lane whatever their rate."""
-
-    def __init__(self, threads: int, large_threads: int, large_pixels: int = LARGE_PIXELS
-                 ) -> None:
-        self.threads, self.large_threads, self.large_pixels = threads, large_threads, large_pixels
-        self._limiters: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter] | None = None
-
-    async def run(self, pixels: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        """Run a decode producing this many pixels in its lane."""
-        if self._limiters is None:  # made in the event loop that uses them
-            self._limiters = (anyio.CapacityLimiter(self.threads),
-                              anyio.CapacityLimiter(self.large_threads))
-        if pixels <= self.large_pixels:
-            return await anyio.to_thread.run_sync(decode, limiter=self._limiters[0])
-        async with self._limiters[1]:
-            result, cpu_seconds = await anyio.to_thread.run_sync(timed, decode)
-            await rest(cpu_seconds)
-        return result
-
-
-def timed(decode: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
-    """The decode's result and the CPU seconds its thread spent on it."""
-    start = time.thread_time()
-    result = decode()
-    return result, time.thread_time() - start
-
-
-async def rest(seconds: float) -> None:
-    """Keep a large decode's lane idle this long."""
-    await anyio.sleep(seconds)
-
-
-async def prepare_all(paths: list[Path], size: int, limits: Limits, lanes: Lanes) -> np.ndarray:
-    """Decode uploads in threads, each in its lane, into one uint8 batch (upload order)."""
-
-    async def one(index: int, path: Path) -> np.ndarray:
-        try:
-            # The header alone says the cost; only the decode itself waits for its lane.
-            pixels = await anyio.to_thread.run_sync(decode_cost, path, size, limits)
-            return await lanes.run(pixels, partial(prepare, path, size, limits))
-        except BadImage as error:
-            error.index = index
-            raise
-
-    return np.stack(await asyncio.gather(*(one(i, p) for i, p in enumerate(paths))))

@@ -97,9 +97,10 @@ class Upload:
     data: bytes | None = None
 
 
-def describe(path: Path, sample_rate: float) -> Upload:
-    """Hash and header of an upload; its bytes too when the sample draws it."""
-    data = path.read_bytes()
+def describe(path: Path | bytes, sample_rate: float) -> Upload:
+    """Hash and header of an upload (a file, or a body's bytes); its bytes too when the
+    sample draws it."""
+    data = path if isinstance(path, bytes) else path.read_bytes()
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height, fmt = image.width, image.height, image.format or ""
@@ -349,16 +350,17 @@ def parquet(rows: list[dict], schema: pa.Schema) -> bytes:
     return buffer.getvalue()
 
 
-def small_uploads(paths: list[Path]) -> bool:
+def small_uploads(paths: list[Path | bytes]) -> bool:
     """Whether uploads are small enough to hash and describe without leaving the event loop
     (a thread hop costs more than hashing a few hundred kB)."""
     try:
-        return sum(path.stat().st_size for path in paths) <= INLINE_BYTES
+        return sum(len(path) if isinstance(path, bytes) else path.stat().st_size
+                   for path in paths) <= INLINE_BYTES
     except OSError:
         return False
 
 
-def describe_all(paths: list[Path], sample_rate: float) -> list[Upload] | None:
+def describe_all(paths: list[Path | bytes], sample_rate: float) -> list[Upload] | None:
     """describe() for each upload; None when one cannot be read (the request failed)."""
     try:
         return [describe(path, sample_rate) for path in paths]

@@ -125,10 +125,12 @@ class Answer:
     code: str | None = None  # the error code of a JSON error body
     error: str | None = None  # the connection error's kind when status is None
     top_hash: str | None = None  # the revision of the answering model, when published
+    form: str = "form"  # how the image was sent: "form" (multipart) or "raw" (the body)
 
 
 class Load:
-    """Closed-loop clients posting one image to /classify until stopped."""
+    """Closed-loop clients posting one image to /classify until stopped, each client
+    alternating the multipart form and the raw body."""
 
     def __init__(self, url: str, clients: int, image: bytes, timeout: float = 30) -> None:
         import threading
@@ -155,15 +157,24 @@ class Load:
         import requests
 
         session = requests.Session()
+        sent = 0
         while not self.stopped.is_set():
             start = time.monotonic()
+            form = ("form", "raw")[sent % 2]
+            sent += 1
             try:
-                reply = session.post(f"{self.url}/classify", timeout=self.timeout,
-                                     files={"image": ("x.jpg", self.image, "image/jpeg")})
+                if form == "raw":
+                    reply = session.post(f"{self.url}/classify", timeout=self.timeout,
+                                         data=self.image,
+                                         headers={"Content-Type": "image/jpeg"})
+                else:
+                    reply = session.post(f"{self.url}/classify", timeout=self.timeout,
+                                         files={"image": ("x.jpg", self.image, "image/jpeg")})
             except requests.RequestException as error:
                 kind = "refused" if isinstance(error, requests.ConnectionError) and \
                     "refused" in str(error).lower() else type(error).__name__
-                self.answers.append(Answer(start, time.monotonic(), None, error=kind))
+                self.answers.append(Answer(start, time.monotonic(), None, error=kind,
+                                           form=form))
                 session = requests.Session()
                 time.sleep(0.05)
                 continue
@@ -171,7 +182,7 @@ class Load:
                 "application/json") else {}
             self.answers.append(Answer(start, time.monotonic(), reply.status_code,
                                        body.get("model"), body.get("code"),
-                                       top_hash=body.get("top_hash")))
+                                       top_hash=body.get("top_hash"), form=form))
             if reply.status_code == 503:
                 time.sleep(float(reply.headers.get("Retry-After", "0.2")) / 5)
 

@@ -80,22 +80,26 @@ def files(tmp_path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_curl_examples_work(docs_server, files):
     url, tag = docs_server
+    from urllib.parse import urlsplit
+
     examples = lines("curl ")
-    assert len(examples) == 5
+    assert len(examples) == 7
+    assert sum("--data-binary" in line for line in examples) == 2  # the raw body, both ways
     for line in examples:
         args = shlex.split(line.replace(EXAMPLE_HOST, url))
         done = subprocess.run([*args, "--silent", "--show-error", "--fail"], cwd=files,
                               text=True, capture_output=True, timeout=60, check=False)
         assert done.returncode == 0, f"{line}: {done.stderr}"
         answer = json.loads(done.stdout)
-        if line.endswith("/classify"):
+        path = urlsplit(args[-1]).path
+        if path == "/classify":
             assert len(answer["labels"]) == (1 if "top=1" in line else 3)
             assert answer["model"] == tag
-        elif line.endswith("/classify_batch"):
+        elif path == "/classify_batch":
             assert [r["filename"] for r in answer["results"]] == ["photo.jpg", "other.png"]
-        elif line.endswith("/model"):
+        elif path == "/model":
             assert answer["tag"] == tag
-        elif line.endswith("/readyz"):
+        elif path == "/readyz":
             assert answer["code"] == "ready"
         else:
             pytest.fail(f"no check for {line}")
@@ -107,9 +111,10 @@ def test_the_python_client_example_works(docs_server, files):
     done = subprocess.run([sys.executable, "-c", code.replace(EXAMPLE_HOST, url)], cwd=files,
                           text=True, capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    first, second = done.stdout.strip().splitlines()
+    first, second, raw = done.stdout.strip().splitlines()
     assert first.startswith(tag) and first.count("(") == 2  # two labels
     assert second == "['photo.jpg', 'other.png']"
+    assert raw == first  # the raw body, sent with requests: the same answer
 
 
 def test_the_openapi_document_lists_every_route(docs_server):

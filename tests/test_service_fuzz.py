@@ -1,4 +1,5 @@
-"""Fuzzing the real server: hundreds of mutated uploads, zero 5xx, and it still works after."""
+"""Fuzzing the real server: hundreds of mutated uploads, as forms and as raw bodies, zero 5xx,
+and it still works after."""
 
 from __future__ import annotations
 
@@ -129,4 +130,50 @@ def test_hundreds_of_mutated_uploads_get_no_5xx(classifier_server):
     assert not failures, failures
     assert sum(statuses.values()) == ROUNDS
     assert statuses[200] > 20 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 300
+    assert final.status_code == 200 and len(final.json()["labels"]) == 3
+
+
+RAW_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/x-what",
+             "application/octet-stream", "IMAGE/JPEG", "image/jpeg; charset=utf-8"]
+QUERIES = ["", "", "", "?top=1", "?top=0", "?top=-1", "?top=1e9", "?top=%00", "?top=",
+           "?top=3&top=4", "?x=1", "?top=99999", "?top=\u00e9"]
+RAW_ROUNDS = 400
+
+
+def raw_request_for(rng: random.Random, images: dict[str, bytes]) -> dict:
+    """One mutated raw body: truncated, wrong type, huge dimensions, empty, random bytes."""
+    roll = rng.random()
+    if roll < 0.05:
+        data = b""
+    elif roll < 0.20:
+        data = huge_dimensions(rng, images[rng.choice(list(images))])
+    else:
+        data = rng.choice(MUTATORS)(rng, images[rng.choice(list(images))])
+    return {"url": "/classify" + rng.choice(QUERIES), "data": data,
+            "headers": {"Content-Type": rng.choice(RAW_TYPES)}}
+
+
+def test_hundreds_of_mutated_raw_bodies_get_no_5xx(classifier_server):
+    rng = random.Random(SEED + 1)
+    images = seeds()
+    statuses: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
+    failures = []
+    with requests.Session() as session:
+        for round_ in range(RAW_ROUNDS):
+            spec = raw_request_for(rng, images)
+            url = classifier_server.url + spec.pop("url")
+            answer = session.post(url, timeout=30, **spec)
+            statuses[answer.status_code] += 1
+            body = answer.json()  # every answer is JSON, errors included
+            codes[body.get("code", "")] += 1
+            if answer.status_code >= 500 or (answer.status_code >= 400 and "error" not in body):
+                failures.append((round_, answer.status_code, answer.text[:200]))
+        final = session.post(f"{classifier_server.url}/classify", data=images["png"],
+                             headers={"Content-Type": "image/png"}, timeout=30)
+    assert not failures, failures
+    assert sum(statuses.values()) == RAW_ROUNDS
+    assert statuses[200] > 10 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 300
+    # the body's cases were all met: empty, not an image, truncated, too many pixels
+    assert {"empty_file", "not_an_image", "truncated_image", "too_many_pixels"} <= set(codes)
     assert final.status_code == 200 and len(final.json()["labels"]) == 3

@@ -202,7 +202,7 @@ def test_large_decodes_wait_in_their_own_lane(tmp_path, monkeypatch):
 
     import anyio
 
-    from service import images
+    from service import images, lanes
     from service.config import Limits
 
     small, large = tmp_path / "small.png", tmp_path / "large.png"
@@ -227,13 +227,13 @@ def test_large_decodes_wait_in_their_own_lane(tmp_path, monkeypatch):
     async def rest(seconds):
         rests.append(seconds)
 
-    monkeypatch.setattr(images, "rest", rest)
-    lanes = images.Lanes(threads=2, large_threads=1)
+    monkeypatch.setattr(lanes, "rest", rest)
+    both = lanes.Lanes(threads=2, large_threads=1)
     order: list[str] = []
 
     async def main() -> None:
         async def upload(path, name):
-            await images.prepare_all([path], 8, Limits(), lanes)
+            await lanes.prepare_all([path], 8, Limits(), both)
             order.append(name)
 
         async with anyio.create_task_group() as group:

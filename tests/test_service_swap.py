@@ -48,6 +48,9 @@ def test_promotions_swap_in_under_load_and_a_broken_one_is_not(tmp_path):
         answers = load.answers
     assert [a for a in answers if a.status != 200] == []
     assert {a.model for a in answers} == {old, new}
+    # Both request forms (servicekit.Load alternates them) answered by either model.
+    assert {(a.form, a.model) for a in answers} == {(f, m) for f in ("form", "raw")
+                                                     for m in (old, new)}
     assert all(a.model == new for a in answers[settled:])  # the broken one never answered
     assert info["tag"] == new and info["last_reload_error"]["model"].startswith(broken)
     assert [c["name"] for c in info["classes"]] == ["Ant", "Bee", "Cat", "Dog"]
@@ -64,11 +67,17 @@ def test_labels_travel_with_the_model_that_answered(tmp_path):
             return requests.post(f"{server.url}/classify", data={"top": "4"}, timeout=30,
                                  files={"image": ("x.jpg", IMAGE, "image/jpeg")}).json()
 
+        def classify_raw() -> dict:
+            return requests.post(f"{server.url}/classify?top=4", data=IMAGE, timeout=30,
+                                 headers={"Content-Type": "image/jpeg"}).json()
+
         assert {lab["label"] for lab in classify()["labels"]} == {"Circle", "Square",
                                                                    "Triangle"}
         promote(new)
         answer = wait_for(lambda: (a := classify())["model"] == new and a, "the swap")
+        raw = classify_raw()
     assert {lab["label"] for lab in answer["labels"]} == {"Ant", "Bee", "Cat", "Dog"}
+    assert raw["model"] == new and raw["labels"] == answer["labels"]
 
 
 def start_serve(tmp_path: Path, name: str, env: dict[str, str]
@@ -123,6 +132,9 @@ def test_readiness_answers_while_loading_and_drain_fails_no_request(tmp_path):
     # requests that were under way when the signal came were answered, not cut off
     assert [a for a in answers if a.start < term and a.status is None] == []
     assert any(a.status == 200 and a.end > term for a in answers)
+    # both request forms (servicekit.Load alternates them) were answered, then drained
+    assert {a.form for a in answered if a.status == 200} == {"form", "raw"}
+    assert {a.form for a in answered if a.code == "draining"} == {"form", "raw"}
 
 
 def test_drain_delay_fails_readiness_at_once_and_keeps_answering(tmp_path):

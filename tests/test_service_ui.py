@@ -134,3 +134,59 @@ def test_a_wrong_answer_can_be_corrected(classifier_server, browser, tmp_path):
     stored = read_feedback(classifier_server.log.parent / "predictions")
     assert stored.label.tolist()[-1] == right and stored.model.tolist()[-1] == \
         classifier_server.tag
+
+
+# The page's script run by Node with a stand-in DOM and fetch, where Chromium is missing:
+# it sends the chosen file as the request body, with an image type or octet-stream.
+NODE_CHECK = r"""
+const fs = require("fs");
+const html = fs.readFileSync(process.argv[2], "utf8");
+const script = html.split("<script>")[1].split("</script>")[0];
+const stub = () => ({textContent: "", style: {}, dataset: {}, value: "", src: "",
+  classList: {add() {}, remove() {}}, replaceChildren() {}, append() {},
+  addEventListener() {}, querySelector: () => stub()});
+const elements = {};
+globalThis.document = {getElementById: (id) => (elements[id] ??= stub()), createElement: stub};
+globalThis.Option = function Option() {};
+URL.createObjectURL = () => "blob:preview";
+URL.revokeObjectURL = () => {};
+const sent = [];
+globalThis.fetch = async (url, init) => {
+  if (url === "model") return {ok: true, json: async () => ({tag: "t", classes: []})};
+  sent.push({url, method: init.method, type: init.headers["Content-Type"],
+             body: init.body instanceof File ? init.body.name : typeof init.body});
+  return {ok: true, json: async () => ({labels: [{label: "A", probability: 0.9}],
+                                        request_id: "r", seconds: 0.01, model: "t"})};
+};
+eval(script + "\nglobalThis.classify = classify;");
+(async () => {
+  await classify(new File([new Uint8Array([255, 216, 255])], "a.jpg", {type: "image/jpeg"}));
+  await classify(new File(["not an image"], "notes.txt", {type: "text/plain"}));
+  await classify(new File(["?"], "unknown", {type: ""}));
+  console.log(JSON.stringify({sent, error: elements.error.textContent}));
+})();
+"""
+
+
+def test_the_page_sends_the_image_as_the_request_body(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node is not installed here")
+    script = tmp_path / "check.js"
+    script.write_text(NODE_CHECK)
+    page = Path(__file__).resolve().parent.parent / "service" / "static" / "ui.html"
+    done = subprocess.run([node, str(script), str(page)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sent"] == [
+        {"url": "classify", "method": "POST", "type": "image/jpeg", "body": "a.jpg"},
+        {"url": "classify", "method": "POST", "type": "application/octet-stream",
+         "body": "notes.txt"},
+        {"url": "classify", "method": "POST", "type": "application/octet-stream",
+         "body": "unknown"}]
+    assert result["error"] == ""
