@@ -51,7 +51,11 @@ def test_batch_keeps_order_names_and_matches_single_answers(classifier_server):
     assert [r["filename"] for r in results] == [f"img{i}.jpg" for i in range(5)]
     for data, result in zip(images, results, strict=True):
         single = post(classifier_server, {"image": ("x.jpg", data)}, {"top": "2"}).json()
-        assert result["labels"] == single["labels"]
+        # The same labels; a probability may differ in its last printed digit, as a batch of
+        # five and a batch of one take different float paths through the model.
+        assert [e["label"] for e in result["labels"]] == [e["label"] for e in single["labels"]]
+        assert all(abs(a["probability"] - b["probability"]) < 1e-5
+                   for a, b in zip(result["labels"], single["labels"], strict=True))
 
 
 def test_model_reports_its_lineage(classifier_server):
