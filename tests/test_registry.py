@@ -87,7 +87,8 @@ def test_first_run_is_promoted_then_the_gate_decides(runs):
 
     # Worse: registered but not promoted, and the reason says so.
     assert not worse["promoted"]
-    assert "not better beyond the margin" in worse["promotion_reason"] and "kept in the store" in worse["promotion_reason"]
+    reason = worse["promotion_reason"]
+    assert "not better beyond the margin" in reason and "kept in the store" in reason
     assert worse["promotion"]["incumbent_score"] == good["metrics"]["macro_f1"]
     assert runs["worse_record"]["tag"] == good["model_tag"]
 
