@@ -16,6 +16,7 @@ import json
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import EllipsisType
 from typing import Any
 
 PREFIX = ".openimager/promotion"
@@ -138,7 +139,7 @@ def event(action: str, entry: dict, **details: Any) -> dict:
             **details}
 
 
-def promote(entry: dict, expected: str | type[Ellipsis] | None = ...,
+def promote(entry: dict, expected: str | EllipsisType | None = ...,
             action: str = "promoted") -> Callable[[dict], dict | None]:
     """The change that makes entry ({"tag", "top_hash", ...}) the promoted revision.
 

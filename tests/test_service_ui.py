@@ -81,6 +81,12 @@ def test_choosing_an_image_shows_it_with_its_label_bars(classifier_server, brows
     preview = browser.find_element(By.ID, "preview")
     assert preview.is_displayed() and browser.execute_script(
         "return arguments[0].naturalWidth", preview) == 80
+    # The notice shows exactly when the API calls the answer unsure (the tiny untrained model
+    # of the tests is unsure of everything at the default threshold).
+    with known.open("rb") as handle:
+        unsure = requests.post(f"{classifier_server.url}/classify", files={"image": handle},
+                               timeout=30).json()["unsure"]
+    assert unsure and browser.find_element(By.ID, "unsure").is_displayed()
     browser.save_screenshot(str(tmp_path / "ui.png"))
 
 
