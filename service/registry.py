@@ -6,7 +6,7 @@ keyed by top hash.
         bentoml serve service.service:Classifier
 
 The endpoint and credentials come from the standard AWS configuration (profiles, environment
-credentials, AWS_ENDPOINT_URL), as quilt3 reads it. OPENIMAGER_TOP_HASH pins one revision
+credentials, AWS_ENDPOINT_URL), as boto3 reads it. OPENIMAGER_TOP_HASH pins one revision
 instead of following the promotion. The cache is `<BentoML home>/registry/<bucket>/<package>/
 <top hash>`: a revision is fetched into a temporary folder beside it and renamed into place, so
 a folder is there whole or not at all, and two workers fetching the same revision at once
@@ -121,18 +121,28 @@ def revision_folder(package: Followed, top_hash: str) -> Path:
 
 
 def fetch_into(package: Followed, top_hash: str, dest: Path) -> dict:
-    """Fetch model/ of one revision into dest, with the service's metadata file."""
-    os.environ.setdefault("QUILT_DISABLE_USAGE_METRICS", "true")
-    import quilt3  # about 4 s to import: only a process that fetches pays for it
+    """Fetch model/ of one revision into dest, with the service's metadata file. Reads the
+    revision's quilt3 manifest (.quilt/packages/<top hash>: a JSON line of metadata, then one
+    per file with its physical S3 key) with boto3: the service loads no quilt3."""
+    from urllib.parse import parse_qs, unquote, urlsplit
 
-    revision = quilt3.Package.browse(package.package, registry=package.registry,
-                                     top_hash=top_hash)
-    if "model" not in revision or MODEL_FILE not in revision["model"]:
+    bucket = registry_state.split_registry(package.registry)
+    body = client().get_object(Bucket=bucket, Key=f".quilt/packages/{top_hash}")["Body"]
+    head, *entries = [json.loads(line) for line in body.read().splitlines() if line.strip()]
+    files = {e["logical_key"][len("model/"):]: e["physical_keys"][0] for e in entries
+             if e.get("logical_key", "").startswith("model/")}
+    if MODEL_FILE not in files:
         raise RegistryError(f"{package.package}@{top_hash[:12]} in {package.registry} has no "
                             f"model/{MODEL_FILE}")
-    revision["model"].fetch(str(dest) + "/")
-    metadata = servable_metadata(revision.meta, package.package, package.registry,
-                                 revision.top_hash)
+    for name, physical in files.items():
+        where = urlsplit(physical)
+        version = parse_qs(where.query).get("versionId", [None])[0]
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client().download_file(where.netloc, unquote(where.path.lstrip("/")), str(target),
+                               ExtraArgs={"VersionId": version} if version else None)
+    metadata = servable_metadata(head.get("user_meta") or {}, package.package,
+                                 package.registry, top_hash)
     write_json(dest / METADATA_FILE, metadata)
     return metadata
 
