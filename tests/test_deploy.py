@@ -130,8 +130,14 @@ def system(images: dict[str, str], mirror: StaticHTTP, tmp_path_factory: pytest.
 
 
 def prefect(system: deploykit.Played, method: str, path: str, **body) -> dict:
-    reply = requests.request(method, f"{system.prefect_url}{path}",
-                             json=body if method == "POST" else None, timeout=30)
+    """One call to the Prefect API, retried as Prefect's own client retries it: the server
+    answers 503 for what a retry can fix (SQLite busy on a loaded machine), 429 and 502 too."""
+    for attempt in range(6):
+        reply = requests.request(method, f"{system.prefect_url}{path}",
+                                 json=body if method == "POST" else None, timeout=30)
+        if reply.status_code not in (429, 502, 503) or attempt == 5:
+            break
+        time.sleep(2 ** attempt)
     reply.raise_for_status()
     return reply.json()
 
