@@ -1,8 +1,9 @@
 """The served model's prediction log and the feedback on it, as written by the service.
 
 Layout under the log folder (OPENIMAGER_PREDICTION_LOG_DIR): `log/part-*.parquet` (one row per
-classified image), `feedback/part-*.parquet` (corrections sent to /feedback) and `images/` (the
-uploads kept for labelling). Parts appear whole (written under a temporary name, then renamed).
+classified image), `feedback/part-*.parquet` (corrections sent to /feedback), `images/` (the
+uploads kept for labelling) and SHADOW_FILE (the shadow replay's disagreements). Parts appear
+whole (written under a temporary name, then renamed).
 The folder may be an S3 prefix (`s3://bucket/prefix`), where replicas of the service in
 separate containers write their parts side by side; the readers read every replica's.
 """
@@ -32,6 +33,14 @@ FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("label", pa.string()), ("time", TIME), ("model", pa.string()),
 ])
 PART_GLOB = "part-*.parquet"  # temporary names start with a dot and never match
+# The shadow replay's last comparison of a candidate model with the served one on the kept
+# uploads (written by `python -m flows shadow`, read by the service's review queue), a JSON
+# object: {"candidate": tag, "incumbent": tag, "at": ISO time, "since": ISO time or null (the
+# oldest upload replayed), "report": {...} (the replay's figures), "disagreements": [{"sha256",
+# "name" (the file under images/), "incumbent_label", "incumbent_probability",
+# "candidate_label", "candidate_probability"}, ...]}, one entry per upload the two answer
+# differently.
+SHADOW_FILE = "shadow/latest.json"
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp",
               "GIF": "gif"}
 

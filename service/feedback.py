@@ -33,20 +33,33 @@ def guard() -> tuple[FeedbackPolicy, TokenBucket]:
 def refused(request: Request) -> JSONResponse | None:
     """429 when this client (its remote address) is over its rate, 401 without the token;
     None when the request may go on. The rate counts refused tokens too (no guessing)."""
+    policy, _ = guard()
+    if (answer := over_rate(request)) is not None:
+        return answer
+    if not policy.authorized(request.headers.get("authorization")):
+        return unauthorized("feedback")
+    return None
+
+
+def over_rate(request: Request) -> JSONResponse | None:
+    """Take one of this client's tokens: 429 when it has none left, else None."""
     policy, buckets = guard()
     client = request.client.host if request.client else "unknown"
     wait = buckets.take(client)
-    if wait > 0:
-        answer = error(429, "rate_limited", f"too much feedback from {client}: at most "
-                       f"{policy.per_minute:g} a minute (bursts of {policy.burst:g})")
-        answer.headers["Retry-After"] = retry_after(wait)
-        return answer
-    if not policy.authorized(request.headers.get("authorization")):
-        answer = error(401, "unauthorized", "feedback needs the service's token: send "
-                       "Authorization: Bearer <OPENIMAGER_FEEDBACK_TOKEN>")
-        answer.headers["WWW-Authenticate"] = "Bearer"
-        return answer
-    return None
+    if wait <= 0:
+        return None
+    answer = error(429, "rate_limited", f"too much feedback from {client}: at most "
+                   f"{policy.per_minute:g} a minute (bursts of {policy.burst:g})")
+    answer.headers["Retry-After"] = retry_after(wait)
+    return answer
+
+
+def unauthorized(what: str) -> JSONResponse:
+    """401 for a request without the service's token."""
+    answer = error(401, "unauthorized", f"{what} needs the service's token: send "
+                   "Authorization: Bearer <OPENIMAGER_FEEDBACK_TOKEN>")
+    answer.headers["WWW-Authenticate"] = "Bearer"
+    return answer
 
 
 async def fields(request: Request) -> dict[str, str] | JSONResponse:

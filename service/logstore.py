@@ -59,6 +59,10 @@ class LocalStore:
         """Something pyarrow reads a Parquet file from."""
         return str(self.root / key)
 
+    def read(self, key: str) -> bytes:
+        """A file's bytes; FileNotFoundError when it is gone."""
+        return (self.root / key).read_bytes()
+
     def __str__(self) -> str:
         return str(self.root)
 
@@ -97,13 +101,17 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=self.name(key))
 
     def source(self, key: str) -> Any:
+        """The object's bytes, for pyarrow; FileNotFoundError when it is gone."""
+        return io.BytesIO(self.read(key))
+
+    def read(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when it is gone (another replica evicted
         it), as for a folder."""
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.name(key))["Body"]
         except self.client.exceptions.NoSuchKey as gone:
             raise FileNotFoundError(f"{self.url}/{key}") from gone
-        return io.BytesIO(body.read())
+        return body.read()
 
     def __str__(self) -> str:
         return self.url

@@ -1,4 +1,5 @@
-"""BentoML service: POST /classify and /classify_batch, GET /model and the page at /ui.
+"""BentoML service: POST /classify and /classify_batch, GET /model, the page at /ui and the
+review queue at /review.
 
 `bentoml serve service.service:Classifier` starts OPENIMAGER_WORKERS worker processes; each
 checks and decodes uploads and holds the model (service.predictor), which runs the prepared
@@ -40,6 +41,7 @@ with bentoml.importing():
         new_request_id,
         small_uploads,
     )
+    from service.review import ReviewQueue
 
 # Read when the service class is defined: BentoML needs the number in the decorator.
 TUNING = Tuning.from_env()
@@ -67,6 +69,8 @@ class Classifier:
                                    sizes.observe)
         self._lanes = Lanes(TUNING.decode_threads, TUNING.large_decode_threads)
         self.predlog = PredictionLog(PredictionLogging.from_env())
+        # GET /review's index of the log's kept uploads, this worker's own
+        self.review = ReviewQueue(self.predlog.store) if self.predlog.enabled else None
         self.min_confidence = min_confidence()
 
     @bentoml.on_startup

@@ -1,5 +1,6 @@
-"""The app mounted beside BentoML's APIs: GET /model, the page at /ui, POST /feedback, and
-POST /classify with the image as the request body (reached through service.rawbody)."""
+"""The app mounted beside BentoML's APIs: GET /model, the page at /ui, POST /feedback, the
+review queue (GET /review and its images), and POST /classify with the image as the request
+body (reached through service.rawbody)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from starlette.responses import (
 
 from service.feedback import feedback
 from service.rawbody import TOP_STATE, Reply
+from service.reviewapi import MAX_LIMIT, ORDERS, review, review_image
 
 PAGE = Path(__file__).parent / "static" / "ui.html"
 
@@ -85,6 +87,35 @@ web_app.add_api_route(
                404: {"description": "no answered request has this id"},
                429: {"description": "this client sent too much feedback: Retry-After says "
                                     "when to try again"}})
+
+TOKEN_401 = {"description": "OPENIMAGER_FEEDBACK_TOKEN is set and the request has no matching "
+                            "Authorization: Bearer token"}
+LOG_OFF_409 = {"description": "the prediction log is off (OPENIMAGER_PREDICTION_LOG=false)"}
+web_app.add_api_route(
+    "/review", review, methods=["GET"], response_class=JSONResponse, tags=["Service APIs"],
+    summary="The kept uploads to label, least certain first", description=inspect.getdoc(review),
+    openapi_extra={"parameters": [
+        {"name": "order", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": list(ORDERS), "default": "margin"}},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}}]},
+    responses={200: {"description": "items (request_id, sha256, image, time, model, top_hash, "
+                     "classes, labels, top_label, top_probability, margin, entropy, "
+                     "disagreement), total, order, shadow",
+                     "content": {"application/json": {"schema": {"type": "object"}}}},
+               400: {"description": "order or limit is not one of the allowed values"},
+               401: TOKEN_401, 409: LOG_OFF_409})
+web_app.add_api_route(
+    "/review/images/{name}", review_image, methods=["GET"], response_class=Response,
+    tags=["Service APIs"],
+    summary="A kept upload of the review queue", description=inspect.getdoc(review_image),
+    openapi_extra={"parameters": [{"name": "name", "in": "path", "required": True,
+                                   "schema": {"type": "string"}}]},
+    responses={200: {"description": "the image's bytes",
+                     "content": {f"image/{kind}": {} for kind in
+                                 ("jpeg", "png", "webp", "bmp", "gif")}},
+               401: TOKEN_401, 404: {"description": "no kept upload has this name"},
+               409: LOG_OFF_409})
 
 
 async def classify_body(request: Request) -> Response:

@@ -116,4 +116,7 @@ def test_logging_off_writes_nothing_and_refuses_feedback(tmp_path):
         refused = requests.post(f"{served.url}/feedback", timeout=30, json={
             "request_id": answer.json()["request_id"], "label": "Circle"})
         assert (refused.status_code, refused.json()["code"]) == (409, "prediction_log_off")
+        for path in ("review", f"review/images/{'0' * 64}.png"):
+            off = requests.get(f"{served.url}/{path}", timeout=30)
+            assert (off.status_code, off.json()["code"]) == (409, "prediction_log_off"), path
     assert not Path(folder).exists()
