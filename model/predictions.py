@@ -31,6 +31,8 @@ LOG_SCHEMA = pa.schema([
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("label", pa.string()), ("time", TIME), ("model", pa.string()),
 ])
+# The last shadow replay's disagreements (written by the pipeline, read by GET /review).
+SHADOW_FILE = "shadow/latest.json"
 PART_GLOB = "part-*.parquet"  # temporary names start with a dot and never match
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp",
               "GIF": "gif"}
