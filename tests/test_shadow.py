@@ -114,3 +114,17 @@ def test_kept_uploads_since_a_time_once_each_with_their_labels(tmp_path):
     assert len(kept_uploads(folder, None, 100)) == 4
     assert len(kept_uploads(folder, None, 1)) == 1  # the newest only
     assert kept_uploads(tmp_path / "nothing", None, 10).empty
+
+
+def test_a_replay_of_no_uploads_passes_without_judging(tmp_path):
+    from flows.watching.shadow import Side, replay
+
+    class Never:
+        def predict_on_batch(self, pixels):
+            raise AssertionError("no upload, no prediction")
+
+    side = Side("m:1", Never(), NAMES, 32)
+    none = replay(kept_uploads(tmp_path / "nothing", None, 10), tmp_path, side, side)
+    found = compare(none)
+    assert found["images"] == 0 and found["agreement"] is None
+    assert judge(found, ShadowRule(), "m:1", "m:1")[0]

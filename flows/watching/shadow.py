@@ -132,10 +132,10 @@ def replay(uploads: pd.DataFrame, images: Path, candidate: Side, incumbent: Side
                             candidate.class_names, incumbent.class_names))
         kept += [start + int(i) for i in np.flatnonzero(ok)]
     rows = uploads.iloc[kept]
+    none = np.zeros((0, len(incumbent.class_names)))
     return Replayed(tuple(rows.sha256), incumbent.class_names,
-                    np.concatenate(theirs) if theirs else np.zeros((0, 0)),
-                    np.concatenate(ours) if ours else np.zeros((0, 0)),
-                    tuple(rows.label))
+                    np.concatenate(theirs) if theirs else none,
+                    np.concatenate(ours) if ours else none, tuple(rows.label))
 
 
 def shadow_replay(settings: Settings, candidate: Side, incumbent: Side, since: str | None,
