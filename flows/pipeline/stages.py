@@ -255,11 +255,13 @@ def shadow_check(settings: Settings, tag: str, metadata: dict) -> Callable:
     def check(decision: Decision, theirs: Incumbent) -> Decision:
         import keras
 
+        from flows.promotion.registry import input_size
         from flows.watching.shadow import Side, shadow_replay
 
         model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
         ours = Side(tag, model, tuple(metadata["class_names"]), int(metadata["image_size"]))
-        incumbent = Side(theirs.tag, theirs.model, theirs.class_names, int(theirs.image_size))
+        incumbent = Side(theirs.tag, theirs.model, theirs.class_names,
+                         int(theirs.image_size or input_size(theirs.model)))
         try:
             report = shadow_replay(settings, ours, incumbent, theirs.promoted_at)
         except Exception as error:  # noqa: BLE001 - the test split's verdict still stands
