@@ -32,6 +32,7 @@ from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
 from flows.watching import watch
 from flows.watching.datachecks import verdict
+from flows.watching.shadow import report_lines as shadow_lines
 from model.atomic import atomic_path
 from model.intervals import stated
 
@@ -154,10 +155,13 @@ def retrain(
               "train": trained, "publish": published,
               "promotion": promoted and promoted["promotion"],
               "lost_to": promoted and promoted.get("lost_to"),
+              "shadow": trained["promotion"].get("shadow"),
               "bento": promoted and promoted["bento"]}
     print(f"classes {list(refreshed['classes'])}: {refreshed['images']} images, "
           f"{built['crops']} crops; test accuracy {stated(trained['metrics'], 'accuracy')}")
     print(promotion_line(trained))
+    for line in shadow_lines(trained["promotion"].get("shadow")):
+        print(line)
     print(publish_line(published) if published else "not published: the model was not promoted")
     for line in promotion_lines(promoted):
         print(line)

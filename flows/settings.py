@@ -153,6 +153,16 @@ class Settings(BaseModel):
     # At most this share of each class's train split may be feedback (the oldest kept).
     feedback_max_share: float = Field(0.2, ge=0.0, le=1.0)
     publish_feedback: bool = False  # their licence is unknown: left out of packages by default
+    # Shadow replay before a promotion (flows/watching/shadow.py): the candidate and the
+    # promoted model classify the uploads the service kept since the promotion. A candidate
+    # agreeing with fewer of the promoted model's confident answers, or with a lower accuracy
+    # on the labelled ones, than these minimums is refused (0 turns a check off).
+    shadow_replay: bool = True
+    shadow_min_agreement: float = Field(0.8, ge=0.0, le=1.0)
+    shadow_min_feedback_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    shadow_confident: float = Field(0.8, ge=0.0, le=1.0)
+    shadow_min_images: int = Field(20, ge=1)  # fewer to judge on: reported, not applied
+    shadow_max_images: int = Field(2000, ge=1)  # the newest kept uploads replayed
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**{**environment(os.environ), **values})

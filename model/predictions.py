@@ -32,6 +32,8 @@ LOG_SCHEMA = pa.schema([
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("label", pa.string()), ("time", TIME), ("model", pa.string()),
 ])
+# The last shadow replay's disagreements (written by the pipeline, read by GET /review).
+SHADOW_FILE = "shadow/latest.json"
 PART_GLOB = "part-*.parquet"  # temporary names start with a dot and never match
 # The shadow replay's last comparison of a candidate model with the served one on the kept
 # uploads (written by `python -m flows shadow`, read by the service's review queue), a JSON

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from model.atomic import write_json
 from model.intervals import (
@@ -38,6 +39,10 @@ class Incumbent:
     missing: bool = False  # its record points at a model no longer in the store
     # Its answers on the candidate's test split, crop by crop: the paired comparison's input.
     outcome: Outcome | None = None
+    # For shadow replay: the loaded model, its input size, and when it was promoted.
+    model: Any = field(default=None, compare=False, repr=False)
+    image_size: int | None = None
+    promoted_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class Decision:
     margin: float | None = None
     confidence: float | None = None
     photos: int | None = None
+    # The shadow replay on the kept uploads (flows/watching/shadow.py), when one ran.
+    shadow: dict | None = None
 
     def as_dict(self) -> dict:
         """The decision as plain JSON-able values."""

@@ -134,7 +134,7 @@ def update(client: Any, registry: str, package: str,
 
 def event(action: str, entry: dict, **details: Any) -> dict:
     """A history line: promoted, rejected, rolled back, or lost to another writer."""
-    keep = ("tag", "top_hash", "dataset_id", "metric", "score", "reason", "by")
+    keep = ("tag", "top_hash", "dataset_id", "metric", "score", "reason", "by", "shadow")
     return {"action": action, "at": now(), **{k: entry.get(k) for k in keep if k in entry},
             **details}
 

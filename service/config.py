@@ -139,6 +139,10 @@ class PredictionLogging:
     part_seconds: float = 10.0  # ...or this long after its first row, whichever comes first
     max_mb: float = 1024.0  # log parts and kept images together; the oldest go first
     sample_rate: float = 0.0  # the share of uploads kept for labelling
+    # Kept uploads have bounds of their own (they are users' photos): the oldest go first.
+    kept_max_images: int = 10_000
+    kept_max_mb: float = 512.0
+    kept_max_days: float = 30.0
 
     @classmethod
     def from_env(cls) -> PredictionLogging:
@@ -154,7 +158,10 @@ class PredictionLogging:
                    part_rows=env_int("OPENIMAGER_PREDICTION_LOG_ROWS", 1000),
                    part_seconds=env_number("OPENIMAGER_PREDICTION_LOG_SECONDS", 10.0, 0.01),
                    max_mb=env_number("OPENIMAGER_PREDICTION_LOG_MAX_MB", 1024.0, 0.001),
-                   sample_rate=rate)
+                   sample_rate=rate,
+                   kept_max_images=env_int("OPENIMAGER_KEPT_MAX_IMAGES", 10_000, 0),
+                   kept_max_mb=env_number("OPENIMAGER_KEPT_MAX_MB", 512.0, 0),
+                   kept_max_days=env_number("OPENIMAGER_KEPT_MAX_DAYS", 30.0, 0))
 
 
 def min_confidence() -> float:

@@ -38,7 +38,7 @@ from PIL import Image
 from model.predictions import FEEDBACK_SCHEMA, LOG_SCHEMA, PART_GLOB, image_name
 from service.config import PredictionLogging
 from service.images import FORMATS
-from service.logstore import open_store
+from service.logstore import Entry, open_store
 
 log = logging.getLogger("openimager.service")
 QUEUE_ITEMS = 10_000  # requests waiting for the writer thread
@@ -252,8 +252,10 @@ class PredictionLog:
                         self.store, error)
 
     def evict(self) -> None:
-        """Delete the oldest log parts and kept images until both fit in max_mb."""
-        files = self.store.entries("log") + self.store.entries("images")
+        """Delete kept images over their own bounds (age, count, bytes), then the oldest log
+        parts and kept images until both fit in max_mb."""
+        images = self.evict_kept(self.store.entries("images"))
+        files = self.store.entries("log") + images
         total = sum(f.size for f in files)
         limit = self.settings.max_mb * 2**20
         for entry in sorted(files, key=lambda f: (f.mtime, f.key)):
@@ -261,6 +263,24 @@ class PredictionLog:
                 break
             self.store.delete(entry.key)
             total -= entry.size
+
+    def evict_kept(self, images: list[Entry]) -> list[Entry]:
+        """Delete the kept images older than kept_max_days, then the oldest over
+        kept_max_images or kept_max_mb; return those that stay."""
+        settings = self.settings
+        cutoff = time.time() - settings.kept_max_days * 86400
+        stay = []
+        for entry in sorted(images, key=lambda f: (f.mtime, f.key)):
+            if entry.mtime < cutoff:
+                self.store.delete(entry.key)
+            else:
+                stay.append(entry)
+        total, limit = sum(f.size for f in stay), settings.kept_max_mb * 2**20
+        while stay and (len(stay) > settings.kept_max_images or total > limit):
+            gone = stay.pop(0)
+            self.store.delete(gone.key)
+            total -= gone.size
+        return stay
 
     def answered_by(self, request_id: str) -> tuple[str, tuple[str, ...]] | None:
         """The model tag and classes that answered a request id, or None if it is unknown:

@@ -51,3 +51,25 @@ def test_pictures_are_embedded_shrunk(tmp_path):
 def test_classification_rows_are_one_per_class():
     assert classification_rows(METRICS) == [
         {"class": "Car", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}]
+
+
+def test_a_shadow_replay_shows_its_figures_and_flip_matrix():
+    import numpy as np
+
+    from model.shadow import Replayed, ShadowRule, compare, judge
+
+    replayed = Replayed(tuple("abcd"), ("Car", "Hamburger"),
+                        np.array([[0.9, 0.1]] * 2 + [[0.1, 0.9]] * 2),
+                        np.array([[0.2, 0.8]] * 3 + [[0.9, 0.1]]), (None, "Car", None, None))
+    found = compare(replayed)
+    passes, reason = judge(found, ShadowRule(min_images=1),
+                           "clf:v1", "clf:v0")
+    shadow = {**found, "candidate": "clf:v1", "incumbent": "clf:v0", "since": "t0",
+              "log": "logs", "passes": passes, "reason": reason, "seconds": 0.1,
+              "images_per_second": 40.0}
+    trained = {**TRAINED, "promotion": {"shadow": shadow}}
+    text = report("openimager retrain", {"train": trained}, {})
+    assert "## Shadow replay" in text and "on 4 kept uploads since t0" in text
+    assert "| promoted / candidate | Car | Hamburger |" in text
+    assert "| Car | 0 | 2 |" in text and "| Hamburger | 1 | 1 |" in text
+    assert "REFUSED: shadow replay on 4 kept uploads" in text

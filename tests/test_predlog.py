@@ -93,6 +93,35 @@ def test_the_size_bound_evicts_the_oldest_parts_and_images(tmp_path):
     assert (folder / "images" / f"{newest.sha256}.png").exists() and newest.kept
 
 
+def test_kept_uploads_have_their_own_bounds_of_count_bytes_and_age(tmp_path):
+    import os
+
+    def keep(log: PredictionLog, seeds: range) -> Path:
+        for seed in seeds:
+            log.flush(log.rows(answered([describe(upload(tmp_path, seed), 1)])))
+        return tmp_path / "predictions" / "images"
+
+    def shas(folder: Path) -> set[str]:
+        return {p.stem for p in folder.iterdir()}
+
+    log = writer(tmp_path, part_rows=1, sample_rate=1, kept_max_images=3)
+    folder = keep(log, range(5))
+    newest = set(read_log(tmp_path / "predictions").sha256.iloc[-3:])
+    assert shas(folder) == newest  # the count: the oldest two went
+    assert len(read_log(tmp_path / "predictions")) == 5  # the log rows stay
+
+    size = max(p.stat().st_size for p in folder.iterdir())
+    small = writer(tmp_path, part_rows=1, sample_rate=1, kept_max_mb=2.5 * size / 2**20)
+    keep(small, range(5, 7))
+    assert len(shas(folder)) == 2  # the bytes: at most two of these images fit
+
+    aged = writer(tmp_path, part_rows=1, sample_rate=1, kept_max_days=1)
+    old = next(iter(folder.iterdir()))
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    keep(aged, range(7, 8))
+    assert not old.exists() and len(shas(folder)) == 2  # the age: two days old went
+
+
 def test_a_full_queue_drops_rows_without_waiting(tmp_path, monkeypatch):
     monkeypatch.setattr(predlog_module, "QUEUE_ITEMS", 2)
     log = writer(tmp_path)  # not started: nothing empties the queue
@@ -156,7 +185,8 @@ def test_an_s3_prefix_holds_the_log(tmp_path, monkeypatch, local_s3):
 
 @pytest.mark.parametrize(("name", "value"), [
     ("OPENIMAGER_PREDICTION_LOG", "maybe"), ("OPENIMAGER_PREDICTION_SAMPLE_RATE", "2"),
-    ("OPENIMAGER_PREDICTION_LOG_ROWS", "many")])
+    ("OPENIMAGER_PREDICTION_LOG_ROWS", "many"), ("OPENIMAGER_KEPT_MAX_DAYS", "-1"),
+    ("OPENIMAGER_KEPT_MAX_IMAGES", "lots")])
 def test_bad_settings_name_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

@@ -137,3 +137,49 @@ def test_a_workspace_without_a_registry_keeps_the_local_promotion(tmp_path):
     (tmp_path / "registry" / "lock").touch()
     assert has_registry(settings)
     assert has_registry(Settings(workspace=Path("/nonexistent"), registry="s3://bucket"))
+
+
+def test_a_refusal_by_shadow_replay_is_written_to_the_history_with_its_figures(
+        client, registry_env, tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from flows.promotion.bentoml_store import registry_decision
+    from flows.promotion.registry import Registry
+    from model.intervals import Outcome
+    from tests.servicekit import register_tiny_model
+
+    tag = register_tiny_model(tmp_path / "old", ["A", "B"], 32)
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1, tag=tag), expected=None))
+    since = registry.state()[0]["promoted"]["promoted_at"]
+    photos = tuple(f"p{i}" for i in range(40))
+    truth = np.zeros(40, dtype=int)
+
+    def answers(right: int) -> Outcome:
+        probs = np.array([[0.9, 0.1]] * right + [[0.1, 0.9]] * (40 - right))
+        return Outcome(photos, truth, probs, ("A", "B"))
+
+    seen = []
+
+    def shadow(decision, theirs):
+        seen.append((theirs.tag, theirs.image_size, theirs.promoted_at, theirs.model is not None))
+        return replace(decision, promote=False, reason="shadow replay on 50 kept uploads: ...",
+                       shadow={"images": 50, "confident_agreement": 0.4, "passes": False,
+                               "flips": {"A": {"B": 30}}})
+
+    decision = registry_decision("m:2", ["A", "B"], "accuracy", 0.95,
+                                 lambda model, meta: answers(10), False, registry, tmp_path,
+                                 "d2", candidate=answers(38), shadow=shadow)
+    assert seen == [(tag, 32, since, True)]  # replayed against the loaded incumbent
+    assert not decision.promote and decision.shadow["confident_agreement"] == 0.4
+    last = registry.state()[0]["history"][-1]
+    assert last["action"] == "rejected" and last["tag"] == "m:2"
+    assert last["shadow"] == {"images": 50, "confident_agreement": 0.4, "passes": False}
+    assert registry.state()[0]["promoted"]["tag"] == tag
+
+    passed = registry_decision("m:3", ["A", "B"], "accuracy", 0.95,
+                               lambda model, meta: answers(10), False, registry, tmp_path,
+                               "d3", candidate=answers(10), shadow=shadow)
+    assert not passed.promote and len(seen) == 1  # the test split refused: no replay

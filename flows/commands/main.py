@@ -18,6 +18,7 @@ from flows.commands.drift import add_drift_command, run_drift_command
 from flows.commands.errors import guarded
 from flows.commands.promotion import add_promotion_commands, run_promotion_command
 from flows.commands.registry import add_registry_command, run_registry_command
+from flows.commands.shadow import add_shadow_command, run_shadow_command
 from flows.commands.stages import VERSIONS, add_stage_commands, run_stage_command, split_names
 from flows.run.preflight import add_check_command, run_check_command
 
@@ -58,6 +59,7 @@ COMMANDS = (
     (add_check_command, run_check_command),
     (add_registry_command, run_registry_command),
     (add_drift_command, run_drift_command),
+    (add_shadow_command, run_shadow_command),
     (add_promotion_commands, run_promotion_command),
 )
 

@@ -133,6 +133,20 @@ def classification_rows(metrics: dict) -> list[dict]:
     return [{"class": name, **values} for name, values in metrics["per_class"].items()]
 
 
+def shadow_section(shadow: dict) -> list[str]:
+    """The gate's shadow replay on the kept uploads: its figures and the flip matrix."""
+    from flows.watching.shadow import report_lines
+
+    lines = ["## Shadow replay", "", *[f"- {line}" for line in report_lines(shadow)], ""]
+    flips = shadow.get("flips") or {}
+    if flips:
+        labels = sorted({b for row in flips.values() for b in row} | set(flips))
+        rows = [[a, *[flips.get(a, {}).get(b, 0) for b in labels]] for a in sorted(flips)]
+        lines += ["Uploads by the promoted model's label (rows) and the candidate's (columns):",
+                  "", *_table(["promoted / candidate", *labels], rows), ""]
+    return lines
+
+
 def report(title: str, result: dict, images: dict[str, Path]) -> str:
     """The markdown report of a run from the summaries in result (refresh, dataset, train,
     publish, promotion and bento; whichever ran) and the pictures in images (sample_grid,
@@ -153,6 +167,9 @@ def report(title: str, result: dict, images: dict[str, Path]) -> str:
                                if "confusion_matrix" in images else None,
                                inline_image(images["reliability"])
                                if "reliability" in images else None)
+    shadow = (result.get("train") or {}).get("promotion", {}).get("shadow")
+    if shadow:
+        lines += shadow_section(shadow)
     if "publish" in result:
         lines += publish_section(result["publish"], result.get("train"))
     if "promotion" in result:

@@ -92,7 +92,7 @@ def promote_in_registry(settings: Settings, tag: str, decision: dict, published:
     from model import registry_state
     from model.promotion import FIGURES
 
-    keep = ("metric", "score", "reason", "dataset_id", *FIGURES)
+    keep = ("metric", "score", "reason", "dataset_id", "shadow", *FIGURES)
     entry = entry_of(tag, published["top_hash"], registry_state.actor(run_name()),
                      package=published["name"], **{k: details[k] for k in keep if k in details})
     with registry_of(settings) as registry:
@@ -116,11 +116,14 @@ def record_promotion(trained: dict, published: dict, settings: Settings | None =
     hand, or by another run): that later decision stands, and trained["lost_to"] names it."""
     from flows.promotion.bentoml_store import promote, promoted
     from model.promotion import figures
+    from model.shadow import recorded
 
     tag, decision = trained["model_tag"], trained["promotion"]
     details = {"metric": decision["metric"], "score": decision["candidate_score"],
                "reason": decision["reason"], "dataset_id": trained["dataset_id"],
                **figures(decision)}
+    if decision.get("shadow"):
+        details["shadow"] = recorded(decision["shadow"])
     if settings is not None:
         winner = promote_in_registry(settings, tag, decision, published, details)
         if winner is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
 from flows.watching.datachecks import PROFILE, profile
 from model.atomic import write_json, write_parquet
+from model.promotion import Decision, Incumbent
 
 log = logging.getLogger(__name__)
 FEEDBACK_REPORT = "feedback_screen.json"  # what feedback was kept out of training, and why
@@ -235,12 +237,46 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                         score, settings.force_promote, promote_now=promote_now,
                         registry=registry, cache=settings.workspace / "cache" / "promoted",
                         candidate=candidate_outcome(settings, metadata, score), rule=rule,
-                        dataset_id=metadata["dataset_id"])
+                        shadow=shadow_check(settings, tag, metadata) if settings.shadow_replay
+                        else None, dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def shadow_check(settings: Settings, tag: str, metadata: dict) -> Callable:
+    """The gate's shadow replay: the candidate and the incumbent on the uploads the service
+    kept since the incumbent's promotion. A refusal overrides the test split's verdict unless
+    the promotion is forced; a replay that cannot run (the log unreachable) is reported and
+    leaves the verdict as it was."""
+
+    def check(decision: Decision, theirs: Incumbent) -> Decision:
+        import keras
+
+        from flows.promotion.registry import input_size
+        from flows.watching.shadow import Side, shadow_replay
+
+        model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
+        ours = Side(tag, model, tuple(metadata["class_names"]), int(metadata["image_size"]))
+        incumbent = Side(theirs.tag, theirs.model, theirs.class_names,
+                         int(theirs.image_size or input_size(theirs.model)))
+        try:
+            report = shadow_replay(settings, ours, incumbent, theirs.promoted_at)
+        except Exception as error:  # noqa: BLE001 - the test split's verdict still stands
+            log.warning("shadow replay not run: %s", error)
+            return replace(decision, shadow={"error": str(error), "passes": None})
+        decision = replace(decision, shadow=report)
+        if not report["images"]:
+            return decision
+        if report["passes"] or settings.force_promote:
+            return replace(decision, reason=f"{decision.reason}; {report['reason']}")
+        return replace(decision, promote=False,
+                       reason=f"{report['reason']}; the test split alone would promote it: "
+                              f"{decision.reason}")
+
+    return check
 
 
 def gate_rows(table: pd.DataFrame, holdout_share: float) -> pd.DataFrame:

@@ -36,6 +36,7 @@ from model.promotion import (
     write_pending,
     write_record,
 )
+from model.shadow import recorded
 
 if TYPE_CHECKING:
     import keras
@@ -197,6 +198,8 @@ def finish_pending(name: str, newest: tuple[str, dict] | None, package: str,
 
 
 Score = Callable[["keras.Model", dict], Outcome]  # a model's answers on the candidate's test split
+# Shadow replay of a decision to promote against the incumbent: the decision it stands as.
+Shadow = Callable[[Decision, Incumbent], Decision]
 
 
 def incumbent(name: str, class_names: list[str], score: Score) -> Incumbent | None:
@@ -213,7 +216,9 @@ def incumbent(name: str, class_names: list[str], score: Score) -> Incumbent | No
     if set(theirs) != set(class_names):
         return Incumbent(str(stored.tag), theirs, None)  # not comparable: decide() says why
     model, metadata = load_model(record["tag"])
-    return Incumbent(str(stored.tag), theirs, None, outcome=score(model, metadata))
+    return Incumbent(str(stored.tag), theirs, None, outcome=score(model, metadata),
+                     model=model, image_size=metadata.get("image_size"),
+                     promoted_at=record.get("promoted_at"))
 
 
 def annotate_promotion(tag: str, **details: object) -> dict | None:
@@ -233,12 +238,14 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
          score: Score, force: bool = False, promote_now: bool = True,
          registry: Registry | None = None, cache: Path | None = None,
          candidate: Outcome | None = None, rule: Rule = DEFAULT_RULE,
-         **details: object) -> Decision:
+         shadow: Shadow | None = None, **details: object) -> Decision:
     """Decide whether tag replaces the promoted model of its name.
 
     score(model, metadata) gives the promoted model's answers on the candidate's test split,
     crop by crop with their photos; candidate holds the candidate's own on the same crops, and
     rule says by how much and how surely the candidate must be better (model/promotion.py).
+    A candidate that passes is then replayed by shadow, if given, on the uploads the service
+    kept since the incumbent's promotion, which may refuse it (flows/watching/shadow.py).
 
     With a registry, the incumbent is the registry's promoted revision, whichever host trained
     it: its model comes from this host's store if it is there, else from the registry (into
@@ -255,17 +262,20 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
     if registry is not None:
         decision = registry_decision(tag, class_names, metric, candidate_score, score, force,
                                      registry, cache or bentoml_home() / "openimager" / "cache",
-                                     details.get("dataset_id"), candidate, rule)
+                                     details.get("dataset_id"), candidate, rule, shadow)
     else:
         record = promoted(name)
         if record is not None and record["tag"] == tag:  # a resumed run, the same model again
             return Decision(True, f"{tag} is already the promoted model", metric,
                             candidate_score, tag, candidate_score)
-        decision = decide(metric, candidate_score, class_names,
-                          incumbent(name, class_names, score), force, candidate, rule)
+        theirs = incumbent(name, class_names, score)
+        decision = shadowed(decide(metric, candidate_score, class_names, theirs, force,
+                                   candidate, rule), theirs, shadow)
     if decision.promote:
         what = {"metric": metric, "score": candidate_score, "reason": decision.reason,
                 **decision.figures(), **details}
+        if decision.shadow is not None:
+            what["shadow"] = recorded(decision.shadow)
         if promote_now:
             promote(tag, **what)
         else:
@@ -278,10 +288,18 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
     return decision
 
 
+def shadowed(decision: Decision, theirs: Incumbent | None, shadow: Shadow | None) -> Decision:
+    """decision after shadow replay against theirs, when it promotes over a loaded model."""
+    if not decision.promote or shadow is None or theirs is None or theirs.model is None:
+        return decision
+    return shadow(decision, theirs)
+
+
 def registry_decision(tag: str, class_names: list[str], metric: str,
                       candidate_score: float | None, score: Score, force: bool,
                       registry: Registry, cache: Path, dataset_id: object,
-                      candidate: Outcome | None = None, rule: Rule = DEFAULT_RULE) -> Decision:
+                      candidate: Outcome | None = None, rule: Rule = DEFAULT_RULE,
+                      shadow: Shadow | None = None) -> Decision:
     """The gate against the registry's promoted revision (see gate)."""
     from flows.promotion.registry import registry_incumbent, run_name
     from model import registry_state
@@ -302,7 +320,8 @@ def registry_decision(tag: str, class_names: list[str], metric: str,
     else:
         theirs = registry_incumbent(registry, current, class_names, cache, score) \
             if current else None
-        decision = decide(metric, candidate_score, class_names, theirs, force, candidate, rule)
+        decision = shadowed(decide(metric, candidate_score, class_names, theirs, force,
+                                   candidate, rule), theirs, shadow)
         where = f" (revision {against[:12]} in {registry.url})" if against else ""
         decision = replace(decision, reason=decision.reason + where,
                            incumbent_top_hash=against)
@@ -311,7 +330,8 @@ def registry_decision(tag: str, class_names: list[str], metric: str,
             "tag": tag, "metric": metric, "score": candidate_score, "reason": decision.reason,
             **decision.figures(), "dataset_id": dataset_id,
             "by": registry_state.actor(run_name())},
-            against=against))
+            against=against, **({"shadow": recorded(decision.shadow)} if decision.shadow
+                                else {})))
     return decision
 
 

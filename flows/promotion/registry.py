@@ -92,7 +92,8 @@ def registry_incumbent(registry: Registry, entry: dict, class_names: list[str], 
     model = keras.saving.load_model(file, compile=False)
     size = theirs.get("image_size") or input_size(model)
     return Incumbent(entry["tag"], names, None,
-                     outcome=score(model, {**theirs, "image_size": size}))
+                     outcome=score(model, {**theirs, "image_size": size}), model=model,
+                     image_size=int(size), promoted_at=entry.get("promoted_at"))
 
 
 def input_size(model: Any) -> int:
