@@ -32,16 +32,14 @@ LOG_SCHEMA = pa.schema([
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("label", pa.string()), ("time", TIME), ("model", pa.string()),
 ])
-# The last shadow replay's disagreements (written by the pipeline, read by GET /review).
-SHADOW_FILE = "shadow/latest.json"
 PART_GLOB = "part-*.parquet"  # temporary names start with a dot and never match
-# The shadow replay's last comparison of a candidate model with the served one on the kept
-# uploads (written by `python -m flows shadow`, read by the service's review queue), a JSON
-# object: {"candidate": tag, "incumbent": tag, "at": ISO time, "since": ISO time or null (the
-# oldest upload replayed), "report": {...} (the replay's figures), "disagreements": [{"sha256",
-# "name" (the file under images/), "incumbent_label", "incumbent_probability",
-# "candidate_label", "candidate_probability"}, ...]}, one entry per upload the two answer
-# differently.
+# The last shadow replay of a candidate against the promoted model on the kept uploads
+# (written by the gate before a promotion and by `python -m flows shadow`, read by the review
+# queue), a JSON object: {"candidate": tag, "incumbent": tag, "at": ISO time, "since": ISO
+# time or null (the promotion the uploads were kept since), "report": {...} (its figures),
+# "disagreements": [{"sha256", "name" (the file under images/), "incumbent_label",
+# "incumbent_probability", "candidate_label", "candidate_probability"}, ...]}: one entry per
+# upload the two answer differently.
 SHADOW_FILE = "shadow/latest.json"
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp",
               "GIF": "gif"}
