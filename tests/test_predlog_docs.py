@@ -25,7 +25,9 @@ EXAMPLE_HOST = "http://127.0.0.1:3000"
 
 
 def blocks(page, language: str = "") -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+    """The fenced blocks of page in language ("" for plain ones), fences paired in order."""
+    return [m[2] for m in re.finditer(r"^```(\w*)\n(.*?)^```", page.read_text(),
+                                      re.MULTILINE | re.DOTALL) if m[1] == language]
 
 
 def drift_lines() -> list[str]:
@@ -40,7 +42,7 @@ def test_the_feedback_reader_and_drift_examples_run_after_the_demo(sample_worksp
     tag, env = demo_like_project(sample_workspace, project, "docs-watching-classifier")
     table = pd.read_parquet(project / "workspace" / "dataset" / "crops.parquet")
     crops = table[table.Split == "test"].sort_values("CropPath").head(3)
-    (commands,) = blocks(WATCHING)
+    commands = next(block for block in blocks(WATCHING) if "/feedback" in block)
     labels = re.findall(r'label[=": ]+(\w+)', commands)
     assert len(labels) == 2 and set(labels) <= set(DEMO_CLASSES)
     with served_as_documented(project, env, tmp_path / "serve.log") as url:
