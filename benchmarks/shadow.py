@@ -64,7 +64,9 @@ def keep_uploads(folder: Path, count: int) -> None:
     from service.predlog import Answered, PredictionLog, describe
     from tests.servicekit import encoded, picture
 
-    log = PredictionLog(PredictionLogging(directory=str(folder), sample_rate=1.0))
+    # bounds above count: the service's defaults (10,000 kept) would evict the oldest
+    log = PredictionLog(PredictionLogging(directory=str(folder), sample_rate=1.0,
+                                          max_mb=1e6, kept_max_images=count, kept_max_mb=1e6))
     rows: list[dict] = []
     flat = np.full((1, len(CLASSES)), 1 / len(CLASSES), np.float32)
     for seed in range(count):
