@@ -128,3 +128,20 @@ def test_a_replay_of_no_uploads_passes_without_judging(tmp_path):
     found = compare(none)
     assert found["images"] == 0 and found["agreement"] is None
     assert judge(found, ShadowRule(), "m:1", "m:1")[0]
+
+
+def test_uploads_kept_on_an_s3_prefix_come_down_into_a_pruned_cache(tmp_path, monkeypatch,
+                                                                       local_s3):
+    from flows.watching.shadow import image_folder
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
+    local_s3.create_bucket("shadowlog", versioned=False)
+    prefix = "s3://shadowlog/served"
+    log_uploads(prefix, [5, 6, 7], datetime.now(UTC), {6: "Car"})
+    found = kept_uploads(prefix, None, 100)
+    assert len(found) == 3 and list(found.label).count("Car") == 1
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{'f' * 64}.jpg").write_bytes(b"an earlier replay's upload")
+    folder = image_folder(prefix, list(found.name[:2]), cache)
+    assert folder == cache and sorted(p.name for p in cache.iterdir()) == sorted(found.name[:2])

@@ -78,11 +78,16 @@ def kept_uploads(folder: str | Path, since: str | None, limit: int) -> pd.DataFr
 def image_folder(folder: str | Path, names: list[str], cache: Path) -> Path:
     """Where the kept images are on this machine: the log folder's images/, or those of an
     S3 prefix copied down into cache."""
-    if is_s3(folder):
-        from model.predictions import fetch_images
+    if not is_s3(folder):
+        return Path(folder) / "images"
+    from model.predictions import fetch_images
 
-        return fetch_images(str(folder), names, cache)
-    return Path(folder) / "images"
+    fetch_images(str(folder), names, cache)
+    wanted = set(names)
+    for old in cache.iterdir():  # uploads of earlier replays: the service's bounds apply here
+        if old.name not in wanted:
+            old.unlink(missing_ok=True)
+    return cache
 
 
 def decoded(paths: list[Path], size: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +136,9 @@ def replay(uploads: pd.DataFrame, images: Path, candidate: Side, incumbent: Side
         ours.append(aligned(answers(candidate, both[candidate.image_size]),
                             candidate.class_names, incumbent.class_names))
         kept += [start + int(i) for i in np.flatnonzero(ok)]
+        if len(uploads) > CHUNK:
+            log.info("shadow replay: %d of %d uploads", min(start + CHUNK, len(uploads)),
+                     len(uploads))
     rows = uploads.iloc[kept]
     none = np.zeros((0, len(incumbent.class_names)))
     return Replayed(tuple(rows.sha256), incumbent.class_names,
