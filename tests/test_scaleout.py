@@ -1,6 +1,6 @@
-"""Scale-out without a shared disk: Dask worker processes with folders of their own and no
-path into the workspace fetch the photos from the image source, crop them and send their
-shards back; the flow writes them into the dataset."""
+"""Scale-out without a shared disk: the refresh downloads nothing, and Dask worker processes with
+folders of their own and no path into the workspace fetch the photos from the image source,
+crop them and send their shards back; the flow writes them into the dataset."""
 
 import json
 import os
@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_workers_that_see_only_the_image_source_build_the_dataset(
-        harness, local_s3, sample_workspace, tmp_path, monkeypatch):
+        harness, local_s3, mirror, sample_workspace, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
 
     import flows.crop_flow
@@ -23,8 +23,15 @@ def test_workers_that_see_only_the_image_source_build_the_dataset(
     workspace, elsewhere = tmp_path / "workspace", tmp_path / "elsewhere"
     workspace.mkdir()
     elsewhere.mkdir()
-    selection = pd.read_parquet(sample_workspace / "selection.parquet")
-    selection.to_parquet(workspace / "selection.parquet")  # selected here; nothing downloaded
+    settings = Settings(workspace=workspace, metadata_url=mirror.url,
+                        image_endpoint_url=local_s3.endpoint_url,
+                        classes=["Hamburger", "Sandwich", "Car"], crop_from_source=True,
+                        crop_chunk_images=40)
+    refreshed = stages.refresh(settings)  # selected here, nothing downloaded: no image store
+    assert refreshed["downloads"] == {"read from the source by the croppers":
+                                      refreshed["images"]}
+    assert not (workspace / "images").exists()
+    assert not (workspace / "downloads.parquet").exists()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, local_directory=str(elsewhere / "dask"),
                       env={"TMPDIR": str(elsewhere / "tmp")}) as cluster, \
@@ -33,9 +40,7 @@ def test_workers_that_see_only_the_image_source_build_the_dataset(
         for n, address in enumerate(client.scheduler_info()["workers"]):
             (elsewhere / f"w{n}").mkdir()
             client.run(os.chdir, str(elsewhere / f"w{n}"), workers=[address])
-        settings = Settings(workspace=workspace, image_endpoint_url=local_s3.endpoint_url,
-                            classes=["Hamburger", "Sandwich", "Car"], crop_from_source=True,
-                            crop_chunk_images=40, dask_address=cluster.scheduler_address)
+        settings = settings.model_copy(update={"dask_address": cluster.scheduler_address})
         sent, reports = [], []
         monkeypatch.setattr(flows.crop_flow, "crop_chunks",
                             Recording(flows.crop_flow.crop_chunks, sent, reports))

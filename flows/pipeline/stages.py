@@ -78,16 +78,21 @@ def download(settings: Settings, boxes: pd.DataFrame | None = None,
 
 def refresh(settings: Settings, run_chunks: ChunkRunner | None = None) -> dict:
     """Select the boxes of the requested classes and download their images (chunks run by
-    run_chunks, or on a thread pool here)."""
+    run_chunks, or on a thread pool here). With crop_from_source (and the photos not
+    published) nothing is downloaded: the croppers read each photo from the image source, so
+    a cluster's workers need no image store shared with the flow."""
     boxes = select(settings)
-    manifest = download(settings, boxes, run_chunks)
+    if settings.crop_from_source and not settings.publish_images:
+        downloads = {"read from the source by the croppers": int(boxes.ImageID.nunique())}
+    else:
+        downloads = download(settings, boxes, run_chunks).Status.value_counts().to_dict()
     counts = summary(boxes).set_index("Class")
     return {
         "classes": {c: {"mid": row.ClassMID, "boxes": int(row.boxes), "images": int(row.images)}
                     for c, row in counts.iterrows()},
         "boxes": len(boxes),
         "images": int(boxes.ImageID.nunique()),
-        "downloads": manifest.Status.value_counts().to_dict(),
+        "downloads": downloads,
     }
 
 
