@@ -193,7 +193,7 @@ def _span(bounds: list[float] | None) -> str:
 
 RECORDED = ("images", "agreement", "agreement_interval", "confident_images",
             "confident_agreement", "confident_agreement_interval", "mean_confidence",
-            "feedback", "passes", "since")
+            "feedback", "passes", "since", "error")
 
 
 def recorded(report: dict | None) -> dict | None:

@@ -145,3 +145,22 @@ def test_uploads_kept_on_an_s3_prefix_come_down_into_a_pruned_cache(tmp_path, mo
     (cache / f"{'f' * 64}.jpg").write_bytes(b"an earlier replay's upload")
     folder = image_folder(prefix, list(found.name[:2]), cache)
     assert folder == cache and sorted(p.name for p in cache.iterdir()) == sorted(found.name[:2])
+
+
+def test_a_replay_that_cannot_read_the_log_leaves_the_verdict_and_says_why(
+        tmp_path, monkeypatch, local_s3):
+    from flows.pipeline.stages import shadow_check
+    from flows.settings import Settings
+    from model.architectures import seed_cnn
+    from model.promotion import Decision, Incumbent
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
+    settings = Settings(workspace=tmp_path, prediction_log_dir="s3://no-such-bucket/log")
+    settings.model_dir.mkdir(parents=True)
+    model = seed_cnn(32, 2)
+    model.save(settings.model_dir / "model.keras")
+    check = shadow_check(settings, "new:1", {"class_names": list(NAMES), "image_size": 32})
+    decision = Decision(True, "better on the test split", "accuracy", 0.9)
+    after = check(decision, Incumbent("old:1", NAMES, 0.5, model=model, image_size=32))
+    assert after.promote and after.reason == decision.reason
+    assert after.shadow["passes"] is None and "NoSuchBucket" in after.shadow["error"]
