@@ -75,6 +75,26 @@ def test_a_published_dataset_is_a_few_shards_that_plain_quilt3_installs(
     assert len(live) == 122 and len(frame) >= len(live)
     assert frame.image.iloc[0]["bytes"][:2] == b"\xff\xd8"
     assert duckdb.sql(LIVE.format(shards=shards, table=live_table)).fetchall() == [(122, 122)]
+    loaded_with_datasets(shards, tmp_path / "hf", monkeypatch, len(frame), table)
+
+
+def loaded_with_datasets(shards, home, monkeypatch, rows: int, table: pd.DataFrame) -> None:
+    """The installed shards as docs/publishing.md loads them with Hugging Face `datasets`:
+    every row, the image column decoded to PIL images, the other columns plain values. Its
+    caches go under home and it is told it is offline (it reads only these files)."""
+    for name in ("HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+    from PIL import Image
+
+    loaded = datasets.load_dataset("parquet", data_files=f"{shards}/*.parquet", split="train")
+    assert len(loaded) == rows
+    assert loaded.features["image"] == datasets.Image()
+    first = loaded[0]
+    assert isinstance(first["image"], Image.Image) and first["image"].size[0] > 0
+    assert first["Class"] in set(table.Class) and first["Split"] in set(table.Split)
 
 
 @pytest.mark.integration
