@@ -183,3 +183,24 @@ def test_a_refusal_by_shadow_replay_is_written_to_the_history_with_its_figures(
                                lambda model, meta: answers(10), False, registry, tmp_path,
                                "d3", candidate=answers(10), shadow=shadow)
     assert not passed.promote and len(seen) == 1  # the test split refused: no replay
+
+
+def test_the_shadow_command_replays_against_the_registrys_promoted_model(
+        client, registry_env, tmp_path, capsys):
+    from tests.servicekit import register_tiny_model
+
+    ours = register_tiny_model(tmp_path / "old", ["A", "B"], 32, name="shadowcmd")
+    theirs = register_tiny_model(tmp_path / "new", ["B", "A"], 40, name="shadowcmd")
+    from flows.promotion.registry import Registry
+
+    Registry(registry_env, PACKAGE, client).update(
+        registry_state.promote(entry(1, tag=ours), expected=None))
+    log = tmp_path / "log"
+    code = main(["shadow", "--candidate", theirs, "--workspace", str(tmp_path / "ws"),
+                 "--registry", registry_env, "--package", PACKAGE, "--log-dir", str(log)])
+    said = capsys.readouterr().out
+    assert code == 0, said
+    assert f"shadow replay of {theirs} against the promoted {ours} on 0 kept uploads" in said
+    assert main(["shadow", "--candidate", "shadowcmd:nosuchtag", "--workspace",
+                 str(tmp_path / "ws"), "--registry", registry_env, "--package", PACKAGE,
+                 "--log-dir", str(log)]) == 2
