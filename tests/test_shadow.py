@@ -156,10 +156,9 @@ def test_a_replay_that_cannot_read_the_log_leaves_the_verdict_and_says_why(
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", local_s3.endpoint_url)
     settings = Settings(workspace=tmp_path, prediction_log_dir="s3://no-such-bucket/log")
-    settings.model_dir.mkdir(parents=True)
     model = seed_cnn(32, 2)
-    model.save(settings.model_dir / "model.keras")
-    check = shadow_check(settings, "new:1", {"class_names": list(NAMES), "image_size": 32})
+    check = shadow_check(settings, "new:1", {"class_names": list(NAMES), "image_size": 32},
+                         model)
     decision = Decision(True, "better on the test split", "accuracy", 0.9)
     after = check(decision, Incumbent("old:1", NAMES, 0.5, model=model, image_size=32))
     assert after.promote and after.reason == decision.reason

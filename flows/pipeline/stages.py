@@ -199,6 +199,8 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     A model already trained on the same dataset with the same configuration and code is reused
     (unless reuse_trained is off): a rerun after a failed publish does not train again.
     """
+    import keras
+
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import outcome_of
@@ -234,6 +236,8 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
         return outcome_of(model, list(theirs["class_names"]), test, crops,
                           int(theirs["image_size"]), settings.batch_size)
 
+    # The trained model, as saved: scored on the test split, then replayed by shadow replay.
+    model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
     # The registry's promoted revision is the incumbent, whichever host trained it.
     opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
     rule = Rule(settings.promotion_margin, settings.promotion_confidence)
@@ -241,9 +245,9 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
         decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
                         score, settings.force_promote, promote_now=promote_now,
                         registry=registry, cache=settings.workspace / "cache" / "promoted",
-                        candidate=candidate_outcome(settings, metadata, score), rule=rule,
-                        shadow=shadow_check(settings, tag, metadata) if settings.shadow_replay
-                        else None, dataset_id=metadata["dataset_id"])
+                        candidate=score(model, metadata), rule=rule,
+                        shadow=shadow_check(settings, tag, metadata, model)
+                        if settings.shadow_replay else None, dataset_id=metadata["dataset_id"])
     summary = {"model_tag": tag, **metadata, "reused": bool(found),
                "promoted": decision.promote, "promotion_reason": decision.reason,
                "promotion": decision.as_dict()}
@@ -251,19 +255,16 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     return summary
 
 
-def shadow_check(settings: Settings, tag: str, metadata: dict) -> Callable:
+def shadow_check(settings: Settings, tag: str, metadata: dict, model: object) -> Callable:
     """The gate's shadow replay: the candidate and the incumbent on the uploads the service
     kept since the incumbent's promotion. A refusal overrides the test split's verdict unless
     the promotion is forced; a replay that cannot run (the log unreachable) is reported and
     leaves the verdict as it was."""
 
     def check(decision: Decision, theirs: Incumbent) -> Decision:
-        import keras
-
         from flows.promotion.registry import input_size
         from flows.watching.shadow import Side, shadow_replay
 
-        model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
         ours = Side(tag, model, tuple(metadata["class_names"]), int(metadata["image_size"]))
         incumbent = Side(theirs.tag, theirs.model, theirs.class_names,
                          int(theirs.image_size or input_size(theirs.model)))
@@ -290,15 +291,6 @@ def gate_rows(table: pd.DataFrame, holdout_share: float) -> pd.DataFrame:
 
     test = table[table.Split == "test"]
     return test[~holdout(list(test.ImageID), holdout_share)]
-
-
-def candidate_outcome(settings: Settings, metadata: dict, score: object) -> object:
-    """The trained model's answers on the test split (the same crops the incumbent is scored
-    on), from the saved model file."""
-    import keras
-
-    model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
-    return score(model, metadata)
 
 
 def training_code() -> str:

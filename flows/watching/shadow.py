@@ -29,7 +29,7 @@ from model.predictions import (
     read_parts,
     subfolder,
 )
-from model.shadow import Replayed, ShadowRule, compare, disagreements, judge
+from model.shadow import Replayed, ShadowRule, compare, disagreements, judge, span
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # uploads decoded and answered at once: bounds memory at any log size
@@ -90,7 +90,8 @@ def image_folder(folder: str | Path, names: list[str], cache: Path) -> Path:
     return cache
 
 
-def decoded(paths: list[Path], size: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def decoded(paths: list[Path], size: int, pool: ThreadPoolExecutor
+            ) -> tuple[np.ndarray, np.ndarray]:
     """The uploads as the service feeds them to a model of this input size, and which of them
     could be read (one evicted since the listing, or not an image, is left out)."""
     from service.images import BadImage, prepare
@@ -101,8 +102,7 @@ def decoded(paths: list[Path], size: int, threads: int) -> tuple[np.ndarray, np.
         except (OSError, BadImage):
             return None
 
-    with ThreadPoolExecutor(threads) as pool:  # Pillow decodes without the GIL
-        found = list(pool.map(one, paths))
+    found = list(pool.map(one, paths))
     ok = np.array([f is not None for f in found], dtype=bool)
     pixels = [f for f in found if f is not None]
     return (np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)), ok
@@ -125,20 +125,21 @@ def replay(uploads: pd.DataFrame, images: Path, candidate: Side, incumbent: Side
 
     kept: list[int] = []
     theirs, ours = [], []
-    for start in range(0, len(uploads), CHUNK):
-        paths = [images / name for name in uploads.name.iloc[start:start + CHUNK]]
-        by_size = {size: decoded(paths, size, threads)
-                   for size in {incumbent.image_size, candidate.image_size}}
-        ok = np.logical_and.reduce([good for _, good in by_size.values()])
-        # the uploads both decodes read, at each size
-        both = {size: found[ok[good]] for size, (found, good) in by_size.items()}
-        theirs.append(answers(incumbent, both[incumbent.image_size]))
-        ours.append(aligned(answers(candidate, both[candidate.image_size]),
-                            candidate.class_names, incumbent.class_names))
-        kept += [start + int(i) for i in np.flatnonzero(ok)]
-        if len(uploads) > CHUNK:
-            log.info("shadow replay: %d of %d uploads", min(start + CHUNK, len(uploads)),
-                     len(uploads))
+    with ThreadPoolExecutor(threads) as pool:  # Pillow decodes without the GIL
+        for start in range(0, len(uploads), CHUNK):
+            paths = [images / name for name in uploads.name.iloc[start:start + CHUNK]]
+            by_size = {size: decoded(paths, size, pool)
+                       for size in {incumbent.image_size, candidate.image_size}}
+            ok = np.logical_and.reduce([good for _, good in by_size.values()])
+            # the uploads both decodes read, at each size
+            both = {size: found[ok[good]] for size, (found, good) in by_size.items()}
+            theirs.append(answers(incumbent, both[incumbent.image_size]))
+            ours.append(aligned(answers(candidate, both[candidate.image_size]),
+                                candidate.class_names, incumbent.class_names))
+            kept += [start + int(i) for i in np.flatnonzero(ok)]
+            if len(uploads) > CHUNK:
+                log.info("shadow replay: %d of %d uploads", min(start + CHUNK, len(uploads)),
+                         len(uploads))
     rows = uploads.iloc[kept]
     none = np.zeros((0, len(incumbent.class_names)))
     return Replayed(tuple(rows.sha256), incumbent.class_names,
@@ -210,11 +211,11 @@ def lines(report: dict) -> list[str]:
            f"({report['log']})"]
     if report["images"]:
         out.append(f"agreement {report['agreement']:.1%} ({pct} interval "
-                   f"{_span(report['agreement_interval'])}); on the "
+                   f"{span(report['agreement_interval'])}); on the "
                    f"{report['confident_images']} confident answers (p >= "
                    f"{report['confident_threshold']:g}) "
                    + (f"{report['confident_agreement']:.1%} ({pct} interval "
-                      f"{_span(report['confident_agreement_interval'])})"
+                      f"{span(report['confident_agreement_interval'])})"
                       if report["confident_images"] else "none"))
         shift = report["mean_confidence"]
         out.append(f"mean top probability {shift['incumbent']:.3f} -> {shift['candidate']:.3f}"
@@ -228,7 +229,7 @@ def lines(report: dict) -> list[str]:
         out.append("labelled uploads: none" if not feedback else
                    f"on {feedback['images']} labelled uploads: accuracy "
                    f"{feedback['candidate_accuracy']:.1%} ({pct} interval "
-                   f"{_span(feedback['candidate_accuracy_interval'])}) against "
+                   f"{span(feedback['candidate_accuracy_interval'])}) against "
                    f"{feedback['incumbent_accuracy']:.1%} for the promoted model (difference "
                    f"{feedback['difference']:+.3f}, {pct} interval "
                    f"{_signed(feedback['difference_interval'])})")
@@ -247,10 +248,6 @@ def report_lines(report: dict | None) -> list[str]:
     return lines(report) if report["images"] else [
         "shadow replay: no uploads kept since the promotion (OPENIMAGER_PREDICTION_SAMPLE_RATE "
         "keeps a share of them)"]
-
-
-def _span(bounds: list[float] | None) -> str:
-    return f"[{bounds[0]:.1%}, {bounds[1]:.1%}]" if bounds else "[undefined]"
 
 
 def _signed(bounds: list[float] | None) -> str:
