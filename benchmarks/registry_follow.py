@@ -32,17 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.swap import percentile  # noqa: E402 - after the project's folder is on the path
+
 PACKAGE = "bench/follow"
 BUCKET = "bench-registry"
 LATE_SECONDS = 5.0  # past the reload interval, an answer from a superseded revision is late
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of values, or None for none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def rounded(value: float | None, digits: int = 2) -> float | None:

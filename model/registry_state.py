@@ -192,6 +192,16 @@ def rolled_back(state: dict, tag: str | None = None, dataset_id: str | None = No
     return None
 
 
+def storable(value: Any) -> Any:
+    """value without None entries in dicts: BentoML's metadata refuses None (absent means
+    undefined). The pipeline and the service both store models with metadata."""
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
 def servable_metadata(meta: dict, package: str, registry: str, top_hash: str) -> dict:
     """The service's model metadata (openimager-model.json) from a published revision's
     package metadata: what a replica or an installed folder serves the model with."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from model import registry_state
 from model.atomic import write_json
-from model.registry_state import servable_metadata
+from model.registry_state import servable_metadata, storable
 
 REGISTRY_VARIABLE = "OPENIMAGER_REGISTRY"
 PACKAGE_VARIABLE = "OPENIMAGER_PACKAGE"
@@ -212,12 +212,3 @@ def import_revision(package: Followed) -> str:
                                labels={"source": "registry"}) as stored:
         shutil.copy2(folder / MODEL_FILE, stored.path_of(MODEL_FILE))
     return str(stored.tag)
-
-
-def storable(value: Any) -> Any:
-    """value without None entries in dicts: BentoML's metadata refuses None."""
-    if isinstance(value, dict):
-        return {k: storable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [storable(v) for v in value]
-    return value

@@ -111,20 +111,30 @@ def request_for(rng: random.Random, images: dict[str, bytes]) -> dict:
     return {"url": "/classify", "data": data, "headers": {"Content-Type": content_type}}
 
 
+def fuzzed(base: str, session: requests.Session, rounds: int,
+           make: Callable[[], dict]) -> tuple[Counter[int], Counter[str], list]:
+    """Send rounds mutated requests from make(): the statuses, the error codes, and the
+    failures (a 5xx, or a 4xx without the service's error shape)."""
+    statuses: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
+    failures = []
+    for round_ in range(rounds):
+        spec = make()
+        answer = session.post(base + spec.pop("url"), timeout=30, **spec)
+        statuses[answer.status_code] += 1
+        body = answer.json()  # every answer is JSON, errors included
+        codes[body.get("code", "")] += 1
+        if answer.status_code >= 500 or (answer.status_code >= 400 and "error" not in body):
+            failures.append((round_, answer.status_code, answer.text[:200]))
+    return statuses, codes, failures
+
+
 def test_hundreds_of_mutated_uploads_get_no_5xx(classifier_server):
     rng = random.Random(SEED)
     images = seeds()
-    statuses: Counter[int] = Counter()
-    failures = []
     with requests.Session() as session:
-        for round_ in range(ROUNDS):
-            spec = request_for(rng, images)
-            url = classifier_server.url + spec.pop("url")
-            answer = session.post(url, timeout=30, **spec)
-            statuses[answer.status_code] += 1
-            body = answer.json()  # every answer is JSON, errors included
-            if answer.status_code >= 500 or (answer.status_code >= 400 and "error" not in body):
-                failures.append((round_, answer.status_code, answer.text[:200]))
+        statuses, _, failures = fuzzed(classifier_server.url, session, ROUNDS,
+                                       lambda: request_for(rng, images))
         final = session.post(f"{classifier_server.url}/classify",
                              files={"image": ("ok.jpg", images["jpg"])}, timeout=30)
     assert not failures, failures
@@ -156,19 +166,9 @@ def raw_request_for(rng: random.Random, images: dict[str, bytes]) -> dict:
 def test_hundreds_of_mutated_raw_bodies_get_no_5xx(classifier_server):
     rng = random.Random(SEED + 1)
     images = seeds()
-    statuses: Counter[int] = Counter()
-    codes: Counter[str] = Counter()
-    failures = []
     with requests.Session() as session:
-        for round_ in range(RAW_ROUNDS):
-            spec = raw_request_for(rng, images)
-            url = classifier_server.url + spec.pop("url")
-            answer = session.post(url, timeout=30, **spec)
-            statuses[answer.status_code] += 1
-            body = answer.json()  # every answer is JSON, errors included
-            codes[body.get("code", "")] += 1
-            if answer.status_code >= 500 or (answer.status_code >= 400 and "error" not in body):
-                failures.append((round_, answer.status_code, answer.text[:200]))
+        statuses, codes, failures = fuzzed(classifier_server.url, session, RAW_ROUNDS,
+                                           lambda: raw_request_for(rng, images))
         final = session.post(f"{classifier_server.url}/classify", data=images["png"],
                              headers={"Content-Type": "image/png"}, timeout=30)
     assert not failures, failures

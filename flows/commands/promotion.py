@@ -20,10 +20,15 @@ def add_promotion_commands(sub: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("promotions", help="which revision is promoted, and the history")
     listing.add_argument("--last", type=int, default=10, help="history lines shown")
     for parser in (promote, rollback, listing):
-        parser.add_argument("--workspace", help="else OPENIMAGER_WORKSPACE, ./workspace")
-        parser.add_argument("--registry", help="else OPENIMAGER_REGISTRY (embedded, s3://...)")
-        parser.add_argument("--package", dest="package_name",
-                            help="else OPENIMAGER_PACKAGE_NAME, openimager/classifier")
+        add_registry_flags(parser)
+
+
+def add_registry_flags(parser: argparse.ArgumentParser) -> None:
+    """--workspace, --registry and --package: where a command finds the promotion state."""
+    parser.add_argument("--workspace", help="else OPENIMAGER_WORKSPACE, ./workspace")
+    parser.add_argument("--registry", help="else OPENIMAGER_REGISTRY (embedded, s3://...)")
+    parser.add_argument("--package", dest="package_name",
+                        help="else OPENIMAGER_PACKAGE_NAME, openimager/classifier")
 
 
 def run_promotion_command(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from flows.commands.promotion import add_registry_flags
+
 REFUSED = 1  # the candidate fails the shadow rule: read the report
 
 
@@ -23,13 +25,10 @@ def add_shadow_command(sub: argparse._SubParsersAction) -> None:
                         dest="shadow_min_feedback_accuracy",
                         help="else OPENIMAGER_SHADOW_MIN_FEEDBACK_ACCURACY, 0 (off)")
     shadow.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    shadow.add_argument("--workspace", help="else OPENIMAGER_WORKSPACE, ./workspace")
     shadow.add_argument("--log-dir", dest="prediction_log_dir",
                         help="a folder or s3://bucket/prefix; else "
                              "OPENIMAGER_PREDICTION_LOG_DIR, <workspace>/predictions")
-    shadow.add_argument("--registry", help="else OPENIMAGER_REGISTRY (embedded, s3://...)")
-    shadow.add_argument("--package", dest="package_name",
-                        help="else OPENIMAGER_PACKAGE_NAME, openimager/classifier")
+    add_registry_flags(shadow)
 
 
 def run_shadow_command(args: argparse.Namespace) -> int:

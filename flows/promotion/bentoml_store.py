@@ -36,6 +36,7 @@ from model.promotion import (
     write_pending,
     write_record,
 )
+from model.registry_state import storable
 from model.shadow import recorded
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ SUMMARY = "openimager.json"  # the whole training summary; BentoML metadata drop
 
 def register_model(model_dir: Path, name: str, metadata: dict, labels: dict[str, str]) -> str:
     """Copy a trained model (and its report PNGs) into the BentoML store and return its tag."""
-    with bentoml.models.create(name, labels=labels, metadata=_storable(metadata)) as stored:
+    with bentoml.models.create(name, labels=labels, metadata=storable(metadata)) as stored:
         for file in MODEL_FILES:
             shutil.copy2(model_dir / file, stored.path_of(file))
         for file in REPORT_FILES:
@@ -86,15 +87,6 @@ def restore_model(tag: str, model_dir: Path) -> None:
     for file in (*MODEL_FILES, *REPORT_FILES):
         if Path(stored.path_of(file)).exists():
             shutil.copy2(stored.path_of(file), model_dir / file)
-
-
-def _storable(value: object) -> object:
-    """value without None entries in dicts: BentoML metadata refuses None (absent = undefined)."""
-    if isinstance(value, dict):
-        return {k: _storable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_storable(v) for v in value]
-    return value
 
 
 def load_model(tag: str) -> tuple[keras.Model, dict]:

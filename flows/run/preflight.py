@@ -182,16 +182,22 @@ def reach_problems(env: Mapping[str, str], timeout: float = 5.0) -> list[str]:
     api = env.get("PREFECT_API_URL")
     if not api:
         return []
+    url = api.rstrip("/") + "/health"
+    error = unhealthy(url, timeout)
+    return [f"the Prefect API does not answer at {url}: {error}"] if error else []
+
+
+def unhealthy(url: str, timeout: float) -> Exception | None:
+    """Why a GET of a health URL failed, or None when it answered."""
     import urllib.error
     import urllib.request
 
-    url = api.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as error:
-        return [f"the Prefect API does not answer at {url}: {error}"]
-    return []
+        return error
+    return None
 
 
 def worker_argv(argv: Sequence[str]) -> list[str] | None:
@@ -218,17 +224,10 @@ def alive_problems(env: Mapping[str, str], main_process: Path = MAIN_PROCESS,
     if WORKER_HEALTH_FLAG not in rest:
         return [f"the Prefect worker runs without {WORKER_HEALTH_FLAG}: nothing says whether "
                 "it is alive"]
-    import urllib.error
-    import urllib.request
-
     port = env.get("PREFECT_WORKER_WEBSERVER_PORT") or "8080"
     url = f"http://127.0.0.1:{port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        return [f"the Prefect worker is not alive: {url} answered {error}"]
-    return []
+    error = unhealthy(url, timeout)
+    return [f"the Prefect worker is not alive: {url} answered {error}"] if error else []
 
 
 def check(argv: Sequence[str], env: Mapping[str, str], reach: bool = False) -> list[str]:
