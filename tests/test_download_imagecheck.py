@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from unittest import mock
 
 import pytest
 from PIL import Image
 
 from flows.openimages import imagecheck
 from flows.openimages.download import DownloadOptions, download_images
-from flows.openimages.imagecheck import BadImage, check_image
+from flows.openimages.imagecheck import BadImage, check_image, decode_check
 from tests.downloadkit import catalog, image_id, image_table, jpeg, palette_png, store_files
 from tests.imageserver import ImageServer, SyntheticImages
 
@@ -184,12 +185,19 @@ def test_what_the_walk_cannot_vouch_for_is_decoded():
     assert found.decoded and found.format == "JPEG"
 
 
-def test_a_decompression_bomb_is_refused_from_its_header():
+@pytest.mark.parametrize("pillow_limit", ["default", "lifted"])
+def test_a_decompression_bomb_is_refused_from_its_header(pillow_limit, monkeypatch):
+    if pillow_limit == "lifted":  # as the upload path does in a process that serves too
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     body = bytearray(VALID["baseline"]())
     sof = next(p for p in segments(bytes(body)) if body[p + 1] == 0xC0)
     body[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
     with pytest.raises(BadImage, match="over twice Pillow's limit"):
         check_image(bytes(body))
+    webp = Image.new("RGB", (1, 1))
+    with pytest.raises(BadImage, match="over twice Pillow's limit"), \
+            mock.patch.object(Image.Image, "size", (60000, 60000)):
+        decode_check(encoded(webp, "WEBP"))
 
 
 def test_download_rejects_error_pages_and_damaged_files_without_decoding(tmp_path, monkeypatch):

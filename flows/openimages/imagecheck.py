@@ -31,6 +31,9 @@ HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffma
 OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 SOS, DHT, DQT, EOI, SOI = 0xDA, 0xC4, 0xDB, 0xD9, 0xD8
 PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
+# What Pillow refuses to open by default (twice its MAX_IMAGE_PIXELS). A constant, not
+# Pillow's global: a process that also serves uploads lifts that global for its own limits.
+MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
 
 
 class BadImage(Exception):
@@ -65,11 +68,15 @@ def check_image(body: bytes) -> Checked:
             return decode_check(body)
     except Undecided:
         return decode_check(body)
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and found.width * found.height > 2 * limit:  # what Pillow would refuse to open
-        raise BadImage(f"{found.format} of {found.width}x{found.height} pixels, over twice "
-                       f"Pillow's limit of {limit}")
+    refuse_bomb(found.format, found.width, found.height)
     return found
+
+
+def refuse_bomb(kind: str, width: int, height: int) -> None:
+    """Raise BadImage for a size over MAX_PIXELS (a decompression bomb), before any decode."""
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"{kind} of {width}x{height} pixels, over twice Pillow's limit of "
+                       f"{MAX_PIXELS // 2}")
 
 
 def _u16(body: bytes, at: int) -> int:
@@ -265,10 +272,16 @@ def decode_check(body: bytes) -> Checked:
     try:
         with Image.open(io.BytesIO(body)) as image:
             width, height = image.size  # before the draft shrinks it
+            refuse_bomb(image.format or "image", width, height)
             if image.format == "JPEG":
                 image.draft(None, (max(1, width // DRAFT_SCALE), max(1, height // DRAFT_SCALE)))
             image.load()
             return Checked(image.format or "?", width, height, decoded=True)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's own check, when not lifted
+        raise BadImage(f"over twice Pillow's limit of {MAX_PIXELS // 2} pixels: "
+                       f"{error}") from None
     except Exception as error:  # Pillow raises many kinds for bad bytes
         raise BadImage(f"not a decodable image ({type(error).__name__}: {error}; it starts "
                        f"{body[:16]!r})") from error
