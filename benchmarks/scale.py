@@ -121,10 +121,11 @@ def publish_child(data: Path, model: Path, message: str) -> None:
     done = publish(data, model, {**META, "git_commit": git_commit()}, "bench/scale",
                    "s3://bench", message)
     seconds = time.perf_counter() - start
+    sent, requests = counter.bytes, counter.requests  # not the manifest read below
     manifest = boto3.client("s3").get_object(Bucket="bench",
                                              Key=f".quilt/packages/{done.top_hash}")["Body"]
     text = manifest.read()
-    print(json.dumps({"seconds": seconds, "bytes": counter.bytes, "requests": counter.requests,
+    print(json.dumps({"seconds": seconds, "bytes": sent, "requests": requests,
                       "manifest_bytes": len(text), "entries": text.count(b"\n") - 1}))
 
 

@@ -20,14 +20,20 @@ META = {"package": "test/sharded", "registry": "s3://x", "classes": ["Bus", "Car
 
 
 class Sent:
-    """Counts the S3 PUT requests that carry a shard."""
+    """Records the S3 requests sent, and the shards that PUT requests carry."""
 
     def __init__(self) -> None:
         self.shards: list[str] = []
+        self.requests: list[str] = []
 
     def __call__(self, request, **_) -> None:
+        self.requests.append(f"{request.method} {request.url.split('//', 1)[1].split('/', 1)[1]}")
         if request.method == "PUT" and "/data/shards/" in request.url:
             self.shards.append(request.url.split("?")[0].rsplit("/", 1)[1])
+
+    def clear(self) -> None:
+        self.shards.clear()
+        self.requests.clear()
 
 
 @pytest.mark.integration
@@ -60,11 +66,17 @@ def test_a_published_dataset_is_a_few_shards_that_plain_quilt3_installs(
     data_keys = [key for key, _ in package.walk() if key.startswith("data/")]
     assert len(data_keys) <= table.Shard.nunique() + 8  # shards, tables and the card
 
-    sent.shards.clear()
+    sent.clear()
     grown = build(tmp_path, [*ids, "f001"], chunk_images=30)
     second = publish(tmp_path / "data", model, meta, "test/sharded", registry_env, "two")
     new = set(grown.Shard) - set(table.Shard)
     assert len(new) == 1 and set(sent.shards) == new  # only the new shard travels
+    # The fixed cost of a republish: the last version read with two GETs, no LIST.
+    reads = [r for r in sent.requests if "/.quilt/named_packages/" in r
+             or "/.quilt/packages/" in r or "list-type" in r]
+    assert [r.split("/.quilt/")[1].split("/")[0] for r in reads if r.startswith("GET")] == [
+        "named_packages", "packages"], sent.requests
+    assert all(r.startswith("PUT") for r in reads[2:]), sent.requests
 
     dest = tmp_path / "installed"
     quilt3.Package.install("test/sharded", registry=registry_env, top_hash=second.top_hash,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from flows.publishing.lineage import (
     sha256_text,
     tree_digest,
 )
-from flows.publishing.s3clients import quilt3_module
+from flows.publishing.s3clients import boto3_session, quilt3_module
 from flows.publishing.secretscan import refuse_secrets
 
 log = logging.getLogger(__name__)
@@ -181,13 +182,24 @@ def fingerprint(staging: Path, name: str) -> str:
 
 
 def latest_package(name: str, registry: str) -> object | None:
-    """The newest version of a package (its manifest), or None."""
+    """The newest version of a package (its manifest), or None.
+
+    On S3 it reads the two objects a browse needs, the latest pointer and the manifest it
+    names: quilt3's browse adds four HEADs (which S3 client to use, the manifest's version),
+    a fixed cost every publish pays."""
     quilt3 = quilt3_module()
     from botocore.exceptions import ClientError
     from quilt3.util import QuiltException
 
     try:
-        return quilt3.Package.browse(name, registry=registry)
+        if not registry.startswith("s3://"):
+            return quilt3.Package.browse(name, registry=registry)
+        bucket = registry.removeprefix("s3://").split("/", 1)[0]
+        client = boto3_session().client("s3")
+        pointer = client.get_object(Bucket=bucket, Key=f".quilt/named_packages/{name}/latest")
+        top_hash = pointer["Body"].read().decode().strip()
+        manifest = client.get_object(Bucket=bucket, Key=f".quilt/packages/{top_hash}")
+        return quilt3.Package.load(io.BytesIO(manifest["Body"].read()))
     except (QuiltException, ClientError, FileNotFoundError):
         return None
 
@@ -282,11 +294,19 @@ def publish(dataset_dir: Path, model_dir: Path, meta: dict, name: str, registry:
             if latest is not None:
                 log.info("%s: %d files unchanged since %s, not sent again", name,
                          reuse_unchanged(package, latest), latest.top_hash[:12])
-            pushed = package.push(name, registry=registry, message=message, force=True)
+            pushed = push(package, name, registry, message)
         except (BotoCoreError, ClientError, QuiltException, OSError) as error:
             raise PublishError(f"pushing {name} to {registry} failed ({error}); no version "
                                "was recorded, run the publish again") from error
     return Published(name, registry, pushed.top_hash)
+
+
+def push(package: object, name: str, registry: str, message: str) -> object:
+    """quilt3's push without its printing: the lines it prints cost two LIST requests (a
+    short form of the top hash) and would interleave with the command's own output."""
+    return package._push(  # type: ignore[attr-defined]
+        name, registry=registry, message=message, workflow=..., print_info=False, force=True,
+        dedupe=False)
 
 
 def install(name: str, registry: str, top_hash: str | None, dest: Path) -> str:
