@@ -354,3 +354,17 @@ def test_the_package_readme_names_the_workspace_of_an_embedded_registry() -> Non
             "--top-hash <hash>") in embedded
     s3 = readme({**META, "registry": "s3://bucket"})
     assert "--workspace" not in s3 and "--registry s3://bucket --top-hash" in s3
+
+
+def test_photo_credits_are_listed_in_the_readme_up_to_a_limit_then_pointed_at(tmp_path):
+    from flows.publishing.bundle import attribution
+
+    pd.DataFrame({"Author": ["ann", "bob", "ann", "cy"], "License": "CC BY 2.0",
+                  "OriginalLandingURL": ["u/1", "u/2", "u/1", "u/3"]}).to_parquet(
+        tmp_path / "crops.parquet")
+    listed = attribution(tmp_path, inline=3)
+    assert "| ann | CC BY 2.0 | u/1 |" in listed and listed.count("| u/") == 3
+    pointed = attribution(tmp_path, inline=2)
+    assert "| ann |" not in pointed
+    assert "The 3 photos, by 3 authors, are credited in `data/crops.parquet`" in pointed
+    assert attribution(tmp_path / "missing") == ""

@@ -234,13 +234,23 @@ def reuse_unchanged(package: object, previous: object) -> int:
     return reused
 
 
-def attribution(dataset_dir: Path) -> str:
-    """The photo authors and licences of the crops, as CC BY 2.0 asks."""
+# Photos credited in the README itself; past this the README names the table that credits
+# them, or it would grow with every crop and be sent again whole by every publish.
+CREDITS_INLINE = 500
+
+
+def attribution(dataset_dir: Path, inline: int = CREDITS_INLINE) -> str:
+    """The photo authors and licences of the crops, as CC BY 2.0 asks: a table in the README
+    for up to `inline` photos, else where the credits are."""
     table = dataset_dir / "crops.parquet"
     if not table.exists():
         return ""
     credits = pd.read_parquet(table, columns=["Author", "License", "OriginalLandingURL"])
     credits = credits.drop_duplicates().sort_values(["Author", "OriginalLandingURL"])
+    if len(credits) > inline:
+        return (f"\n## Photo credits\n\nThe {len(credits):,} photos, by "
+                f"{credits.Author.nunique():,} authors, are credited in `data/crops.parquet` "
+                "(columns Author, License, OriginalLandingURL), one row per crop.\n")
     rows = [f"| {r.Author} | {r.License} | {r.OriginalLandingURL} |"
             for r in credits.itertuples()]
     return "\n".join(["\n## Photo credits\n", "| author | licence | photo |", "|---|---|---|",
