@@ -33,7 +33,8 @@ def replica_env(root: Path, models: Path, log_dir: str, endpoint: str) -> dict[s
             "TMPDIR": str(root / "tmp"), "OPENIMAGER_WORKSPACE": str(root / "workspace"),
             "OPENIMAGER_PREDICTION_LOG_DIR": log_dir, "AWS_ENDPOINT_URL": endpoint,
             # Parts wait 2 s for more rows: feedback sent at once finds no part yet.
-            "OPENIMAGER_PREDICTION_LOG_SECONDS": "2"}
+            "OPENIMAGER_PREDICTION_LOG_SECONDS": "2",
+            "OPENIMAGER_PREDICTION_SAMPLE_RATE": "1"}  # every upload kept, for a replay
 
 
 def classify(url: str, seed: int) -> str:
@@ -116,6 +117,25 @@ def test_two_replicas_share_only_s3_for_the_log_feedback_and_drift(
     assert out.startswith(f"{len(ids_a + more_a + ids_b)} requests to any model since the "
                           "log began"), out
     assert "feedback: 2 labelled requests" in out
+    kept_uploads_of_both_reach_a_replay_elsewhere(log_dir, tmp_path / "retrain-tmp")
+
+
+def kept_uploads_of_both_reach_a_replay_elsewhere(log_dir: str, cache: Path) -> None:
+    """What a retrain in another container replays: the uploads both replicas kept in the
+    prefix, each under the hash of its bytes, the labelled ones with their feedback."""
+    import hashlib
+
+    from flows.watching.shadow import image_folder, kept_uploads
+
+    uploads = kept_uploads(log_dir, None, 100)
+    assert len(uploads) == 9  # nine different pictures, from both replicas
+    assert sorted(uploads.label.dropna()) == ["Circle", "Square"]
+    cache.mkdir()
+    (cache / "left-from-an-earlier-replay.jpg").write_bytes(b"old")
+    folder = image_folder(log_dir, list(uploads.name), cache)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(uploads.name)
+    for row in uploads.itertuples():
+        assert hashlib.sha256((folder / row.name).read_bytes()).hexdigest() == row.sha256
 
 
 def read_log_part(local_s3, key: str) -> pd.DataFrame:
