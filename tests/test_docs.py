@@ -136,6 +136,8 @@ def test_the_docs_quote_the_demos_figures() -> None:
     watching = (ROOT / "docs" / "watching.md").read_text()
     labels = re.findall(r'label[=": ]+(\w+)', watching.split("## Feedback")[1].split("```")[1])
     assert labels and set(labels) <= set(DEMO_CLASSES)
+    written, stored = re.search(r"`(\w+)` is\s+stored, and answered, as `(\w+)`", watching).groups()
+    assert stored in DEMO_CLASSES and written == stored.lower() != stored
 
 
 def test_documented_commands_name_the_venvs_programs() -> None:
