@@ -28,6 +28,7 @@ from flows.publishing.lineage import refuse_uncommitted
 from flows.refresh import check_inputs, refresh_task
 from flows.run.fanout import shared_cluster
 from flows.run.params import Architecture, Runner, Version, report_images, settings_from
+from flows.run.preflight import require_weights
 from flows.settings import Settings
 from flows.train import build_task, promotion_line, train_task
 from flows.watching import watch
@@ -120,8 +121,9 @@ def retrain(
 ) -> dict:
     """Refresh, crop, train and register; if the model passes the gate, publish it with its
     data, record its promotion, and build its Bento (build_bento). Returns every stage's
-    summary. An anomaly in the new dataset (flows/watching/datachecks.py) stops the run before
-    training unless accept_anomalies."""
+    summary. A transfer model's weights out of reach fail the run before any work; an anomaly
+    in the new dataset (flows/watching/datachecks.py) stops it before training unless
+    accept_anomalies."""
     settings = settings_from(
         classes=classes, exclude_classes=exclude_classes,
         openimages_version=openimages_version, workspace=workspace, metadata_url=metadata_url,
@@ -131,6 +133,7 @@ def retrain(
         force_promote=force_promote, task_runner=task_runner, build_bento=build_bento,
         accept_anomalies=accept_anomalies,
     )
+    require_weights(settings)  # a worker without internet fails here, not after the crop
     refuse_uncommitted(settings.publish_uncommitted)  # before any download or training
     check_inputs(settings, registry=True)
     finished = finish_pending_task(settings)

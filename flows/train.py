@@ -9,6 +9,7 @@ from flows.crop_flow import chunk_runner
 from flows.pipeline import stages
 from flows.pipeline.artifacts import record
 from flows.run.params import Architecture, Runner, report_images, settings_from
+from flows.run.preflight import require_weights
 from flows.settings import Settings
 from model.intervals import stated
 
@@ -50,6 +51,7 @@ def train(workspace: str | None = None, epochs: int | None = None,
     after it, adds the package revision to the record."""
     settings = settings_from(workspace=workspace, epochs=epochs, architecture=architecture,
                              weights=weights, image_size=image_size, force_promote=force_promote)
+    require_weights(settings)
     trained = train_task(settings)
     print(f"{trained['model_tag']}: test accuracy {stated(trained['metrics'], 'accuracy')}, "
           f"macro F1 {stated(trained['metrics'], 'macro_f1')}")

@@ -27,6 +27,10 @@ class WeightsUnreachable(Exception):
     """The ImageNet weights are not in the Keras cache and their URL does not answer."""
 
 
+class WeightsMissing(ValueError):
+    """The weights setting names a local file that does not exist."""
+
+
 def keras_home(env: Mapping[str, str]) -> Path:
     """The folder Keras keeps its cache in, as keras.src.backend.config decides it."""
     if "KERAS_HOME" in env:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3
+from flows.servers.local import LOCAL_CREDENTIALS, TELEMETRY_OFF, LocalS3, free_port
 from flows.servers.mirror import StaticHTTP
 from flows.settings import CVDF_BUCKET
 
@@ -129,6 +129,19 @@ def prefect_api(harness: None) -> str:
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def no_internet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """An empty Keras cache, and HTTPS only through a proxy on 127.0.0.1 that refuses every
+    connection: nothing leaves the machine, as on a host without internet. Set in this process
+    and returned for child processes."""
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
+           "NO_PROXY": "", "no_proxy": ""}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 @pytest.fixture(scope="session")

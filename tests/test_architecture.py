@@ -2,13 +2,15 @@
 
 Data code (flows/openimages) imports nothing of the wiring above it; the service imports
 nothing of the pipeline; the Keras code imports no orchestration, serving or publishing
-library. Commands that only read metadata load no heavy library they do not use.
+library. Commands that only read metadata load no heavy library they do not use. The
+architecture page names every module.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,40 @@ def test_the_rules_catch_a_forbidden_edge(tmp_path):
     found = imports(source)
     assert [m for _, m in found if under(m, "flows.pipeline.stages")] == ["flows.pipeline.stages"]
     assert (3, "flows.promotion.bentoml_store") in found
+
+
+def listed_modules(page: str) -> dict[str, set[str]]:
+    """The modules docs/architecture.md names, by folder: the `- `name`: role` lines under
+    each `### `folder/`` heading."""
+    found: dict[str, set[str]] = {}
+    folder = None
+    for line in page.splitlines():
+        if heading := re.fullmatch(r"### `(?P<folder>[\w/]+)/`", line):
+            folder = heading["folder"]
+            found[folder] = set()
+        elif line.startswith("#"):
+            folder = None
+        elif folder and (item := re.match(r"- `(?P<name>\w+)`: \S", line)):
+            found[folder].add(item["name"])
+    return found
+
+
+def test_every_module_is_named_on_the_architecture_page():
+    modules: dict[str, set[str]] = {}
+    for package in ("flows", "model", "service"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name != "__init__.py":
+                modules.setdefault(path.parent.relative_to(ROOT).as_posix(), set()).add(path.stem)
+    listed = listed_modules((ROOT / "docs" / "architecture.md").read_text())
+    missing = [f"{folder}/{name}.py" for folder, names in sorted(modules.items())
+               for name in sorted(names - listed.get(folder, set()))]
+    stale = [f"{folder}/{name}.py" for folder, names in sorted(listed.items())
+             for name in sorted(names - modules.get(folder, set()))]
+    assert not missing, f"docs/architecture.md does not name {missing}"
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
+    # The parser reads what a missing module would lack: its line under its folder.
+    assert listed_modules("### `flows/run/`\n\n- `shell`: commands\n## Layers\n- `x`: y") == {
+        "flows/run": {"shell"}}
 
 
 def loaded_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:

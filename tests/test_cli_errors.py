@@ -156,12 +156,9 @@ def test_refused_uncommitted_changes_are_bad_input_without_a_traceback(capsys) -
 
 
 @pytest.mark.parametrize("command", ["train", "retrain"])
-def test_imagenet_weights_that_cannot_be_had_fail_before_any_work(command, tmp_path):
-    # An empty Keras cache and HTTPS only through a refusing proxy on 127.0.0.1: no internet.
-    proxy = f"http://127.0.0.1:{closed_port()}"
-    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
-           "NO_PROXY": "", "no_proxy": ""}
-    err = failed(flows(command, "--workspace", "ws", cwd=tmp_path, env=env), 3)
+def test_imagenet_weights_that_cannot_be_had_fail_before_any_work(command, no_internet,
+                                                                  tmp_path):
+    err = failed(flows(command, "--workspace", "ws", cwd=tmp_path, env=no_internet), 3)
     first, hint = err.splitlines()
     assert "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in first
     assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/" in first

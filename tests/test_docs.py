@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND_PAGES = [*PAGES, ROOT / "data" / "sample" / "README.md"]  # pages with commands to run
 FENCE = re.compile(r"^```")
 MARK = re.compile(r"<!-- (run by (?P<test>tests/\S+\.py)|same as (?P<same>tests/\S+\.py)"
                   r"|needs [^>]+|example)\b[^>]*-->")
@@ -75,7 +76,36 @@ def test_readme_fits_on_two_pages() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 160
 
 
-OUTPUT_FLAG = re.compile(r"(?:--dest|--workspace|--out|--log-dir|--model-path)[ =](?P<path>\S+)")
+# Where a documented command writes: its output flags, and quilt3's dest= in Python.
+OUTPUT_FLAG = re.compile(r"""(?:(?:--dest|--workspace|--out|--log-dir|--model-path)[ =]"""
+                         r"""|\bdest=["'])(?P<path>[^\s"']+)""")
+# A quoted relative path in an example: a/b/c, or a/b with a file extension or a glob (one
+# slash and neither is a name such as openimager/classifier or image/jpeg).
+QUOTED_PATH = re.compile(r"""["'](?P<path>[\w.-]+(?:/[\w.*-]+)+)["']""")
+
+
+def is_path(text: str) -> bool:
+    return text.count("/") >= 2 or any(c in text.rsplit("/", 1)[1] for c in ".*")
+
+
+def fenced(pages: list[Path]) -> list[tuple[Path, str]]:
+    """Every fenced block of pages, with its page."""
+    return [(page, block) for page in pages for block in page.read_text().split("```")[1::2]]
+
+
+def documented_outputs() -> set[str]:
+    """Every relative folder a documented command writes to (where the docs run them: the
+    project's folder)."""
+    return {m["path"] for _, block in fenced(COMMAND_PAGES)
+            for m in OUTPUT_FLAG.finditer(block)
+            if not m["path"].startswith(("/", "<", "$", "s3://")) and not m["path"].isupper()}
+
+
+def unwritten_paths(block: str, written: set[str]) -> list[str]:
+    """The quoted relative paths of a block (Python examples, python -c) under no folder
+    that a documented command writes: an example would read them from nowhere."""
+    return [m["path"] for m in QUOTED_PATH.finditer(block) if is_path(m["path"])
+            and not any(m["path"] == out or m["path"].startswith(out + "/") for out in written)]
 
 
 def test_what_the_documented_commands_write_stays_out_of_git() -> None:
@@ -86,14 +116,23 @@ def test_what_the_documented_commands_write_stays_out_of_git() -> None:
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    written = {m["path"] for page in [*PAGES, ROOT / "data" / "sample" / "README.md"]
-               for block in page.read_text().split("```")[1::2]
-               for m in OUTPUT_FLAG.finditer(block)
-               if not m["path"].startswith(("/", "<", "$", "s3://")) and not m["path"].isupper()}
+    written = documented_outputs()
     assert {"workspace", "workspace/bundle", "workspace/reproduced"} <= written
     tracked = [path for path in sorted(written) if subprocess.run(
         ["git", "check-ignore", "--no-index", "-q", f"{path}/x"], cwd=ROOT).returncode != 0]
     assert not tracked, f"documented outputs git would pick up: {tracked}"
+
+
+def test_examples_read_what_the_documented_commands_write() -> None:
+    written = documented_outputs()
+    found = [f"{page.name}: {path}" for page, block in fenced(COMMAND_PAGES)
+             for path in unwritten_paths(block, written)]
+    assert not found, "examples read paths no documented command writes:\n" + "\n".join(found)
+    # What it catches: a package installed to --dest workspace/bundle, read from bundle/.
+    example = "\n".join(['pd.read_parquet("bundle/data/shards")', "FROM 'x/y.parquet'",
+                         'browse("openimager/classifier")', '"image/jpeg"',
+                         '"workspace/bundle/data/a.parquet"'])
+    assert unwritten_paths(example, {"workspace/bundle"}) == ["bundle/data/shards", "x/y.parquet"]
 
 
 def readme_demo_output() -> str:
@@ -136,6 +175,8 @@ def test_the_docs_quote_the_demos_figures() -> None:
     watching = (ROOT / "docs" / "watching.md").read_text()
     labels = re.findall(r'label[=": ]+(\w+)', watching.split("## Feedback")[1].split("```")[1])
     assert labels and set(labels) <= set(DEMO_CLASSES)
+    written, stored = re.search(r"`(\w+)` is\s+stored, and answered, as `(\w+)`", watching).groups()
+    assert stored in DEMO_CLASSES and written == stored.lower() != stored
 
 
 def test_documented_commands_name_the_venvs_programs() -> None:

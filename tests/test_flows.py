@@ -80,3 +80,39 @@ def test_a_rerun_after_a_failed_publish_resumes(harness, mirror, local_s3, regis
     again = publish(workspace=str(tmp_path), registry=registry_env,
                     package_name="resume/classifier")
     assert again["top_hash"] == result["publish"]["top_hash"] and not again["pushed"]
+
+
+@pytest.mark.parametrize("name", ["retrain", "train"])
+def test_weights_out_of_reach_fail_the_flow_before_any_work(name, harness, mirror, no_internet,
+                                                           tmp_path, monkeypatch):
+    from flows.retrain import retrain
+    from flows.train import train
+    from model.pretrained import WeightsUnreachable, cached_file, weights_url
+
+    monkeypatch.delenv("OPENIMAGER_WEIGHTS", raising=False)  # the default: ImageNet's
+    workspace = tmp_path / "ws"
+    params = {"workspace": str(workspace), "architecture": "transfer"}
+    if name == "retrain":  # as the weekly deployment runs it
+        params |= {"classes": ["Hamburger", "Sandwich"], "metadata_url": mirror.url}
+    state = {"retrain": retrain, "train": train}[name](**params, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, WeightsUnreachable)
+    first, hint = str(error).splitlines()  # as `python -m flows` prints it
+    assert str(cached_file("MobileNetV3Small", no_internet)) in first
+    assert weights_url("MobileNetV3Small") in first
+    assert "OPENIMAGER_WEIGHTS" in hint and "architecture: seed-cnn" in hint
+    assert first in state.message and hint.strip() in state.message
+    assert not workspace.exists()  # no metadata, selection, crops or model: nothing started
+
+
+def test_the_seed_cnn_needs_no_weights_to_start(harness, mirror, no_internet, tmp_path):
+    from flows.retrain import retrain
+
+    workspace = tmp_path / "ws"
+    state = retrain(classes=["Hamburgr"], workspace=str(workspace), metadata_url=mirror.url,
+                    architecture="seed-cnn", return_state=True)
+    # Past the weights, without a network: the run reads the class files, then stops on the name.
+    with pytest.raises(ValueError, match="unknown Open Images class 'Hamburgr'"):
+        state.result()
+    assert (workspace / "metadata").exists()

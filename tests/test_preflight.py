@@ -239,18 +239,6 @@ def test_entrypoint_fails_fast(clean_env: None) -> None:
 MOBILENET_FILE = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
 
 
-@pytest.fixture
-def no_internet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """An empty Keras cache, and HTTPS only through a proxy on 127.0.0.1 that refuses every
-    connection: nothing leaves the machine, as on a host without internet."""
-    proxy = f"http://127.0.0.1:{free_port()}"
-    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy, "https_proxy": proxy,
-           "NO_PROXY": "", "no_proxy": ""}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
 def test_imagenet_weights_in_the_keras_cache_need_no_network(no_internet: dict[str, str],
                                                               tmp_path: Path) -> None:
     settings = Settings(workspace=tmp_path / "ws")

@@ -99,9 +99,9 @@ EXPECTED: tuple[Expected, ...] = (
              "the upstream file is malformed: fix or replace it on the mirror, then rerun"),
     Expected("flows.openimages.fetch", "ChecksumError", UPSTREAM,
              "the download did not verify; rerun, or check the mirror's copy"),
-    Expected("model.pretrained", "WeightsUnreachable", UPSTREAM,
-             "put that file in the Keras cache, set OPENIMAGER_WEIGHTS to a local .weights.h5 "
-             "of the backbone (or none), or use --architecture seed-cnn"),
+    # Their text says what to do too (flows/run/preflight.py require_weights).
+    Expected("model.pretrained", "WeightsMissing", BAD_INPUT),
+    Expected("model.pretrained", "WeightsUnreachable", UPSTREAM),
     Expected("requests", "HTTPError", UPSTREAM, _http_hint),
     Expected("requests", "ConnectionError", UPSTREAM,
              "check --metadata-url (OPENIMAGER_METADATA_URL) and the network"),

@@ -115,6 +115,8 @@ def run_stage_command(args: argparse.Namespace) -> int:
                                                 "skipped")}, indent=2))
         return 0
     if args.command == "train":
+        from flows.run.preflight import require_weights
+
         require_weights(settings)
         require(settings, "dataset/crops.parquet", "build-dataset")
         from flows.train import promotion_line
@@ -140,23 +142,6 @@ def require(settings: object, relative: str, stage: str) -> None:
 
         raise UsageError(f"{settings.workspace / relative} is missing: run "
                          f"`{flows_command(stage)}` with this --workspace first")
-
-
-def require_weights(settings: object) -> None:
-    """The weights a transfer model starts from, checked before any work (training otherwise
-    fails after it): a missing local file is bad input; ImageNet weights neither in the Keras
-    cache nor downloadable are an unreachable upstream. Asks the weights' URL (HEAD) at most."""
-    if settings.architecture != "transfer" or settings.weights is None:
-        return
-    from model.pretrained import WeightsUnreachable, imagenet_problem, local_problem
-
-    if str(settings.weights) == "imagenet":
-        if (problem := imagenet_problem(settings.backbone, os.environ)) is not None:
-            raise WeightsUnreachable(problem)
-    elif (problem := local_problem(settings.weights)) is not None:
-        from flows.commands.errors import UsageError
-
-        raise UsageError(problem)
 
 
 def select_command(settings: object) -> int:
@@ -205,6 +190,7 @@ def retrain_command(args: argparse.Namespace) -> int:
     """Check the settings, the class names and the registry, then run the retrain flow."""
     from flows.pipeline import stages
     from flows.publishing.registries import EMBEDDED, check_registry
+    from flows.run.preflight import require_weights
 
     settings = settings_of(args)
     with step("check"):

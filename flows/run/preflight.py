@@ -125,6 +125,9 @@ def endpoint_problems(env: Mapping[str, str]) -> list[str]:
 
 
 TRAINING_COMMANDS = ("train", "retrain")
+WEIGHTS_HINT = ("put that file in the Keras cache, set OPENIMAGER_WEIGHTS to a local "
+                ".weights.h5 of the backbone (or none), or use --architecture seed-cnn "
+                "(as a flow parameter, architecture: seed-cnn)")
 
 
 def weights_problems(settings: Settings, env: Mapping[str, str], reach: bool = False,
@@ -140,6 +143,22 @@ def weights_problems(settings: Settings, env: Mapping[str, str], reach: bool = F
         return [problem] if problem else []
     problem = imagenet_problem(settings.backbone, env, timeout) if reach else None
     return [problem] if problem else []
+
+
+def require_weights(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """The weights a transfer model starts from, checked before any work: training otherwise
+    fails only after the refresh and the crop. A missing local file raises WeightsMissing;
+    ImageNet weights neither in the Keras cache nor downloadable raise WeightsUnreachable,
+    whose text also says what to do, as a flow run's failure shows nothing else. Asks the
+    weights' URL (HEAD) at most."""
+    from model.pretrained import WeightsMissing, WeightsUnreachable
+
+    found = weights_problems(settings, os.environ if env is None else env, reach=True)
+    if not found:
+        return
+    if str(settings.weights) != "imagenet":
+        raise WeightsMissing(found[0])
+    raise WeightsUnreachable(f"{found[0]}\n  {WEIGHTS_HINT}")
 
 
 def is_worker(argv: Sequence[str]) -> bool:
