@@ -101,9 +101,12 @@ def test_the_card_names_class_weights_only_when_used_and_says_what_is_trained():
 
 
 def test_min_box_pixels_default_follows_the_model_input():
+    from flows.openimages.crop import CropOptions
     from flows.settings import Settings
 
     settings = Settings()
+    # One default: cropping with CropOptions() skips exactly what a pipeline run skips.
+    assert CropOptions().min_pixels == settings.min_box_pixels == 32
     # A box under the default is upscaled more than about 5x to the model's input.
     assert settings.image_size / settings.min_box_pixels <= 5
     assert Path("docs/training.md").read_text().count("OPENIMAGER_MIN_BOX_PIXELS") >= 1
