@@ -34,7 +34,7 @@ from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
 from flows.watching.datachecks import PROFILE, profile
 from model.atomic import write_json, write_parquet
-from model.promotion import Decision, Incumbent
+from model.promotion import Decision, Incumbent, Rule
 
 log = logging.getLogger(__name__)
 FEEDBACK_REPORT = "feedback_screen.json"  # what feedback was kept out of training, and why
@@ -204,7 +204,6 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import outcome_of
-    from model.promotion import Rule
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
@@ -240,7 +239,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
     # The registry's promoted revision is the incumbent, whichever host trained it.
     opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
-    rule = Rule(settings.promotion_margin, settings.promotion_confidence)
+    rule = promotion_rule(settings)
     with opened as registry:
         decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
                         score, settings.force_promote, promote_now=promote_now,
@@ -253,6 +252,12 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def promotion_rule(settings: Settings) -> Rule:
+    """The gate's rule of the settings: the margin and confidence a candidate must beat the
+    promoted model by."""
+    return Rule(settings.promotion_margin, settings.promotion_confidence)
 
 
 def shadow_check(settings: Settings, tag: str, metadata: dict, model: object) -> Callable:
