@@ -31,6 +31,17 @@ def test_the_report_covers_every_stage_that_ran(tmp_path):
     assert text.count("data:image/png;base64,") == 1  # the missing picture is left out
 
 
+def test_the_dataset_section_counts_what_the_feedback_screen_kept_out():
+    screened = {**DATASET, "feedback_crops": 3,
+                "feedback_screen": {"near_duplicates": 2, "over_cap": {"Car": 4}}}
+    text = report("x", {"dataset": screened}, {})
+    assert "3 of them from labelled served images" in text
+    assert ("Feedback kept out of training: 2 near-duplicates of validation or test crops; "
+            "over the cap per class: Car 4.") in text
+    assert "Feedback kept out" not in report("x", {"dataset": {**DATASET,
+                                                               "feedback_screen": None}}, {})
+
+
 def test_a_published_run_names_its_top_hash():
     published = {"name": "openimager/classifier", "registry": "s3://bucket",
                  "top_hash": "f" * 64, "pushed": False}

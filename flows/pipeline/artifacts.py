@@ -58,7 +58,16 @@ def dataset_section(built: dict, grid: str | None) -> list[str]:
     lines = ["## Dataset", "", *_table(["class", "crops", *splits], rows), "",
              f"{built['crops']} crops from {built['images']} images "
              f"(dataset {built['dataset_id']}){extra}; skipped boxes: {skipped}", ""]
+    if built.get("feedback_screen"):
+        lines += [screened_line(built["feedback_screen"]), ""]
     return [*lines, grid, ""] if grid else lines
+
+
+def screened_line(screened: dict) -> str:
+    """The labelled served images the feedback screen kept out of training."""
+    capped = ", ".join(f"{k} {v}" for k, v in sorted(screened["over_cap"].items()))
+    return (f"Feedback kept out of training: {screened['near_duplicates']} near-duplicates of "
+            f"validation or test crops; over the cap per class: {capped or 'none'}.")
 
 
 def train_section(trained: dict, confusion: str | None,
@@ -125,6 +134,10 @@ def drift_section(summary: dict | None, chart: str | None) -> list[str]:
              f"{summary['class_mix_of']}.", "",
              *_table(["figure", "traffic", "reference", "test", "p-value", "drift"], rows), "",
              f"Feedback: {fb['labelled']} labelled requests, accuracy {fb['accuracy']}.", ""]
+    if summary.get("unsure"):
+        found = summary["unsure"]
+        lines += [f"Unsure answers (top probability under {found['threshold']}): "
+                  f"{found['count']} (share {found['share']}).", ""]
     return [*lines, chart, ""] if chart else lines
 
 

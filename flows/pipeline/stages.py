@@ -190,7 +190,10 @@ def screened_summary(settings: Settings) -> dict | None:
 
 def train(settings: Settings, promote_now: bool = True) -> dict:
     """Train on the crops, score on the test split, register the model with BentoML, and pass
-    the gate: promote it if it scores at least the promoted model on the same test split.
+    the paired gate: the candidate and the promoted model answer the same test photos (the
+    holdout slice left out, gate_rows), and the candidate is promoted only if the whole
+    interval of the difference, by a paired bootstrap over photos at the settings'
+    confidence, lies above their margin (promotion_rule): a tie keeps the promoted model.
 
     With promote_now the promotion record is written here; without (the retrain flow) the gate
     only decides and marks the promotion pending, and record_promotion writes the record after
