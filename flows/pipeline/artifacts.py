@@ -142,8 +142,22 @@ def drift_section(summary: dict | None, chart: str | None) -> list[str]:
 
 
 def classification_rows(metrics: dict) -> list[dict]:
-    """The per-class test metrics as table rows."""
-    return [{"class": name, **values} for name, values in metrics["per_class"].items()]
+    """The per-class test metrics as table rows, each figure's interval beside it (bootstrap
+    over the test photos) when they were recorded."""
+    from model.intervals import CONFIDENCE, span
+
+    found = metrics.get("intervals") or {}
+    share = found.get("confidence", CONFIDENCE)
+    rows = []
+    for name, values in metrics["per_class"].items():
+        bounds = (found.get("per_class") or {}).get(name)
+        row = {"class": name}
+        for key, value in values.items():
+            row[key] = value
+            if bounds and key in bounds:  # precision, recall and f1; support has none
+                row[f"{key} {share:.0%} CI"] = span(bounds[key]) if bounds[key] else None
+        rows.append(row)
+    return rows
 
 
 def shadow_section(shadow: dict) -> list[str]:
