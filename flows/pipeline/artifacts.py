@@ -88,8 +88,12 @@ def train_section(trained: dict, confusion: str | None,
     if holdout_line(metrics):
         lines += [f"Holdout{holdout_line(metrics).removeprefix('holdout')}.", ""]
     if metrics.get("calibration"):
+        from model.report import NOT_FITTED
+
         found = metrics["calibration"]
-        lines += [f"Calibration: temperature {found['temperature']} (fitted on validation); "
+        how = "fitted on validation" if found.get("identifiable", True) else \
+            f"not fitted: {NOT_FITTED}"
+        lines += [f"Calibration: temperature {found['temperature']} ({how}); "
                   f"test ECE {found['ece_before']} before, {found['ece_after']} after.", ""]
     lines += [f"**{verdict}**: {trained['promotion_reason']}", ""]
     return [*lines, *(p for image in (confusion, reliability) if image for p in (image, ""))]
