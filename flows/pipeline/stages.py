@@ -157,15 +157,16 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
     images = pd.DataFrame()
     if settings.use_feedback:
         folder = log_location(settings)
-        log, feedback = read_log(folder), read_feedback(folder)
+        # Not named log: that is the module's logger, which warns below.
+        served, feedback = read_log(folder), read_feedback(folder)
         if isinstance(folder, str):  # s3://: the labelled kept images come down first
-            labelled = log[log.kept & log.request_id.isin(feedback.request_id)]
+            labelled = served[served.kept & served.request_id.isin(feedback.request_id)]
             names = [image_name(sha, fmt) for sha, fmt in zip(labelled.sha256,
                                                                labelled.format, strict=True)]
             images_dir = fetch_images(folder, names, settings.workspace / "feedback-images")
         else:
             images_dir = folder / "images"
-        images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
+        images = labelled_images(served, feedback, images_dir, sorted(table.Class.unique()))
     images, screened = screen(images, table, crops_root(settings.dataset_dir, table),
                               settings.feedback_max_share)
     if screened["near_duplicates"] or screened["over_cap"]:
