@@ -141,11 +141,12 @@ def report(result: dict) -> str:
 
 def calibration_line(metrics: dict) -> str:
     """Temperature scaling in one line: the temperature and the test ECE before and after."""
+    from model.report import NOT_FITTED
+
     found = metrics.get("calibration")
     if not found:
         return "calibration: not measured"
-    how = "fitted on validation" if found.get("identifiable", True) else (
-        "(validation separated perfectly, so no temperature could be fitted)")
+    how = "fitted on validation" if found.get("identifiable", True) else f"({NOT_FITTED})"
     return (f"calibration: temperature {found['temperature']} {how}; test expected "
             f"calibration error {found['ece_before']} before, {found['ece_after']} after")
 

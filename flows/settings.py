@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.openimages import MIN_BOX_PIXELS
+
 OFFICIAL_METADATA_URL = "https://storage.googleapis.com/openimages"
 FlagRule = Literal["any", "exclude", "only"]
 Version = Literal["v4", "v5", "v6", "v7"]
@@ -93,9 +95,7 @@ class Settings(BaseModel):
     crop_from_source: bool = False
     crop_workers: int | None = None  # processes (threads under Prefect); None: every core
     max_crops_per_class: int | None = None
-    # The model resizes every crop to image_size (150 px): a box narrower than 32 px would be
-    # upscaled more than 4.7x, a blur of a few dozen real pixels (docs/training.md).
-    min_box_pixels: int = 32
+    min_box_pixels: int = MIN_BOX_PIXELS  # why 32: flows/openimages/__init__.py
     split_seed: int = 0
     validation_fraction: float = 0.15
     test_fraction: float = 0.15

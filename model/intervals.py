@@ -59,7 +59,12 @@ def stated(metrics: dict, key: str) -> str:
     if value is None or not bounds:
         return str(value)
     share = (metrics.get("intervals") or {}).get("confidence", CONFIDENCE)
-    return f"{value} ({share:.0%} CI {bounds[0]:.4g}-{bounds[1]:.4g})"
+    return f"{value} ({share:.0%} CI {span(bounds)})"
+
+
+def span(bounds: list[float]) -> str:
+    """An interval as the reports print it: "0.7-0.93"."""
+    return f"{bounds[0]:.4g}-{bounds[1]:.4g}"
 
 
 def holdout(photos: list[str] | tuple[str, ...], share: float) -> np.ndarray:

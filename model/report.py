@@ -13,6 +13,9 @@ from typing import Any
 CURVES_PNG = "training_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability.png"
+# Why a temperature could not be fitted (model/calibration.py fit_temperature: no validation
+# crop was wrong); then T stays 1 and the probabilities are the network's own.
+NOT_FITTED = "validation separated perfectly, so no temperature could be fitted"
 
 
 @contextmanager

@@ -2,9 +2,11 @@
 
 import base64
 
+import numpy as np
 from PIL import Image
 
 from flows.pipeline.artifacts import classification_rows, inline_image, report
+from model.evaluate import classification_metrics
 
 REFRESH = {"classes": {"Car": {"mid": "/m/0k4j", "images": 10, "boxes": 12}},
            "images": 10, "boxes": 12, "downloads": {"ok": 9, "gone": 1}}
@@ -31,6 +33,17 @@ def test_the_report_covers_every_stage_that_ran(tmp_path):
     assert text.count("data:image/png;base64,") == 1  # the missing picture is left out
 
 
+def test_the_dataset_section_counts_what_the_feedback_screen_kept_out():
+    screened = {**DATASET, "feedback_crops": 3,
+                "feedback_screen": {"near_duplicates": 2, "over_cap": {"Car": 4}}}
+    text = report("x", {"dataset": screened}, {})
+    assert "3 of them from labelled served images" in text
+    assert ("Feedback kept out of training: 2 near-duplicates of validation or test crops; "
+            "over the cap per class: Car 4.") in text
+    assert "Feedback kept out" not in report("x", {"dataset": {**DATASET,
+                                                               "feedback_screen": None}}, {})
+
+
 def test_a_published_run_names_its_top_hash():
     published = {"name": "openimager/classifier", "registry": "s3://bucket",
                  "top_hash": "f" * 64, "pushed": False}
@@ -48,14 +61,28 @@ def test_pictures_are_embedded_shrunk(tmp_path):
     assert inline_image(tmp_path / "absent.png") is None
 
 
-def test_classification_rows_are_one_per_class():
-    assert classification_rows(METRICS) == [
+def test_classification_rows_are_one_per_class_with_their_intervals():
+    assert classification_rows(METRICS) == [  # recorded before intervals were
         {"class": "Car", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}]
+    bounds = {"confidence": 0.95, "per_class": {"Car": {"precision": [0.8, 1.0],
+                                                        "recall": [0.25, 0.75],
+                                                        "f1": [0.4, 0.8571]}}}
+    assert classification_rows({**METRICS, "intervals": bounds}) == [
+        {"class": "Car", "precision": 1.0, "precision 95% CI": "0.8-1", "recall": 0.5,
+         "recall 95% CI": "0.25-0.75", "f1": 0.667, "f1 95% CI": "0.4-0.8571", "support": 2}]
+    # As training records them: every class's F1 with the interval of metrics.json.
+    truth, probs = [0, 0, 1, 1, 1, 0], [[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.4, 0.6],
+                                         [0.6, 0.4], [0.8, 0.2]]
+    found = classification_metrics(np.array(truth), np.array(probs), ["A", "B"],
+                                   ["p1", "p1", "p2", "p3", "p4", "p5"])
+    rows = classification_rows(found)
+    assert [r["class"] for r in rows] == ["A", "B"]
+    for row in rows:
+        low, high = found["intervals"]["per_class"][row["class"]]["f1"]
+        assert row["f1 95% CI"] == f"{low:.4g}-{high:.4g}" and low <= row["f1"] <= high
 
 
 def test_a_shadow_replay_shows_its_figures_and_flip_matrix():
-    import numpy as np
-
     from model.shadow import Replayed, ShadowRule, compare, judge
 
     replayed = Replayed(tuple("abcd"), ("Car", "Hamburger"),

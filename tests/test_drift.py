@@ -256,3 +256,9 @@ def test_the_report_counts_unsure_answers():
     summary = drift(log, NO_FEEDBACK, Reference({"a": 3.0, "b": 1.0}, [10], [10]), 0.6)
     assert summary["unsure"] == {"threshold": 0.6, "count": 2, "share": 0.5}
     assert "unsure answers (top probability under 0.6): 2 (0.5)" in lines(summary)
+    # ... and the run report's drift section
+    from flows.pipeline.artifacts import drift_section
+
+    reported = drift_section({**summary, "model": "m:1", "since": None,
+                              "class_mix_of": "the test split"}, None)
+    assert "Unsure answers (top probability under 0.6): 2 (share 0.5)." in reported

@@ -70,6 +70,25 @@ def test_the_service_abstains_and_guards_feedback(tmp_path):
     assert int(flood.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.integration
+def test_an_answer_over_the_threshold_is_not_unsure(tmp_path):
+    pytest.importorskip("keras")
+    # Three classes: the top probability is at least 1/3, over this threshold whatever the
+    # untrained model answers.
+    env = {"OPENIMAGER_MIN_CONFIDENCE": "0.3", "OPENIMAGER_WORKERS": "1"}
+    with serve_tiny_model(tmp_path, env) as served:
+        image = encoded(picture(2))
+        answer = requests.post(f"{served.url}/classify", files={"image": ("a.jpg", image)},
+                               timeout=60).json()
+        batch = requests.post(f"{served.url}/classify_batch", timeout=60,
+                              files=[("images", ("a.jpg", image)),
+                                     ("images", ("b.jpg", encoded(picture(5))))]).json()
+    assert answer["labels"][0]["probability"] >= 0.3 and answer["unsure"] is False
+    results = batch["results"]
+    assert [r["labels"][0]["probability"] >= 0.3 for r in results] == [True, True]
+    assert [r["unsure"] for r in results] == [False, False]
+
+
 def test_the_page_shows_an_unsure_answer():
     from pathlib import Path
 

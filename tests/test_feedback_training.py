@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import shutil
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -16,26 +18,39 @@ from flows.openimages.feedback import without_feedback
 from tests.predictionlog import log_rows, write_feedback, write_log
 
 
-def workspace_with_feedback(sample_workspace, tmp_path):
-    """A workspace holding the sample's dataset and a prediction log: three kept, labelled
-    images (one with a label of no class), one labelled but not kept."""
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def workspace_with_uploads(sample_workspace, tmp_path, uploads: list[bytes],
+                           labels: list[str], kept: list[bool] | None = None):
+    """A workspace holding the sample's dataset and a prediction log of PNG uploads, oldest
+    first, each kept (unless kept says otherwise) and labelled."""
     workspace = tmp_path / "ws"
     shutil.copytree(sample_workspace / "dataset", workspace / "dataset")
     table = pd.read_parquet(workspace / "dataset" / "crops.parquet")
     classes = sorted(table.Class.unique())
     logs = workspace / "predictions"
-    rows = log_rows(table[table.Split == "test"].head(4), classes, kept=True)
-    rows[3]["kept"] = False
-    for i, row in enumerate(rows):
-        buffer = io.BytesIO()
-        Image.new("RGB", (400 + i, 300), (i * 40, 90, 30)).save(buffer, format="PNG")
-        row["sha256"], row["format"] = hashlib.sha256(buffer.getvalue()).hexdigest(), "PNG"
-        (logs / "images").mkdir(parents=True, exist_ok=True)
-        (logs / "images" / f"{row['sha256']}.png").write_bytes(buffer.getvalue())
+    (logs / "images").mkdir(parents=True)
+    rows = log_rows(table[table.Split == "test"].head(len(uploads)), classes, kept=True)
+    for row, data, keep in zip(rows, uploads, kept or [True] * len(uploads), strict=True):
+        row["sha256"], row["format"], row["kept"] = hashlib.sha256(data).hexdigest(), "PNG", keep
+        (logs / "images" / f"{row['sha256']}.png").write_bytes(data)
     write_log(logs, rows)
-    write_feedback(logs, {rows[0]["request_id"]: "car", rows[1]["request_id"]: "Sandwich",
-                          rows[2]["request_id"]: "Pizza", rows[3]["request_id"]: "Car"})
+    write_feedback(logs, {row["request_id"]: label
+                          for row, label in zip(rows, labels, strict=True)})
     return workspace, rows
+
+
+def workspace_with_feedback(sample_workspace, tmp_path):
+    """A workspace holding the sample's dataset and a prediction log: three kept, labelled
+    images (one with a label of no class), one labelled but not kept."""
+    uploads = [png(Image.new("RGB", (400 + i, 300), (i * 40, 90, 30))) for i in range(4)]
+    return workspace_with_uploads(sample_workspace, tmp_path, uploads,
+                                  ["car", "Sandwich", "Pizza", "Car"],
+                                  [True, True, True, False])
 
 
 def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_path):
@@ -57,6 +72,36 @@ def test_labelled_kept_images_join_the_train_split_only(sample_workspace, tmp_pa
     assert pd.read_parquet(workspace / "dataset" / "crops.parquet").equals(table)
     off = join_feedback(settings_from(workspace=str(workspace)), before)
     assert set(off.Source) == {"openimages"}
+
+
+def test_feedback_copies_of_held_out_crops_are_dropped_and_classes_capped(sample_workspace,
+                                                                          tmp_path):
+    from flows.pipeline.stages import FEEDBACK_REPORT, join_feedback, screened_summary
+    from flows.run.params import settings_from
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    held_out = table[table.Split == "test"].head(1)
+    cars = table[(table.Split == "train") & (table.Class == "Car")]
+    # A copy of a test crop as read from the shards, enlarged and sent as PNG ...
+    with Image.open(io.BytesIO(crop_images(held_out, sample_workspace / "dataset")[0])) as crop:
+        uploads = [png(crop.resize((crop.width * 3 // 2, crop.height * 3 // 2)))]
+    # ... then three photos labelled Car, unlike any crop (random blocks, smoothed).
+    rng = np.random.default_rng(7)
+    uploads += [png(Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(
+        (320, 240), Image.Resampling.BILINEAR)) for _ in range(3)]
+    workspace, rows = workspace_with_uploads(sample_workspace, tmp_path, uploads,
+                                             [held_out.Class.iloc[0], "Car", "Car", "Car"])
+    share = 1.5 / (len(cars) + 1.5)  # feedback <= share / (1 - share) * train = 1.5: one Car
+    settings = settings_from(workspace=str(workspace), use_feedback=True,
+                             feedback_max_share=share)
+    joined = join_feedback(settings, pd.read_parquet(workspace / "dataset" / "crops.parquet"))
+    report = json.loads((workspace / "dataset" / FEEDBACK_REPORT).read_text())
+    assert report["near_duplicates"] == [{"sha256": rows[0]["sha256"],
+                                          "matches": held_out.CropPath.iloc[0]}]
+    assert report["over_cap"] == {"Car": 2} and report["max_share"] == share
+    added = joined[joined.Source == "feedback"]
+    assert list(added.CropKey) == [rows[1]["sha256"]]  # the oldest Car upload only
+    assert screened_summary(settings) == {"near_duplicates": 1, "over_cap": {"Car": 2}}
 
 
 def test_an_s3_log_of_several_replicas_gives_its_labelled_images_too(

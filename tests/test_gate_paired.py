@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from model.intervals import Outcome, compare, value_of
-from model.promotion import Incumbent, Rule, decide
+from model.promotion import DEFAULT_RULE, Incumbent, Rule, decide
 
 CLASSES = ("A", "B")
 
@@ -45,6 +45,33 @@ def test_a_clearly_better_model_is_promoted_with_its_figures():
     assert decision.difference_interval[0] > 0 and decision.p_value < 0.01
     record = decision.as_dict()  # what the summary, pending marker and history carry
     assert {"difference", "difference_interval", "p_value", "margin", "confidence"} <= set(record)
+
+
+def test_the_settings_default_to_the_gate_s_rule():
+    from flows.settings import Settings
+
+    settings = Settings()
+    assert settings.promotion_margin == DEFAULT_RULE.margin == 0.0
+    assert settings.promotion_confidence == DEFAULT_RULE.confidence == 0.95
+
+
+def test_a_confidence_set_in_the_settings_reaches_the_rule_and_the_decision(monkeypatch):
+    from flows.pipeline.stages import promotion_rule
+    from flows.settings import Settings
+
+    base = [True] * 30 + [False] * 30
+    better = [True] * 33 + [False] * 27  # +0.05: p about 0.05, interval from 0 at 95 %
+    assert promotion_rule(Settings()) == DEFAULT_RULE
+    kept = decide("accuracy", None, CLASSES, incumbent(base), candidate=outcome(better),
+                  rule=promotion_rule(Settings()))
+    monkeypatch.setenv("OPENIMAGER_PROMOTION_CONFIDENCE", "0.8")
+    rule = promotion_rule(Settings())
+    assert rule.confidence == 0.8 and rule.margin == DEFAULT_RULE.margin
+    promoted = decide("accuracy", None, CLASSES, incumbent(base), candidate=outcome(better),
+                      rule=rule)
+    assert not kept.promote and kept.confidence == 0.95
+    assert promoted.promote and promoted.confidence == 0.8, promoted.reason
+    assert promoted.difference_interval[0] > 0 >= kept.difference_interval[0]
 
 
 def test_a_tie_keeps_the_incumbent_and_a_margin_raises_the_bar():

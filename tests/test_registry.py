@@ -24,14 +24,15 @@ def workspace_with(sample_workspace, table, dest):
     return dest
 
 
-def train_stage(workspace, epochs, force=False, name=NAME, reuse=False):
+def train_stage(workspace, epochs, force=False, name=NAME, reuse=False, **more):
     from flows.pipeline import stages
     from flows.settings import Settings
 
+    # Unless more says otherwise, the gate scores the whole test split (holdout_share 0).
     settings = Settings(workspace=workspace, architecture="seed-cnn", image_size=32,
                         epochs=epochs, batch_size=32, patience=epochs, model_name=name,
                         force_promote=force, reuse_trained=reuse,
-                        holdout_share=0.0)  # the gate scores the whole test split
+                        **{"holdout_share": 0.0, **more})
     return stages.train(settings)
 
 
@@ -140,3 +141,77 @@ def test_a_rerun_on_the_same_dataset_reuses_the_trained_model(sample_workspace, 
     assert model.exists()  # restored from the store, for publishing
     other = train_stage(workspace, 2, name="reuse-test", reuse=True)  # another config
     assert not other["reused"] and other["model_tag"] != first["model_tag"]
+
+
+@pytest.fixture(scope="module")
+def wired(sample_workspace, tmp_path_factory):
+    """Two trainings through stages.train with a holdout slice and, the second, a confidence
+    of its own; the photos the gate compares are recorded on the way in."""
+    from flows.promotion import bentoml_store
+
+    table = pd.read_parquet(sample_workspace / "dataset" / "crops.parquet")
+    workspace = workspace_with(sample_workspace, table, tmp_path_factory.mktemp("wired"))
+    seen = {"candidate": [], "incumbent": []}
+    real = bentoml_store.gate
+
+    def watched(tag, class_names, metric, value, score, *args, candidate=None, **kwargs):
+        def scored(model, metadata):
+            answers = score(model, metadata)
+            seen["incumbent"].append(answers.photos)
+            return answers
+
+        seen["candidate"].append(candidate.photos)
+        return real(tag, class_names, metric, value, scored, *args, candidate=candidate,
+                    **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bentoml_store, "gate", watched)
+        first = train_stage(workspace, 1, name="wiring-test", holdout_share=0.25)
+        second = train_stage(workspace, 1, name="wiring-test", holdout_share=0.25,
+                             promotion_confidence=0.8)
+    return {"table": table, "workspace": workspace, "first": first, "second": second,
+            "seen": seen}
+
+
+def test_the_stored_metrics_carry_intervals_holdout_and_calibration(wired):
+    import bentoml
+
+    from flows.pipeline.stages import last_summary
+    from flows.settings import Settings
+    from model.intervals import holdout
+
+    test = wired["table"][wired["table"].Split == "test"]
+    held = holdout(list(test.ImageID), 0.25)
+    classes = ["Car", "Hamburger", "Sandwich"]
+    stored = bentoml.models.get(wired["first"]["model_tag"]).info.metadata["metrics"]
+    summary = last_summary(Settings(workspace=wired["workspace"]), "train")
+    assert summary["model_tag"] == wired["second"]["model_tag"]
+    for metrics in (stored, wired["first"]["metrics"], summary["metrics"]):
+        bounds = metrics["intervals"]
+        assert len(bounds["accuracy"]) == 2 and bounds["photos"] == test.ImageID.nunique()
+        assert sorted(bounds["per_class"]) == classes
+        assert all(len(bounds["per_class"][c]["f1"]) == 2 for c in classes)
+        found = metrics["holdout"]
+        assert found["share"] == 0.25 and found["test_examples"] == int(held.sum()) > 0
+        assert found["accuracy"] is not None and found["intervals"]["accuracy"]
+        calibration = metrics["calibration"]
+        assert calibration["temperature"] > 0 and calibration["fitted_on"] == "validation"
+        assert {"identifiable", "ece_before", "ece_after"} <= set(calibration)
+
+
+def test_the_gate_compares_the_test_photos_without_the_holdout(wired):
+    from model.intervals import holdout
+
+    test = wired["table"][wired["table"].Split == "test"]
+    held = holdout(list(test.ImageID), 0.25)
+    holdout_photos, gate_photos = set(test.ImageID[held]), set(test.ImageID[~held])
+    assert holdout_photos and gate_photos
+    seen = wired["seen"]
+    assert len(seen["candidate"]) == 2 and len(seen["incumbent"]) == 1  # the first had none
+    for photos in (*seen["candidate"], *seen["incumbent"]):
+        assert len(photos) == int((~held).sum())  # every gate crop, no holdout crop
+        assert set(photos) == gate_photos and not set(photos) & holdout_photos
+    second = wired["second"]["promotion"]
+    assert second["photos"] == len(gate_photos) < test.ImageID.nunique()
+    # The confidence given in the settings is the one the gate decided with.
+    assert second["confidence"] == 0.8 and second["margin"] == 0.0

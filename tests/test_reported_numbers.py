@@ -54,8 +54,32 @@ def test_the_package_readme_gives_intervals_and_says_what_was_trained():
     assert "seed CNN" in text and "96 px" in text and "SYNTHETIC" in text
     assert "T = 1.7" in text and "0.21 before, 0.04 after" in text
     assert "Holdout (the 25% of test photos the promotion gate never scores, 14 crops)" in text
+    # A seed-CNN build says what a real run trains instead, and the settings that ask for it.
+    assert "A real run uses transfer learning instead: MobileNetV3Small on ImageNet weights" \
+        in text and "`OPENIMAGER_ARCHITECTURE=transfer`" in text
+    assert "`OPENIMAGER_WEIGHTS=imagenet`" in text
     real = readme(meta(False, "transfer"))
     assert "ImageNet weights" in real and "SYNTHETIC" not in real
+    assert "A real run uses" not in real
+
+
+def test_a_temperature_that_could_not_be_fitted_is_said_so():
+    from flows.demo import calibration_line
+    from flows.pipeline.artifacts import train_section
+    from flows.publishing.bundle import readme
+
+    found = meta(True)
+    found["metrics"]["calibration"] = {"temperature": 1.0, "identifiable": False,
+                                       "ece_before": 0.08, "ece_after": 0.08}
+    text = readme(found)
+    assert ("Probabilities are not calibrated (validation separated perfectly, so no "
+            "temperature could be fitted): the temperature inside `model.keras` stays "
+            "T = 1.0") in text
+    assert "calibrated by temperature scaling" not in text
+    report = "\n".join(train_section({"metrics": found["metrics"], "model_tag": "m:1",
+                                      "promoted": True, "promotion_reason": "first"}, None))
+    assert "temperature 1.0 (not fitted: validation separated perfectly" in report
+    assert "no temperature could be fitted" in calibration_line(found["metrics"])
 
 
 def test_the_run_report_and_the_demo_lines_carry_intervals():
@@ -96,14 +120,22 @@ def test_the_card_names_class_weights_only_when_used_and_says_what_is_trained():
                                         "synthetic": True})
     assert "Class weights used" not in unused and "weighs every crop alike" in unused
     assert "seed CNN" in unused and "synthetic" in unused and "upscaled 3x" in unused
+    assert "A real run uses transfer learning instead: MobileNetV3Small on ImageNet weights" \
+        in unused and "`OPENIMAGER_ARCHITECTURE=transfer`" in unused
+    transfer = card_text(table, skipped, {"training": {**training, "architecture": "transfer",
+                                                       "weights": "imagenet"}})
+    assert "A real run uses" not in transfer and "a real run uses ImageNet weights" in transfer
     used = card_text(table, skipped, {"class_weights": {"A": 0.5, "B": 2.0}})
     assert "Class weights used in training" in used and "A 0.5" in used
 
 
 def test_min_box_pixels_default_follows_the_model_input():
+    from flows.openimages.crop import CropOptions
     from flows.settings import Settings
 
     settings = Settings()
+    # One default: cropping with CropOptions() skips exactly what a pipeline run skips.
+    assert CropOptions().min_pixels == settings.min_box_pixels == 32
     # A box under the default is upscaled more than about 5x to the model's input.
     assert settings.image_size / settings.min_box_pixels <= 5
     assert Path("docs/training.md").read_text().count("OPENIMAGER_MIN_BOX_PIXELS") >= 1

@@ -11,6 +11,11 @@ from PIL import Image
 from flows.openimages.shards import SHARDS_DIR, read_images
 from model.atomic import atomic_path, write_text
 
+# What the seed CNN is not, said wherever a build with it is described (card, package README).
+REAL_RUN = ("A real run uses transfer learning instead: MobileNetV3Small on ImageNet weights "
+            "with a new head (`OPENIMAGER_ARCHITECTURE=transfer` and "
+            "`OPENIMAGER_WEIGHTS=imagenet`, the defaults; `--architecture transfer` on the "
+            "command line).")
 SYNTHETIC_NOTE = ("> The bundled sample is synthetic: generated scenes in the real Open Images "
                   "layouts, for offline runs.\n")
 
@@ -149,6 +154,8 @@ def training_text(training: dict | None, synthetic: bool) -> str:
                  "run uses ImageNet weights")
     what = ("The scenes are synthetic, so its test accuracy says the pipeline works, not how "
             "well real photos are classified. " if synthetic else "")
+    if training.get("architecture") == "seed-cnn":
+        what += f"{REAL_RUN} "
     return (f"\nThis run trains {model}. {what}Crops keep at most "
             f"{training.get('crop_size')} px on their longest side; boxes under "
             f"{training.get('min_box_pixels')} px on a side are skipped (the model resizes "

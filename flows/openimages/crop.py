@@ -13,6 +13,7 @@ from typing import BinaryIO
 import pandas as pd
 from PIL import ExifTags, Image, ImageOps
 
+from flows.openimages import MIN_BOX_PIXELS
 from model.atomic import write_bytes
 
 BOX_FIELDS = ["BoxID", "ImageID", "Class", "XMin", "XMax", "YMin", "YMax"]
@@ -32,7 +33,7 @@ class CropOptions:
     """How boxes become training images."""
 
     size: int = 256  # the longest side a crop may have, aspect kept
-    min_pixels: int = 8  # a box narrower or shorter than this on the image is skipped
+    min_pixels: int = MIN_BOX_PIXELS  # a box narrower or shorter than this is skipped
     padding: float = 0.0  # fraction of the box added on every side
     quality: int = 90
     draft: bool = True  # let the JPEG decoder downscale when every crop shrinks a lot

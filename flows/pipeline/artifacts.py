@@ -58,7 +58,16 @@ def dataset_section(built: dict, grid: str | None) -> list[str]:
     lines = ["## Dataset", "", *_table(["class", "crops", *splits], rows), "",
              f"{built['crops']} crops from {built['images']} images "
              f"(dataset {built['dataset_id']}){extra}; skipped boxes: {skipped}", ""]
+    if built.get("feedback_screen"):
+        lines += [screened_line(built["feedback_screen"]), ""]
     return [*lines, grid, ""] if grid else lines
+
+
+def screened_line(screened: dict) -> str:
+    """The labelled served images the feedback screen kept out of training."""
+    capped = ", ".join(f"{k} {v}" for k, v in sorted(screened["over_cap"].items()))
+    return (f"Feedback kept out of training: {screened['near_duplicates']} near-duplicates of "
+            f"validation or test crops; over the cap per class: {capped or 'none'}.")
 
 
 def train_section(trained: dict, confusion: str | None,
@@ -79,8 +88,12 @@ def train_section(trained: dict, confusion: str | None,
     if holdout_line(metrics):
         lines += [f"Holdout{holdout_line(metrics).removeprefix('holdout')}.", ""]
     if metrics.get("calibration"):
+        from model.report import NOT_FITTED
+
         found = metrics["calibration"]
-        lines += [f"Calibration: temperature {found['temperature']} (fitted on validation); "
+        how = "fitted on validation" if found.get("identifiable", True) else \
+            f"not fitted: {NOT_FITTED}"
+        lines += [f"Calibration: temperature {found['temperature']} ({how}); "
                   f"test ECE {found['ece_before']} before, {found['ece_after']} after.", ""]
     lines += [f"**{verdict}**: {trained['promotion_reason']}", ""]
     return [*lines, *(p for image in (confusion, reliability) if image for p in (image, ""))]
@@ -125,12 +138,30 @@ def drift_section(summary: dict | None, chart: str | None) -> list[str]:
              f"{summary['class_mix_of']}.", "",
              *_table(["figure", "traffic", "reference", "test", "p-value", "drift"], rows), "",
              f"Feedback: {fb['labelled']} labelled requests, accuracy {fb['accuracy']}.", ""]
+    if summary.get("unsure"):
+        found = summary["unsure"]
+        lines += [f"Unsure answers (top probability under {found['threshold']}): "
+                  f"{found['count']} (share {found['share']}).", ""]
     return [*lines, chart, ""] if chart else lines
 
 
 def classification_rows(metrics: dict) -> list[dict]:
-    """The per-class test metrics as table rows."""
-    return [{"class": name, **values} for name, values in metrics["per_class"].items()]
+    """The per-class test metrics as table rows, each figure's interval beside it (bootstrap
+    over the test photos) when they were recorded."""
+    from model.intervals import CONFIDENCE, span
+
+    found = metrics.get("intervals") or {}
+    share = found.get("confidence", CONFIDENCE)
+    rows = []
+    for name, values in metrics["per_class"].items():
+        bounds = (found.get("per_class") or {}).get(name)
+        row = {"class": name}
+        for key, value in values.items():
+            row[key] = value
+            if bounds and key in bounds:  # precision, recall and f1; support has none
+                row[f"{key} {share:.0%} CI"] = span(bounds[key]) if bounds[key] else None
+        rows.append(row)
+    return rows
 
 
 def shadow_section(shadow: dict) -> list[str]:

@@ -34,7 +34,7 @@ from flows.publishing.lineage import PROJECT_ROOT, code_state
 from flows.settings import Settings
 from flows.watching.datachecks import PROFILE, profile
 from model.atomic import write_json, write_parquet
-from model.promotion import Decision, Incumbent
+from model.promotion import Decision, Incumbent, Rule
 
 log = logging.getLogger(__name__)
 FEEDBACK_REPORT = "feedback_screen.json"  # what feedback was kept out of training, and why
@@ -157,15 +157,16 @@ def join_feedback(settings: Settings, table: pd.DataFrame) -> pd.DataFrame:
     images = pd.DataFrame()
     if settings.use_feedback:
         folder = log_location(settings)
-        log, feedback = read_log(folder), read_feedback(folder)
+        # Not named log: that is the module's logger, which warns below.
+        served, feedback = read_log(folder), read_feedback(folder)
         if isinstance(folder, str):  # s3://: the labelled kept images come down first
-            labelled = log[log.kept & log.request_id.isin(feedback.request_id)]
+            labelled = served[served.kept & served.request_id.isin(feedback.request_id)]
             names = [image_name(sha, fmt) for sha, fmt in zip(labelled.sha256,
                                                                labelled.format, strict=True)]
             images_dir = fetch_images(folder, names, settings.workspace / "feedback-images")
         else:
             images_dir = folder / "images"
-        images = labelled_images(log, feedback, images_dir, sorted(table.Class.unique()))
+        images = labelled_images(served, feedback, images_dir, sorted(table.Class.unique()))
     images, screened = screen(images, table, crops_root(settings.dataset_dir, table),
                               settings.feedback_max_share)
     if screened["near_duplicates"] or screened["over_cap"]:
@@ -190,7 +191,10 @@ def screened_summary(settings: Settings) -> dict | None:
 
 def train(settings: Settings, promote_now: bool = True) -> dict:
     """Train on the crops, score on the test split, register the model with BentoML, and pass
-    the gate: promote it if it scores at least the promoted model on the same test split.
+    the paired gate: the candidate and the promoted model answer the same test photos (the
+    holdout slice left out, gate_rows), and the candidate is promoted only if the whole
+    interval of the difference, by a paired bootstrap over photos at the settings'
+    confidence, lies above their margin (promotion_rule): a tie keeps the promoted model.
 
     With promote_now the promotion record is written here; without (the retrain flow) the gate
     only decides and marks the promotion pending, and record_promotion writes the record after
@@ -204,7 +208,6 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     from flows.promotion.bentoml_store import find_trained, gate, register_model, restore_model
     from flows.promotion.registry import has_registry, registry_of
     from model.evaluate import outcome_of
-    from model.promotion import Rule
     from model.train import TrainConfig
 
     table = pd.read_parquet(settings.dataset_dir / CROPS_TABLE)
@@ -240,7 +243,7 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
     model = keras.saving.load_model(settings.model_dir / "model.keras", compile=False)
     # The registry's promoted revision is the incumbent, whichever host trained it.
     opened = registry_of(settings) if has_registry(settings) else nullcontext(None)
-    rule = Rule(settings.promotion_margin, settings.promotion_confidence)
+    rule = promotion_rule(settings)
     with opened as registry:
         decision = gate(tag, metadata["class_names"], metric, metadata["metrics"][metric],
                         score, settings.force_promote, promote_now=promote_now,
@@ -253,6 +256,12 @@ def train(settings: Settings, promote_now: bool = True) -> dict:
                "promotion": decision.as_dict()}
     write_json(summary_path(settings, "train"), summary)
     return summary
+
+
+def promotion_rule(settings: Settings) -> Rule:
+    """The gate's rule of the settings: the margin and confidence a candidate must beat the
+    promoted model by."""
+    return Rule(settings.promotion_margin, settings.promotion_confidence)
 
 
 def shadow_check(settings: Settings, tag: str, metadata: dict, model: object) -> Callable:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.openimages.card import REAL_RUN
 from flows.publishing.lineage import (
     PROJECT_ROOT,
     UncommittedChanges,
@@ -154,14 +155,21 @@ def what_it_is(meta: dict) -> str:
     data = ("the bundled SYNTHETIC scenes (generated shapes in Open Images layouts, not "
             "photos): the accuracy says the pipeline works, not how well real photos are "
             "classified" if meta.get("synthetic") else "Open Images photos")
-    return f"The model is {model}, trained and tested on {data}."
+    real = f" {REAL_RUN}" if config.get("architecture") == "seed-cnn" else ""
+    return f"The model is {model}, trained and tested on {data}.{real}"
 
 
 def calibrated(metrics: dict) -> str:
     """Temperature scaling in one sentence, or nothing when it was not measured."""
+    from model.report import NOT_FITTED
+
     found = metrics.get("calibration")
     if not found:
         return ""
+    if not found.get("identifiable", True):
+        return (f"Probabilities are not calibrated ({NOT_FITTED}): the temperature inside "
+                f"`model.keras` stays T = {found['temperature']}; expected calibration error on "
+                f"the test split {found['ece_before']}.\n")
     return (f"Probabilities are calibrated by temperature scaling (T = {found['temperature']}, "
             f"fitted on the validation split, inside `model.keras`): expected calibration "
             f"error on the test split {found['ece_before']} before, {found['ece_after']} "
