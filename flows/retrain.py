@@ -133,8 +133,8 @@ def retrain(
         force_promote=force_promote, task_runner=task_runner, build_bento=build_bento,
         accept_anomalies=accept_anomalies,
     )
-    require_weights(settings)  # a worker without internet fails here, not after the crop
     refuse_uncommitted(settings.publish_uncommitted)  # before any download or training
+    require_weights(settings)  # a worker without internet fails here, not after the crop
     check_inputs(settings, registry=True)
     finished = finish_pending_task(settings)
     if finished:
