@@ -281,17 +281,33 @@ class Played:
         except requests.RequestException:
             return False
 
-    def haproxy_up(self) -> set[str]:
-        """The API servers haproxy sees up."""
+    def haproxy_servers(self) -> dict[str, dict[str, str]]:
+        """haproxy's statistics of each API server, by its CSV columns (status, wretr, ...);
+        empty while its stats page does not answer."""
         import requests
 
         try:
             csv = requests.get(f"http://127.0.0.1:{self.ports['stats']}/stats;csv",
                                timeout=5).text
         except requests.RequestException:
-            return set()
-        rows = [line.split(",") for line in csv.splitlines() if line.startswith("replicas,")]
-        return {row[1] for row in rows if row[1].startswith("api") and row[17] == "UP"}
+            return {}
+        lines = [line for line in csv.splitlines() if line]
+        if not lines:
+            return {}
+        columns = lines[0].removeprefix("# ").split(",")
+        rows = [dict(zip(columns, line.split(","), strict=True)) for line in lines[1:]]
+        return {row["svname"]: row for row in rows
+                if row["pxname"] == "replicas" and row["svname"].startswith("api")}
+
+    def haproxy_up(self) -> set[str]:
+        """The API servers haproxy sees up."""
+        return {name for name, row in self.haproxy_servers().items() if row["status"] == "UP"}
+
+    def haproxy_counts(self, *columns: str) -> dict[str, int]:
+        """Counters summed over the API servers: wretr (retried connections), wredis
+        (requests sent to another server), econ and eresp (failed connections, responses)."""
+        rows = self.haproxy_servers().values()
+        return {column: sum(int(row[column] or 0) for row in rows) for column in columns}
 
     def stop_pod(self, name: str) -> int:
         """SIGTERM to the pod's containers, as Kubernetes sends it, with the manifest's grace

@@ -248,7 +248,13 @@ def test_restarting_the_api_under_load_fails_no_request(system, timings):
     answers = load.answers
     timings["restart_requests"] = len(answers)
     failed = [(a.status, a.code, a.error) for a in answers if a.status != 200]
+    timings["restart_failed"] = len(failed)
+    # haproxy retries nothing here (deploy/test/haproxy.yaml), as a Service does not: no
+    # request reached a client only because haproxy tried it again
+    counts = system.haproxy_counts("wretr", "wredis", "econ", "eresp")
+    timings.update({f"haproxy_{name}": value for name, value in counts.items()})
     assert failed == []
+    assert counts["wretr"] == counts["wredis"] == 0, counts
 
 
 def test_down_leaves_no_container_pod_or_volume(system: deploykit.Played):
