@@ -326,12 +326,25 @@ class Played:
         done = self.podman("pod", "logs", "--tail", "200", PREFIX + workload, check=False)
         return (done.stdout + done.stderr)[-6000:]
 
-    def down(self) -> None:
-        """podman kube down of every stage played, then of anything left with the test's
-        prefix (a killed earlier run), and the volumes: the claims outlive pods, as on
-        Kubernetes, so the test removes them."""
+    def kube_down(self, check: bool = False) -> dict[str, list[str]]:
+        """podman kube down of every stage played, the last first; what is left right after,
+        before anything is removed by force."""
         for path in reversed(self.files):
-            self.podman("kube", "down", str(path), check=False, timeout=300)
+            self.podman("kube", "down", str(path), check=check, timeout=300)
+        return self.leftovers()
+
+    def volume_names(self) -> list[str]:
+        """The volumes the played stages make: one per claim (the emptyDirs the test made
+        claims of included) and one per ConfigMap, which podman mounts as a volume of its
+        name."""
+        return sorted(doc["metadata"]["name"] for path in self.files for doc in documents(path)
+                      if doc["kind"] in ("PersistentVolumeClaim", "ConfigMap"))
+
+    def down(self) -> None:
+        """podman kube down of every stage played, then removal of anything left with the
+        test's prefix (a killed earlier run), and the volumes: the claims outlive pods, as on
+        Kubernetes, so the test removes them."""
+        self.kube_down()
         for pod in self.leftovers()["pods"]:
             self.podman("pod", "rm", "--force", "--time", "5", pod, check=False)
         for volume in self.leftovers()["volumes"]:
