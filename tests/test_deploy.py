@@ -170,6 +170,28 @@ def serving(url: str) -> str | None:
     return reply.json().get("model") if reply.status_code == 200 else None
 
 
+def haproxy_check(image: str, config: str) -> tuple[int, str]:
+    """`haproxy -c` of config, byte for byte, in the haproxy image: its exit code and output."""
+    script = 'printf %s "$HAPROXY_CFG" > /tmp/haproxy.cfg && haproxy -c -f /tmp/haproxy.cfg'
+    done = containerkit.podman_run(image, ["sh", "-c", script], env={"HAPROXY_CFG": config},
+                                   timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_manifests_haproxy_config_is_valid(images: dict[str, str]):
+    """The ConfigMap's own config, which the played pod does not run (it checks the API pods'
+    loopback ports instead of resolving the headless Service): its server-template and
+    resolvers pass haproxy's own check; a broken one would not."""
+    config = deploykit.find(deploykit.render(deploykit.OVERLAY), "ConfigMap", "haproxy")[
+        "data"]["haproxy.cfg"]
+    assert "server-template api" in config and "resolvers cluster" in config
+    code, out = haproxy_check(images["haproxy"], config)
+    assert code == 0 and "Configuration file is valid" in out, out
+    code, out = haproxy_check(images["haproxy"], config.replace("resolvers cluster",
+                                                                "resolvers elsewhere", 1))
+    assert code != 0 and "elsewhere" in out, out
+
+
 def test_pods_become_ready(system: deploykit.Played, timings: dict[str, float]):
     assert system.answers(f"{system.prefect_url}/health")
     assert system.answers(f"{system.worker_health_url}/health")  # its liveness probe's URL
