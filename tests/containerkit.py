@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 STORAGE = Path("/var/lib/containers") if Path("/var/lib/containers").exists() else Path("/var")
 CACHE = Path(os.environ.get("OPENIMAGER_CONTAINER_CACHE", ROOT / "workspace" / "container-cache"))
@@ -34,6 +36,16 @@ RUNTIME = ("--runtime", "runc")
 # podman's default rlimits (nofile 1048576) exceed what a process without CAP_SYS_RESOURCE may
 # set, and runc then refuses to start; explicit values at or under the host's limits do.
 NOFILE, NPROC = 16384, 32768
+
+
+def cannot_run(reason: str | None) -> None:
+    """Skip the caller's tests for reason (no root, tools or disk here); under CI (CI=true)
+    fail instead, as a CI run whose image and deploy tests skipped tested neither."""
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: these tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def missing_tools() -> list[str]:

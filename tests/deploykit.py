@@ -281,17 +281,33 @@ class Played:
         except requests.RequestException:
             return False
 
-    def haproxy_up(self) -> set[str]:
-        """The API servers haproxy sees up."""
+    def haproxy_servers(self) -> dict[str, dict[str, str]]:
+        """haproxy's statistics of each API server, by its CSV columns (status, wretr, ...);
+        empty while its stats page does not answer."""
         import requests
 
         try:
             csv = requests.get(f"http://127.0.0.1:{self.ports['stats']}/stats;csv",
                                timeout=5).text
         except requests.RequestException:
-            return set()
-        rows = [line.split(",") for line in csv.splitlines() if line.startswith("replicas,")]
-        return {row[1] for row in rows if row[1].startswith("api") and row[17] == "UP"}
+            return {}
+        lines = [line for line in csv.splitlines() if line]
+        if not lines:
+            return {}
+        columns = lines[0].removeprefix("# ").split(",")
+        rows = [dict(zip(columns, line.split(","), strict=True)) for line in lines[1:]]
+        return {row["svname"]: row for row in rows
+                if row["pxname"] == "replicas" and row["svname"].startswith("api")}
+
+    def haproxy_up(self) -> set[str]:
+        """The API servers haproxy sees up."""
+        return {name for name, row in self.haproxy_servers().items() if row["status"] == "UP"}
+
+    def haproxy_counts(self, *columns: str) -> dict[str, int]:
+        """Counters summed over the API servers: wretr (retried connections), wredis
+        (requests sent to another server), econ and eresp (failed connections, responses)."""
+        rows = self.haproxy_servers().values()
+        return {column: sum(int(row[column] or 0) for row in rows) for column in columns}
 
     def stop_pod(self, name: str) -> int:
         """SIGTERM to the pod's containers, as Kubernetes sends it, with the manifest's grace
@@ -310,12 +326,25 @@ class Played:
         done = self.podman("pod", "logs", "--tail", "200", PREFIX + workload, check=False)
         return (done.stdout + done.stderr)[-6000:]
 
-    def down(self) -> None:
-        """podman kube down of every stage played, then of anything left with the test's
-        prefix (a killed earlier run), and the volumes: the claims outlive pods, as on
-        Kubernetes, so the test removes them."""
+    def kube_down(self, check: bool = False) -> dict[str, list[str]]:
+        """podman kube down of every stage played, the last first; what is left right after,
+        before anything is removed by force."""
         for path in reversed(self.files):
-            self.podman("kube", "down", str(path), check=False, timeout=300)
+            self.podman("kube", "down", str(path), check=check, timeout=300)
+        return self.leftovers()
+
+    def volume_names(self) -> list[str]:
+        """The volumes the played stages make: one per claim (the emptyDirs the test made
+        claims of included) and one per ConfigMap, which podman mounts as a volume of its
+        name."""
+        return sorted(doc["metadata"]["name"] for path in self.files for doc in documents(path)
+                      if doc["kind"] in ("PersistentVolumeClaim", "ConfigMap"))
+
+    def down(self) -> None:
+        """podman kube down of every stage played, then removal of anything left with the
+        test's prefix (a killed earlier run), and the volumes: the claims outlive pods, as on
+        Kubernetes, so the test removes them."""
+        self.kube_down()
         for pod in self.leftovers()["pods"]:
             self.podman("pod", "rm", "--force", "--time", "5", pod, check=False)
         for volume in self.leftovers()["volumes"]:

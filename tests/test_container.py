@@ -62,13 +62,13 @@ def timings(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
 def worker_image(request: pytest.FixtureRequest, timings: dict[str, float],
                  tmp_path_factory: pytest.TempPathFactory) -> str:
     """The worker image built from the project's Dockerfile on a local bookworm base."""
-    if reason := skip_reason():
-        pytest.skip(reason)
+    containerkit.cannot_run(skip_reason())
     base, base_times = containerkit.base_image()
     timings.update(base_times)
     probe = containerkit.podman_run(base, ["true"], timeout=120)
     if probe.returncode != 0 and any(word in probe.stderr for word in REFUSALS):
-        pytest.skip(f"this kernel or sandbox refuses containers: {probe.stderr.strip()}")
+        containerkit.cannot_run(f"this kernel or sandbox refuses containers: "
+                                f"{probe.stderr.strip()}")
     assert probe.returncode == 0, probe.stderr
     context = checkout_with_secrets(tmp_path_factory.mktemp("context"))
     timings["build"] = containerkit.build_worker(base, context=context)

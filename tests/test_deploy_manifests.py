@@ -178,3 +178,13 @@ def test_the_test_overlay_alone_has_the_local_s3_endpoint():
     settings = find(overlay, "ConfigMap", "openimager-settings")["data"]
     assert settings["AWS_ENDPOINT_URL"] == "http://s3:9000"
     assert settings["OPENIMAGER_PACKAGE"] == "openimager/classifier"  # the base's, merged
+
+
+def test_the_test_load_balancer_retries_nothing_as_a_service():
+    """haproxy stands in for a Service or a cloud load balancer, neither of which tries a
+    request again: with retries, a drain that failed requests would pass the restart test."""
+    config = find(render(OVERLAY), "ConfigMap", "haproxy")["data"]["haproxy.cfg"]
+    lines = [line.strip() for line in config.splitlines()]
+    assert "retries 0" in lines  # haproxy's default is 3
+    assert not [line for line in lines if "redispatch" in line or line.startswith("retry-on")]
+    assert "option httpchk GET /readyz" in lines
