@@ -204,3 +204,48 @@ def test_the_shadow_command_replays_against_the_registrys_promoted_model(
     assert main(["shadow", "--candidate", "shadowcmd:nosuchtag", "--workspace",
                  str(tmp_path / "ws"), "--registry", registry_env, "--package", PACKAGE,
                  "--log-dir", str(log)]) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kept", [False, True], ids=["stateless", "state-dir"])
+def test_the_built_in_server_lets_one_writer_of_a_read_win(tmp_path, kept):
+    """Threads read-modify-write one state object with compare-and-swap on the built-in
+    server, as the embedded registry and the tests run it. Each object is spilled to a file
+    (moto's buffer of 1 byte), so a write gives up the GIL between moto's check and its store,
+    where another thread's check would see the old version."""
+    from collections import Counter
+
+    from flows.servers.local import LocalS3
+
+    bucket, writers, writes = "cas-stress", 8, 5
+    server = LocalS3(env={"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": "1"},
+                     state_dir=tmp_path / "state" if kept else None)
+    with server:
+        server.create_bucket(bucket)
+        s3 = server.client()
+        registry = f"s3://{bucket}"
+        registry_state.write(s3, registry, PACKAGE, {"count": 0}, None)
+        won: Counter[str] = Counter()  # the ETag each successful write replaced
+        start = threading.Barrier(writers)
+
+        def contend(n: int) -> None:
+            start.wait()
+            done = 0
+            while done < writes:
+                state, etag = registry_state.read(s3, registry, PACKAGE)
+                try:
+                    registry_state.write(s3, registry, PACKAGE,
+                                         {**state, "count": state["count"] + 1, "by": n}, etag)
+                except Conflict:
+                    continue
+                won[etag] += 1
+                done += 1
+
+        threads = [threading.Thread(target=contend, args=(n,)) for n in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        final = registry_state.read(s3, registry, PACKAGE)[0]["count"]
+    assert [etag for etag, n in won.items() if n > 1] == []  # two winners of one read
+    assert final == writers * writes  # no update lost
