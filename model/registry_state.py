@@ -163,6 +163,9 @@ def promote(entry: dict, expected: str | EllipsisType | None = ...,
                "replaced": {k: current.get(k) for k in ("tag", "top_hash")} if current else None}
         state["promoted"] = new
         state["history"] = [*state.get("history", []), event(action, new)]
+        if state.get("rolled_back"):  # served again: an operator's word lifts its mark
+            state["rolled_back"] = [gone for gone in state["rolled_back"]
+                                    if gone.get("top_hash") != entry["top_hash"]]
         if action == "rolled back to" and current is not None:
             state["rolled_back"] = [*state.get("rolled_back", []),
                                     {k: current.get(k) for k in ("tag", "top_hash", "dataset_id")}

@@ -93,6 +93,44 @@ def test_rollback_marks_the_model_and_the_gate_refuses_its_data_unless_forced(
     assert history[-1]["action"] == "rejected" and history[-1]["tag"] == "m:3"
 
 
+def test_promoting_an_older_revision_by_hand_rolls_back_the_promoted_one(
+        client, registry_env, tmp_path, capsys):
+    from flows.promotion.bentoml_store import register_model, registry_decision
+    from flows.promotion.registry import Registry
+
+    (tmp_path / "model.keras").write_bytes(b"never opened: its classes differ")
+    (tmp_path / "metrics.json").write_text("{}")
+    old = register_model(tmp_path, "byhand", {"class_names": ["A", "B", "C"]}, {})
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1, tag=old, dataset_id="d0"), expected=None))
+    registry.update(registry_state.promote(entry(2, dataset_id="d1"), expected="1" * 64))
+    flags = ["--workspace", str(tmp_path / "ws"), "--registry", registry_env,
+             "--package", PACKAGE]
+    assert main(["promote", old, *flags]) == 0
+    assert f"promoted {old}" in capsys.readouterr().out
+    state = registry.state()[0]
+    assert state["promoted"]["tag"] == old and state["history"][-1]["action"] == "rolled back to"
+    assert state["rolled_back"][-1] | {"at": 0, "by": 0} == {
+        "tag": "m:2", "top_hash": "2" * 64, "dataset_id": "d1", "at": 0, "by": 0}
+
+    def never(*_):
+        raise AssertionError("a refused model is not scored")
+
+    for tag in ("m:2", "m:3"):  # the replaced model itself, and a retrain on its data
+        refused = registry_decision(tag, ["A", "B"], "macro_f1", 0.9, never, False, registry,
+                                    tmp_path, "d1")
+        assert not refused.promote and "m:2" in refused.reason and "rolled back" in refused.reason
+    forced = registry_decision("m:2", ["A", "B"], "macro_f1", 0.9, never, True, registry,
+                               tmp_path, "d1")
+    assert forced.promote and forced.incumbent_tag == old
+
+    # Promoting the newer one again by hand is no rollback, and lifts its mark.
+    assert main(["promote", "m:2", *flags]) == 0
+    state = registry.state()[0]
+    assert state["history"][-1]["action"] == "promoted" and state["rolled_back"] == []
+    assert registry_state.rolled_back(state, "m:4", "d1") is None
+
+
 def test_the_commands_promote_roll_back_and_list(client, registry_env, tmp_path, capsys):
     registry = ["--workspace", str(tmp_path), "--registry", registry_env, "--package", PACKAGE]
     assert main(["promotions", *registry]) == 0

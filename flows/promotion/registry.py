@@ -130,7 +130,9 @@ def find_revision(registry: Registry, state: dict, wanted: str) -> dict:
     """The revision a tag or a (short) top hash names: from the history first, else from the
     package's revisions in the registry. Returns {"tag", "top_hash", ...}."""
     for seen in reversed(state.get("history", [])):
-        if seen.get("tag") == wanted or (seen.get("top_hash") or "").startswith(wanted):
+        if not seen.get("top_hash"):  # a rejected model: never published
+            continue
+        if seen.get("tag") == wanted or seen["top_hash"].startswith(wanted):
             return {k: seen.get(k) for k in ("tag", "top_hash", "dataset_id") if seen.get(k)}
     from flows.publishing.s3clients import quilt3_module
 
@@ -158,18 +160,65 @@ class NothingToRollBack(LookupError):
     """The promoted revision replaced nothing, or nothing is promoted."""
 
 
+def decided_order(state: dict) -> list[str]:
+    """The top hashes the history names, in the order it first names them."""
+    return list(dict.fromkeys(seen["top_hash"] for seen in state.get("history", [])
+                              if seen.get("top_hash")))
+
+
+def pushed_order(registry: Registry) -> list[str]:
+    """The package's revisions in the registry, by when each was first pushed (none if the
+    package cannot be listed)."""
+    from flows.publishing.s3clients import quilt3_module
+
+    try:
+        pointers = list(quilt3_module().list_package_versions(registry.package,
+                                                              registry=registry.url))
+    except Exception:  # noqa: BLE001 - no such package: nothing to order by
+        return []
+    return list(dict.fromkeys(top_hash for _, top_hash in
+                              sorted((int(when), top_hash) for when, top_hash in pointers
+                                     if str(when).isdigit())))
+
+
+def is_older(registry: Registry, state: dict, top_hash: str, than: str) -> bool:
+    """Whether revision top_hash came before revision than: by the history when it names
+    both (it keeps the last 500 decisions), else by when they were pushed; False when
+    neither tells."""
+    known = decided_order(state)
+    if top_hash not in known or than not in known:
+        known = pushed_order(registry)
+    return top_hash in known and than in known and known.index(top_hash) < known.index(than)
+
+
 def promote_by_hand(registry: Registry, wanted: str) -> tuple[dict, dict | None]:
     """Make the revision a tag or top hash names the promoted one; return the state's new
-    promoted entry and the one it replaced."""
-    state, _ = registry.state()
-    found = find_revision(registry, state, wanted)
-    entry = entry_of(found["tag"], found["top_hash"],
-                     registry_state.actor("python -m flows promote"),
-                     reason="promoted by hand with python -m flows promote",
-                     **{k: v for k, v in found.items() if k == "dataset_id"})
-    before = state.get("promoted")
-    after = registry.update(registry_state.promote(entry))
-    return after["promoted"], before
+    promoted entry and the one it replaced. A revision older than the promoted one rolls back:
+    the promoted one is marked rolled back, as `rollback` marks it, so a retrain on its data
+    is not promoted again unless forced."""
+    for _ in range(registry_state.CAS_TRIES):
+        state, _ = registry.state()
+        found = find_revision(registry, state, wanted)
+        before = state.get("promoted")
+        back = before is not None and before["top_hash"] != found["top_hash"] \
+            and is_older(registry, state, found["top_hash"], before["top_hash"])
+        reason = "promoted by hand with python -m flows promote"
+        entry = entry_of(found["tag"], found["top_hash"],
+                         registry_state.actor("python -m flows promote"),
+                         reason=f"rolled back from {before['tag']}: {reason}" if back else reason,
+                         **{k: v for k, v in found.items() if k == "dataset_id"})
+        # Whether it rolls back was judged against before: written only while it stands.
+        change = registry_state.promote(entry, expected=before["top_hash"],
+                                        action="rolled back to") if back \
+            else registry_state.promote(entry)
+        try:
+            after = registry.update(change)
+        except registry_state.Lost:
+            continue
+        return after["promoted"], before
+    raise registry_state.StateError(
+        f"the promoted revision of {registry.package} in {registry.url} changed "
+        f"{registry_state.CAS_TRIES} times while this promotion was written: try again")
 
 
 def rollback(registry: Registry) -> tuple[dict, dict]:
