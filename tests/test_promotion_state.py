@@ -131,6 +131,36 @@ def test_promoting_an_older_revision_by_hand_rolls_back_the_promoted_one(
     assert registry_state.rolled_back(state, "m:4", "d1") is None
 
 
+def test_a_pending_decision_waits_for_its_publish_and_yields_to_another_promotion(
+        client, registry_env):
+    from flows.promotion.registry import Registry, finish_decided, mark_pending
+
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1), expected=None))
+    mark_pending(registry, "m:2", registry_state.now(), "1" * 64,
+                 {"reason": "forced promotion", "dataset_id": "d2"})
+    decided = registry.state()[0]["pending"]["m:2"]
+    assert decided["against"] == "1" * 64 and decided["generation"] == 1
+    assert decided["package"] == PACKAGE and decided["details"]["dataset_id"] == "d2"
+    assert finish_decided(registry) == []  # not published: its run may still be at it
+    assert list(registry.state()[0]["pending"]) == ["m:2"]
+
+    registry.update(registry_state.promote(entry(3)))  # an operator promotes another
+    assert finish_decided(registry) == []
+    state = registry.state()[0]
+    assert state["pending"] == {} and state["promoted"]["tag"] == "m:3"
+    last = state["history"][-1]
+    assert (last["action"], last["tag"], last["against"]) == ("superseded", "m:2", "1" * 64)
+    assert "m:3 is promoted now" in last["reason"]
+
+    # A run that loses its race, or whose promotion is written, leaves nothing pending.
+    for n, change in ((4, registry_state.note("lost", entry(4))),
+                      (5, registry_state.promote(entry(5), expected="3" * 64))):
+        mark_pending(registry, f"m:{n}", registry_state.now(), "3" * 64, {})
+        registry.update(change)
+        assert registry.state()[0]["pending"] == {}
+
+
 def test_the_commands_promote_roll_back_and_list(client, registry_env, tmp_path, capsys):
     registry = ["--workspace", str(tmp_path), "--registry", registry_env, "--package", PACKAGE]
     assert main(["promotions", *registry]) == 0
