@@ -1,13 +1,14 @@
 """Prefect flow: the whole job, refresh to publish, for scheduled retraining.
 
 Only a promoted model is published, and a model is promoted only once it is published: the
-gate decides after training (and marks its decision pending beside the promotion record), the
-package is pushed, and only then is the promotion record written (what the service loads
-next), naming the package revision. A run stopped anywhere leaves the record naming the
-newest revision's model, or the one before it while the new revision's record is pending; the
-next run finishes that pending promotion first. A model that is not promoted stays in the
-BentoML store, and the run's report says why; the data of that run is published with the next
-promoted model. With build_bento, the Bento of a newly promoted model is built last.
+gate decides after training (and marks its decision pending beside the promotion record and
+in the registry's state), the package is pushed, and only then is the promotion written
+(what the service loads next), naming the package revision. A run stopped anywhere leaves the
+record naming the newest revision's model, or the one before it while the new revision's
+promotion is pending; the next run, on any host, finishes that pending promotion first. A
+model that is not promoted stays in the BentoML store, and the run's report says why; the
+data of that run is published with the next promoted model. With build_bento, the Bento of a
+newly promoted model is built last.
 """
 
 from __future__ import annotations

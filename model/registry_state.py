@@ -133,7 +133,8 @@ def update(client: Any, registry: str, package: str,
 
 
 def event(action: str, entry: dict, **details: Any) -> dict:
-    """A history line: promoted, rejected, rolled back, or lost to another writer."""
+    """A history line: promoted, rejected, rolled back, lost to another writer, or a pending
+    decision superseded."""
     keep = ("tag", "top_hash", "dataset_id", "metric", "score", "reason", "by", "shadow")
     return {"action": action, "at": now(), **{k: entry.get(k) for k in keep if k in entry},
             **details}
@@ -151,7 +152,9 @@ def promote(entry: dict, expected: str | EllipsisType | None = ...,
     def change(state: dict) -> dict | None:
         current = state.get("promoted")
         if current is not None and current.get("top_hash") == entry["top_hash"]:
-            return None  # already promoted: a rerun, or the same revision again
+            # Already promoted (a rerun, the same revision again): only its pending decision,
+            # if a finished one is still there, goes.
+            return state if state.get("pending", {}).pop(entry["tag"], None) else None
         standing = current.get("top_hash") if current else None
         if expected is not ... and standing != expected:
             winner = f"{current['tag']} ({current['top_hash'][:12]})" if current else "nothing"
@@ -163,6 +166,10 @@ def promote(entry: dict, expected: str | EllipsisType | None = ...,
                "replaced": {k: current.get(k) for k in ("tag", "top_hash")} if current else None}
         state["promoted"] = new
         state["history"] = [*state.get("history", []), event(action, new)]
+        state.get("pending", {}).pop(entry["tag"], None)  # decided, published, written
+        if state.get("rolled_back"):  # served again: an operator's word lifts its mark
+            state["rolled_back"] = [gone for gone in state["rolled_back"]
+                                    if gone.get("top_hash") != entry["top_hash"]]
         if action == "rolled back to" and current is not None:
             state["rolled_back"] = [*state.get("rolled_back", []),
                                     {k: current.get(k) for k in ("tag", "top_hash", "dataset_id")}
@@ -173,10 +180,49 @@ def promote(entry: dict, expected: str | EllipsisType | None = ...,
 
 
 def note(action: str, entry: dict, **details: Any) -> Callable[[dict], dict]:
-    """The change that only adds a history line (a rejected candidate, a lost race)."""
+    """The change that adds a history line (a rejected candidate, a lost race); a pending
+    decision about the same model is void."""
 
     def change(state: dict) -> dict:
         state["history"] = [*state.get("history", []), event(action, entry, **details)]
+        state.get("pending", {}).pop(entry.get("tag"), None)
+        return state
+
+    return change
+
+
+def mark_pending(decided: dict) -> Callable[[dict], dict]:
+    """The change that records a promotion the gate decided before its publish: decided is
+    {"tag", "package", "decided_at", "by", "against" (the promoted top hash it was compared
+    with, None for nothing), "details" (the gate's figures)}, kept under "pending" by its tag
+    with the generation of the state it was written on. Writing the promotion (or its loss)
+    removes it; until then any host can finish it (flows/promotion/registry.py)."""
+
+    def change(state: dict) -> dict:
+        state["pending"] = {**state.get("pending", {}), decided["tag"]: {
+            **decided, "generation": int(state.get("generation", 0))}}
+        return state
+
+    return change
+
+
+def supersede(tag: str, by: str) -> Callable[[dict], dict | None]:
+    """The change that drops the pending decision of tag, as another promotion came first:
+    a history line "superseded" names the revision promoted instead."""
+
+    def change(state: dict) -> dict | None:
+        decided = state.get("pending", {}).pop(tag, None)
+        if decided is None:
+            return None  # finished or dropped by another host meanwhile
+        current = state.get("promoted")
+        against = decided.get("against")
+        reason = (f"decided by {decided.get('by')} against "
+                  f"{against[:12] if against else 'nothing promoted'}, but "
+                  f"{current['tag'] if current else 'nothing'} is promoted now")
+        state["history"] = [*state.get("history", []), event(
+            "superseded", {"tag": tag, "by": by, "reason": reason,
+                           "dataset_id": decided.get("details", {}).get("dataset_id")},
+            decided_at=decided.get("decided_at"), against=against)]
         return state
 
     return change

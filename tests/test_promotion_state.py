@@ -93,6 +93,74 @@ def test_rollback_marks_the_model_and_the_gate_refuses_its_data_unless_forced(
     assert history[-1]["action"] == "rejected" and history[-1]["tag"] == "m:3"
 
 
+def test_promoting_an_older_revision_by_hand_rolls_back_the_promoted_one(
+        client, registry_env, tmp_path, capsys):
+    from flows.promotion.bentoml_store import register_model, registry_decision
+    from flows.promotion.registry import Registry
+
+    (tmp_path / "model.keras").write_bytes(b"never opened: its classes differ")
+    (tmp_path / "metrics.json").write_text("{}")
+    old = register_model(tmp_path, "byhand", {"class_names": ["A", "B", "C"]}, {})
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1, tag=old, dataset_id="d0"), expected=None))
+    registry.update(registry_state.promote(entry(2, dataset_id="d1"), expected="1" * 64))
+    flags = ["--workspace", str(tmp_path / "ws"), "--registry", registry_env,
+             "--package", PACKAGE]
+    assert main(["promote", old, *flags]) == 0
+    assert f"promoted {old}" in capsys.readouterr().out
+    state = registry.state()[0]
+    assert state["promoted"]["tag"] == old and state["history"][-1]["action"] == "rolled back to"
+    assert state["rolled_back"][-1] | {"at": 0, "by": 0} == {
+        "tag": "m:2", "top_hash": "2" * 64, "dataset_id": "d1", "at": 0, "by": 0}
+
+    def never(*_):
+        raise AssertionError("a refused model is not scored")
+
+    for tag in ("m:2", "m:3"):  # the replaced model itself, and a retrain on its data
+        refused = registry_decision(tag, ["A", "B"], "macro_f1", 0.9, never, False, registry,
+                                    tmp_path, "d1")
+        assert not refused.promote and "m:2" in refused.reason and "rolled back" in refused.reason
+    forced = registry_decision("m:2", ["A", "B"], "macro_f1", 0.9, never, True, registry,
+                               tmp_path, "d1")
+    assert forced.promote and forced.incumbent_tag == old
+
+    # Promoting the newer one again by hand is no rollback, and lifts its mark.
+    assert main(["promote", "m:2", *flags]) == 0
+    state = registry.state()[0]
+    assert state["history"][-1]["action"] == "promoted" and state["rolled_back"] == []
+    assert registry_state.rolled_back(state, "m:4", "d1") is None
+
+
+def test_a_pending_decision_waits_for_its_publish_and_yields_to_another_promotion(
+        client, registry_env):
+    from flows.promotion.registry import Registry, finish_decided, mark_pending
+
+    registry = Registry(registry_env, PACKAGE, client)
+    registry.update(registry_state.promote(entry(1), expected=None))
+    mark_pending(registry, "m:2", registry_state.now(), "1" * 64,
+                 {"reason": "forced promotion", "dataset_id": "d2"})
+    decided = registry.state()[0]["pending"]["m:2"]
+    assert decided["against"] == "1" * 64 and decided["generation"] == 1
+    assert decided["package"] == PACKAGE and decided["details"]["dataset_id"] == "d2"
+    assert finish_decided(registry) == []  # not published: its run may still be at it
+    assert list(registry.state()[0]["pending"]) == ["m:2"]
+
+    registry.update(registry_state.promote(entry(3)))  # an operator promotes another
+    assert finish_decided(registry) == []
+    state = registry.state()[0]
+    assert state["pending"] == {} and state["promoted"]["tag"] == "m:3"
+    last = state["history"][-1]
+    assert (last["action"], last["tag"], last["against"]) == ("superseded", "m:2", "1" * 64)
+    assert "m:3 is promoted now" in last["reason"]
+
+    # A run that loses its race, or whose promotion is written, leaves nothing pending.
+    for n, change in ((4, registry_state.note("lost", entry(4))),
+                      (5, registry_state.promote(entry(5), expected="3" * 64))):
+        mark_pending(registry, f"m:{n}", registry_state.now(), "3" * 64, {})
+        registry.update(change)
+        assert registry.state()[0]["pending"] == {}
+
+
 def test_the_commands_promote_roll_back_and_list(client, registry_env, tmp_path, capsys):
     registry = ["--workspace", str(tmp_path), "--registry", registry_env, "--package", PACKAGE]
     assert main(["promotions", *registry]) == 0
@@ -204,3 +272,48 @@ def test_the_shadow_command_replays_against_the_registrys_promoted_model(
     assert main(["shadow", "--candidate", "shadowcmd:nosuchtag", "--workspace",
                  str(tmp_path / "ws"), "--registry", registry_env, "--package", PACKAGE,
                  "--log-dir", str(log)]) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kept", [False, True], ids=["stateless", "state-dir"])
+def test_the_built_in_server_lets_one_writer_of_a_read_win(tmp_path, kept):
+    """Threads read-modify-write one state object with compare-and-swap on the built-in
+    server, as the embedded registry and the tests run it. Each object is spilled to a file
+    (moto's buffer of 1 byte), so a write gives up the GIL between moto's check and its store,
+    where another thread's check would see the old version."""
+    from collections import Counter
+
+    from flows.servers.local import LocalS3
+
+    bucket, writers, writes = "cas-stress", 8, 5
+    server = LocalS3(env={"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": "1"},
+                     state_dir=tmp_path / "state" if kept else None)
+    with server:
+        server.create_bucket(bucket)
+        s3 = server.client()
+        registry = f"s3://{bucket}"
+        registry_state.write(s3, registry, PACKAGE, {"count": 0}, None)
+        won: Counter[str] = Counter()  # the ETag each successful write replaced
+        start = threading.Barrier(writers)
+
+        def contend(n: int) -> None:
+            start.wait()
+            done = 0
+            while done < writes:
+                state, etag = registry_state.read(s3, registry, PACKAGE)
+                try:
+                    registry_state.write(s3, registry, PACKAGE,
+                                         {**state, "count": state["count"] + 1, "by": n}, etag)
+                except Conflict:
+                    continue
+                won[etag] += 1
+                done += 1
+
+        threads = [threading.Thread(target=contend, args=(n,)) for n in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        final = registry_state.read(s3, registry, PACKAGE)[0]["count"]
+    assert [etag for etag, n in won.items() if n > 1] == []  # two winners of one read
+    assert final == writers * writes  # no update lost

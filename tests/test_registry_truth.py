@@ -5,6 +5,7 @@ give exactly one promotion."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,3 +150,50 @@ def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, pr
     back = state(local_s3)
     assert back["promoted"]["tag"] == promoted["tag"]
     assert back["rolled_back"][-1]["tag"] == final["tag"]
+
+
+def test_a_promotion_a_killed_container_published_is_finished_by_a_fresh_one(
+        tmp_path, local_s3, mirror, prefect_api, registry_env):
+    import quilt3
+
+    s3, package = local_s3.endpoint_url, "pending/classifier"
+
+    def run(name: str, kill_at: str) -> str:
+        """A retrain in a fresh container, killed at kill_at; its stdout and stderr."""
+        env = container(tmp_path / name, s3, prefect_api, OPENIMAGER_TEST_KILL_AT=kill_at)
+        process = retrain(tmp_path / name, env, mirror.url, s3, 1, "--package-name", package,
+                          "--classes", "Hamburger", "Sandwich", "--max-images-per-class", "15")
+        try:
+            code = process.wait(timeout=900)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # what the killed run left
+                os.killpg(process.pid, signal.SIGKILL)
+        said = (tmp_path / name / "out").read_text() + (tmp_path / name / "err").read_text()
+        assert code == -signal.SIGKILL, f"{name} was not killed at {kill_at}:\n{said[-4000:]}"
+        return said
+
+    # The first decides, publishes, and dies before the promotion is written.
+    run("first", "publish")
+    decided = registry_state.read(local_s3.client(), REGISTRY, package)[0]
+    assert decided["promoted"] is None
+    (tag,) = decided["pending"]
+    pending = decided["pending"][tag]
+    assert pending["against"] is None and "first model" in pending["details"]["reason"]
+    assert "flow run" in pending["by"]
+    (_, top_hash), = [v for v in quilt3.list_package_versions(package, registry=REGISTRY)
+                      if v[0] != "latest"]
+    assert quilt3.Package.browse(package, registry=REGISTRY,
+                                 top_hash=top_hash).meta["model_tag"] == tag
+
+    # The second, in homes that never saw the model, finishes it from the registry first
+    # thing (and is stopped right after).
+    said = run("second", "refresh")
+    assert f"finished the promotion of {tag}" in said
+    state = registry_state.read(local_s3.client(), REGISTRY, package)[0]
+    promoted = state["promoted"]
+    assert (promoted["tag"], promoted["top_hash"]) == (tag, top_hash)
+    assert promoted["decided_by"] == pending["by"] != promoted["by"]
+    assert promoted["reason"] == pending["details"]["reason"] and state["pending"] == {}
+    assert [h["action"] for h in state["history"]] == ["promoted"]
+    second_home = tmp_path / "second" / "home" / "bentoml"
+    assert not (second_home / "models" / tag.split(":")[0]).exists()  # never fetched

@@ -63,20 +63,26 @@ def publish_bundle(settings: Settings, trained: dict, built: dict) -> Published:
 
 
 def finish_pending_promotion(settings: Settings) -> dict | None:
-    """Finish the promotion a stopped run decided and published but did not record (see
-    bentoml_store.finish_pending), in the registry too. Opens the registry only when a
-    promotion is pending."""
+    """Finish the promotions stopped runs decided and published but did not write: those the
+    registry holds pending, from whichever host decided them (registry.finish_pending), then
+    this host's own marker (bentoml_store.finish_pending), in the registry too. Returns the
+    last promotion finished, or None. Without a registry and a marker, opens nothing."""
     from flows.promotion.bentoml_store import finish_pending, pending
+    from flows.promotion.registry import finish_decided, has_registry, registry_of
     from flows.publishing.bundle import latest_meta
 
+    finished = None
+    if has_registry(settings):
+        with registry_of(settings) as registry:
+            finished = (finish_decided(registry) or [None])[-1]
     marker = pending(settings.model_name)
     if marker is None:
-        return None
+        return finished
     with opened(settings.registry, settings.registry_dir) as registry:
         newest = latest_meta(settings.package_name, registry)
         record = finish_pending(settings.model_name, newest, settings.package_name, registry)
         if record is None:
-            return None
+            return finished
         published = {"name": settings.package_name, "registry": registry,
                      "top_hash": record["top_hash"]}
         decision = {"incumbent_top_hash": marker.get("replaces_top_hash")}
@@ -88,13 +94,10 @@ def promote_in_registry(settings: Settings, tag: str, decision: dict, published:
                         details: dict) -> dict | None:
     """Make the published revision the registry's promoted one, if the revision the gate
     compared with still is; return None when written, or the entry that won instead."""
-    from flows.promotion.registry import entry_of, registry_of, run_name
+    from flows.promotion.registry import gate_entry, registry_of
     from model import registry_state
-    from model.promotion import FIGURES
 
-    keep = ("metric", "score", "reason", "dataset_id", "shadow", *FIGURES)
-    entry = entry_of(tag, published["top_hash"], registry_state.actor(run_name()),
-                     package=published["name"], **{k: details[k] for k in keep if k in details})
+    entry = gate_entry(tag, published["top_hash"], published["name"], details)
     with registry_of(settings) as registry:
         try:
             registry.update(registry_state.promote(

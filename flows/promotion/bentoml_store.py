@@ -247,8 +247,9 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
 
     With promote_now, a promotion is recorded at once in the local record (the train flow,
     which publishes nothing; the registry learns of it only from a publish). Without, the
-    decision is only marked pending beside the record: the retrain flow writes the promotion
-    once the model is published, so nothing is served that the registry does not hold.
+    decision is only marked pending beside the record, and in the registry's state when there
+    is one: the retrain flow writes the promotion once the model is published, so nothing is
+    served that the registry does not hold.
     """
     name = tag.split(":", 1)[0]
     if registry is not None:
@@ -271,10 +272,16 @@ def gate(tag: str, class_names: list[str], metric: str, candidate_score: float |
         if promote_now:
             promote(tag, **what)
         else:
+            decided_at = datetime.now(UTC).isoformat(timespec="seconds")
             write_pending(bentoml_home(), {
-                "tag": tag, "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "replaces": decision.incumbent_tag,
+                "tag": tag, "decided_at": decided_at, "replaces": decision.incumbent_tag,
                 "replaces_top_hash": decision.incumbent_top_hash, "details": what})
+            if registry is not None and decision.incumbent_tag != tag:
+                # In the registry too: a fresh container finishes it if this one dies
+                # between its publish and the promotion's write.
+                from flows.promotion.registry import mark_pending
+
+                mark_pending(registry, tag, decided_at, decision.incumbent_top_hash, what)
     log.info("%s %s: %s", tag, "promoted" if decision.promote else "not promoted",
              decision.reason)
     return decision

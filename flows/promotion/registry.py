@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,16 @@ def entry_of(tag: str, top_hash: str, by: str, **details: Any) -> dict:
     return {"tag": tag, "top_hash": top_hash, "by": by, **details}
 
 
+def gate_entry(tag: str, top_hash: str, package: str, details: dict) -> dict:
+    """The promoted entry of a gate's decision (details: its metric, score, reason, figures,
+    shadow replay and dataset), written by this run."""
+    from model.promotion import FIGURES
+
+    keep = ("metric", "score", "reason", "dataset_id", "shadow", *FIGURES)
+    return entry_of(tag, top_hash, registry_state.actor(run_name()), package=package,
+                    **{k: details[k] for k in keep if k in details})
+
+
 def run_name() -> str:
     """The Prefect flow run writing a decision, or the command."""
     try:
@@ -130,7 +141,9 @@ def find_revision(registry: Registry, state: dict, wanted: str) -> dict:
     """The revision a tag or a (short) top hash names: from the history first, else from the
     package's revisions in the registry. Returns {"tag", "top_hash", ...}."""
     for seen in reversed(state.get("history", [])):
-        if seen.get("tag") == wanted or (seen.get("top_hash") or "").startswith(wanted):
+        if not seen.get("top_hash"):  # a rejected model: never published
+            continue
+        if seen.get("tag") == wanted or seen["top_hash"].startswith(wanted):
             return {k: seen.get(k) for k in ("tag", "top_hash", "dataset_id") if seen.get(k)}
     from flows.publishing.s3clients import quilt3_module
 
@@ -158,18 +171,68 @@ class NothingToRollBack(LookupError):
     """The promoted revision replaced nothing, or nothing is promoted."""
 
 
+def decided_order(state: dict) -> list[str]:
+    """The top hashes the history names, in the order it first names them."""
+    return list(dict.fromkeys(seen["top_hash"] for seen in state.get("history", [])
+                              if seen.get("top_hash")))
+
+
+def pushes(registry: Registry) -> list[tuple[int, str]]:
+    """(when, top hash) of every push of the package, oldest first (none if the package
+    cannot be listed)."""
+    from flows.publishing.s3clients import quilt3_module
+
+    try:
+        pointers = list(quilt3_module().list_package_versions(registry.package,
+                                                              registry=registry.url))
+    except Exception:  # noqa: BLE001 - no such package: nothing was pushed
+        return []
+    return sorted((int(when), top_hash) for when, top_hash in pointers if str(when).isdigit())
+
+
+def pushed_order(registry: Registry) -> list[str]:
+    """The package's revisions in the registry, by when each was first pushed."""
+    return list(dict.fromkeys(top_hash for _, top_hash in pushes(registry)))
+
+
+def is_older(registry: Registry, state: dict, top_hash: str, than: str) -> bool:
+    """Whether revision top_hash came before revision than: by the history when it names
+    both (it keeps the last 500 decisions), else by when they were pushed; False when
+    neither tells."""
+    known = decided_order(state)
+    if top_hash not in known or than not in known:
+        known = pushed_order(registry)
+    return top_hash in known and than in known and known.index(top_hash) < known.index(than)
+
+
 def promote_by_hand(registry: Registry, wanted: str) -> tuple[dict, dict | None]:
     """Make the revision a tag or top hash names the promoted one; return the state's new
-    promoted entry and the one it replaced."""
-    state, _ = registry.state()
-    found = find_revision(registry, state, wanted)
-    entry = entry_of(found["tag"], found["top_hash"],
-                     registry_state.actor("python -m flows promote"),
-                     reason="promoted by hand with python -m flows promote",
-                     **{k: v for k, v in found.items() if k == "dataset_id"})
-    before = state.get("promoted")
-    after = registry.update(registry_state.promote(entry))
-    return after["promoted"], before
+    promoted entry and the one it replaced. A revision older than the promoted one rolls back:
+    the promoted one is marked rolled back, as `rollback` marks it, so a retrain on its data
+    is not promoted again unless forced."""
+    for _ in range(registry_state.CAS_TRIES):
+        state, _ = registry.state()
+        found = find_revision(registry, state, wanted)
+        before = state.get("promoted")
+        back = before is not None and before["top_hash"] != found["top_hash"] \
+            and is_older(registry, state, found["top_hash"], before["top_hash"])
+        reason = "promoted by hand with python -m flows promote"
+        entry = entry_of(found["tag"], found["top_hash"],
+                         registry_state.actor("python -m flows promote"),
+                         reason=f"rolled back from {before['tag']}: {reason}" if back else reason,
+                         **{k: v for k, v in found.items() if k == "dataset_id"})
+        # Whether it rolls back was judged against before: written only while it stands.
+        change = registry_state.promote(entry, expected=before["top_hash"],
+                                        action="rolled back to") if back \
+            else registry_state.promote(entry)
+        try:
+            after = registry.update(change)
+        except registry_state.Lost:
+            continue
+        return after["promoted"], before
+    raise registry_state.StateError(
+        f"the promoted revision of {registry.package} in {registry.url} changed "
+        f"{registry_state.CAS_TRIES} times while this promotion was written: try again")
 
 
 def rollback(registry: Registry) -> tuple[dict, dict]:
@@ -191,3 +254,62 @@ def rollback(registry: Registry) -> tuple[dict, dict]:
     after = registry.update(registry_state.promote(entry, expected=current["top_hash"],
                                                    action="rolled back to"))
     return after["promoted"], current
+
+
+def mark_pending(registry: Registry, tag: str, decided_at: str, against: str | None,
+                 details: dict) -> None:
+    """Record in the registry that the gate decided to promote tag over the revision against,
+    before the publish (see registry_state.mark_pending)."""
+    registry.update(registry_state.mark_pending({
+        "tag": tag, "package": registry.package, "decided_at": decided_at,
+        "by": registry_state.actor(run_name()), "against": against,
+        "details": details}))
+
+
+def revision_holding(registry: Registry, tag: str, since: str) -> str | None:
+    """The top hash of a revision of the package whose metadata names model tag: among those
+    pushed since the decision, or the newest (a publish that found its bundle there already
+    pushes nothing). None when there is none."""
+    from flows.publishing.s3clients import quilt3_module
+
+    start = int(datetime.fromisoformat(since).timestamp())
+    newest_first = pushes(registry)[::-1]
+    for n, (when, top_hash) in enumerate(newest_first):
+        if n and when < start:
+            break
+        meta = quilt3_module().Package.browse(registry.package, registry=registry.url,
+                                              top_hash=top_hash).meta
+        if meta.get("model_tag") == tag:
+            return top_hash
+    return None
+
+
+def finish_decided(registry: Registry) -> list[dict]:
+    """Finish the promotions the registry has pending, from any host: one whose model a
+    revision holds is written (compare-and-swap against the revision it was decided over);
+    one decided over a revision no longer promoted is dropped as superseded; one not
+    published (yet: its run may still be at it) stays. Returns the entries promoted."""
+    state, _ = registry.state()
+    done = []
+    by = registry_state.actor(run_name())
+    for tag, decided in sorted(state.get("pending", {}).items(),
+                               key=lambda item: item[1].get("decided_at", "")):
+        current = (registry.state()[0].get("promoted") or {}).get("top_hash")
+        if current == decided.get("against"):
+            top_hash = revision_holding(registry, tag, decided["decided_at"])
+            if top_hash is None:
+                continue
+            entry = {**gate_entry(tag, top_hash, decided.get("package", registry.package),
+                                  decided.get("details", {})), "decided_by": decided.get("by")}
+            try:
+                done.append(registry.update(registry_state.promote(
+                    entry, expected=decided.get("against")))["promoted"])
+                log.warning("%s was published as %s@%s but its run stopped before the "
+                            "promotion was written: written now", tag, registry.package,
+                            top_hash[:12])
+                continue
+            except registry_state.Lost:
+                pass  # promoted by another since this read: superseded
+        registry.update(registry_state.supersede(tag, by))
+        log.info("the pending promotion of %s is superseded: another was promoted since", tag)
+    return done

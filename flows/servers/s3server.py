@@ -11,7 +11,10 @@ ETag and the number of earlier versions of that key, so replaying an old recordi
 ids it gave the first time. moto 5.2 also leaves the checksum out of its answer to
 CompleteMultipartUpload, which quilt3 8 reads for every file above 8 MB, and answers HEAD
 with a multipart object's composite checksum without its part count ("-N"), so quilt3 never
-finds such a file already there and uploads it again: both are put right here.
+finds such a file already there and uploads it again: both are put right here. moto checks
+a write's If-Match / If-None-Match and then stores it with no lock between, while this server
+answers each request in a thread: conditional writes go one at a time here, so that of two
+writers of one read only one wins, as on S3 (the registry's promotion state relies on it).
 
     python -m flows.servers.s3server -H 127.0.0.1 -p 9000 --state-dir workspace/registry
 """
@@ -179,6 +182,25 @@ def persisting(app: Any, store: StateStore, compact_after: int) -> Any:
     return wsgi
 
 
+CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
+
+
+def atomic_conditions(app: Any) -> Any:
+    """Wrap the WSGI app so writes carrying If-Match or If-None-Match run one at a time:
+    otherwise two threads can both pass moto's check before either stores. Every other
+    request, unconditional writes included, stays concurrent."""
+    lock = threading.Lock()
+
+    def wsgi(environ: dict, start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] in {"PUT", "POST", "DELETE"} \
+                and any(environ.get(name) for name in CONDITIONS):
+            with lock:  # moto answers within the call: its response is already built
+                return app(environ, start_response)
+        return app(environ, start_response)
+
+    return wsgi
+
+
 def own(folder: Path) -> Any:
     """Lock folder for this process, or exit saying which server holds it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +264,7 @@ def serve(host: str, port: int, folder: Path, compact_after: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sys.exit(0))
     try:
-        server = listen(host, port, persisting(app, store, compact_after))
+        server = listen(host, port, atomic_conditions(persisting(app, store, compact_after)))
         # Written only once the port is this server's: never the address of another one.
         write_atomic(folder / "endpoint", f"http://{host}:{port}\n".encode())
         server.serve_forever()
@@ -259,7 +281,7 @@ def serve_stateless(host: str, port: int) -> None:
         signal.signal(signum, lambda *_: sys.exit(0))
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True  # as moto's main() has it
-    listen(host, port, app).serve_forever()
+    listen(host, port, atomic_conditions(app)).serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
