@@ -1,7 +1,8 @@
 """The registry decides what is promoted, for every process: retrains in fresh containers (each
 with its own BENTOML_HOME, HOME, TMPDIR and workspace) that share only the S3 endpoint and the
-Prefect API gate against the registry's promoted revision, and two retrains started together
-give exactly one promotion."""
+Prefect API gate against the registry's promoted revision, two retrains started together
+give exactly one promotion, and two API replicas in fresh homes follow that promotion live,
+then a rollback."""
 
 from __future__ import annotations
 
@@ -97,35 +98,18 @@ def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, pr
     assert after_b["history"][-1]["action"] == "rejected"
     assert after_b["history"][-1]["tag"] == b["train"]["model_tag"]
 
-    # C and D start together (forced, so each would replace A): both pass the gate before
-    # either publishes, and exactly one promotion is written; the other names the winner.
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    hold = {"OPENIMAGER_TEST_BARRIER": f"train:{barrier}:2"}
-    runs = {name: run(name, 1, "--force-promote", **hold) for name in ("c", "d")}
-    results = {name: finished(tmp_path / name, process) for name, process in runs.items()}
-    winners = [n for n, r in results.items() if r["promotion"]]
-    assert len(winners) == 1, {n: (r["promotion"], r["lost_to"]) for n, r in results.items()}
-    (loser,) = set(results) - set(winners)
-    won = results[winners[0]]
-    final = state(local_s3)["promoted"]
-    assert final["tag"] == won["train"]["model_tag"]
-    assert final["top_hash"] == won["publish"]["top_hash"]
-    assert final["replaced"]["tag"] == a["train"]["model_tag"]
-    assert results[loser]["lost_to"]["tag"] == final["tag"]
-    said = (tmp_path / loser / "out").read_text() + (tmp_path / loser / "err").read_text()
-    assert "NOT promoted: lost to " + final["tag"] in said
-    actions = [h["action"] for h in state(local_s3)["history"]]
-    assert actions.count("promoted") == 2 and actions[-1] == "lost"
-
-    # Two API replicas in fresh homes serve the winner; a rollback from yet another container
-    # brings both back to A's revision, with no failed request on the way.
+    # Two API replicas in fresh homes serve A's revision, then follow the race's promotion
+    # live, then a rollback from yet another container, with no failed request on the way.
     envs = [replica_env(tmp_path / f"replica{i}", REGISTRY, PACKAGE, s3) for i in range(2)]
     with replicas(envs, tmp_path) as servers:
-        loads = [Load(server.url, 2, encoded(picture(5))) for server in servers]
+        loads = [Load(server.url, 1, encoded(picture(5))) for server in servers]
         for load in loads:
             load.__enter__()
         try:
+            for load in loads:
+                wait_for(lambda load=load: any(a.top_hash == promoted["top_hash"]
+                                               for a in load.answers), "answers from A")
+            final = race(tmp_path, run, local_s3, a)
             for load in loads:
                 wait_for(lambda load=load: any(a.top_hash == final["top_hash"]
                                                for a in load.answers), "the winner's answers")
@@ -147,9 +131,37 @@ def test_the_registry_decides_for_every_container(tmp_path, local_s3, mirror, pr
     for load in loads:
         assert [a for a in load.answers if a.status != 200] == []
         assert {a.model for a in load.answers} == {final["tag"], promoted["tag"]}
+        hashes = [a.top_hash for a in load.answers]  # A, then the winner, then A again
+        assert hashes[0] == promoted["top_hash"] and hashes[-1] == promoted["top_hash"]
+        assert final["top_hash"] in hashes
     back = state(local_s3)
     assert back["promoted"]["tag"] == promoted["tag"]
     assert back["rolled_back"][-1]["tag"] == final["tag"]
+
+
+def race(tmp_path: Path, run, local_s3, a: dict) -> dict:
+    """C and D start together (forced, so each would replace A): both pass the gate before
+    either publishes, and exactly one promotion is written; the other names the winner.
+    Return the promoted entry of the state."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    hold = {"OPENIMAGER_TEST_BARRIER": f"train:{barrier}:2"}
+    runs = {name: run(name, 1, "--force-promote", **hold) for name in ("c", "d")}
+    results = {name: finished(tmp_path / name, process) for name, process in runs.items()}
+    winners = [n for n, r in results.items() if r["promotion"]]
+    assert len(winners) == 1, {n: (r["promotion"], r["lost_to"]) for n, r in results.items()}
+    (loser,) = set(results) - set(winners)
+    won = results[winners[0]]
+    final = state(local_s3)["promoted"]
+    assert final["tag"] == won["train"]["model_tag"]
+    assert final["top_hash"] == won["publish"]["top_hash"]
+    assert final["replaced"]["tag"] == a["train"]["model_tag"]
+    assert results[loser]["lost_to"]["tag"] == final["tag"]
+    said = (tmp_path / loser / "out").read_text() + (tmp_path / loser / "err").read_text()
+    assert "NOT promoted: lost to " + final["tag"] in said
+    actions = [h["action"] for h in state(local_s3)["history"]]
+    assert actions.count("promoted") == 2 and actions[-1] == "lost"
+    return final
 
 
 def test_a_promotion_a_killed_container_published_is_finished_by_a_fresh_one(
