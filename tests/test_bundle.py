@@ -341,6 +341,7 @@ def test_the_documented_install_and_reproduce_commands_work(sample_workspace, tm
         assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
     assert (workspace / "bundle" / "code" / "requirements.lock").exists()
     assert "REPRODUCED: test accuracy" in out.stdout
+    assert "test crops of" in out.stdout and "paired bootstrap over photos" in out.stdout
     assert (workspace / "reproduced" / "reproduced" / "model.keras").exists()
 
 

@@ -127,19 +127,55 @@ def test_roc_auc_is_compared_on_the_same_photos():
     assert found.better and found.difference > 0.3
 
 
-def test_reproduce_accepts_a_difference_inside_the_published_interval(tmp_path):
+def test_reproduce_judges_the_two_models_on_the_same_photos(tmp_path):
     from flows.publishing.reproduce import Reproduction
 
     published = {"accuracy": 0.9, "macro_f1": 0.9, "intervals": {"accuracy": [0.8, 0.97]}}
+    crops = {"photos": 40, "crops": 52, "agreement": 0.94}
     one_crop_off = Reproduction("h", tmp_path, published=published,
-                                reproduced={"accuracy": 0.86, "macro_f1": 0.85})
-    assert one_crop_off.ok and "interval [0.8000, 0.9700]" in one_crop_off.report()
-    far = Reproduction("h", tmp_path, published=published,
-                       reproduced={"accuracy": 0.7, "macro_f1": 0.7})
-    assert not far.ok and "NOT REPRODUCED" in far.report()
-    old = Reproduction("h", tmp_path, published={"accuracy": 0.9, "macro_f1": 0.9},
-                       reproduced={"accuracy": 0.86, "macro_f1": 0.85})
-    assert not old.ok  # no interval recorded: the fixed tolerance alone
+                                reproduced={"accuracy": 0.86, "macro_f1": 0.85},
+                                paired={"difference": -0.04, "interval": [-0.1, 0.02], **crops})
+    assert one_crop_off.ok
+    said = one_crop_off.report()
+    assert "on the same 52 test crops of 40 photos" in said and "[-0.1000, +0.0200]" in said
+    assert "the two answer 94.0% of the crops alike" in said
+    # Inside the published figure's interval, but the same photos tell another model.
+    other = Reproduction("h", tmp_path, published=published,
+                         reproduced={"accuracy": 0.84, "macro_f1": 0.8},
+                         paired={"difference": -0.06, "interval": [-0.1, -0.02], **crops})
+    assert not other.ok and "NOT REPRODUCED" in other.report()
+    unpaired = Reproduction("h", tmp_path, published=published,
+                            reproduced={"accuracy": 0.86, "macro_f1": 0.85})
+    assert not unpaired.ok  # no model to pair with: the fixed tolerance alone
+    close = Reproduction("h", tmp_path, published=published,
+                         reproduced={"accuracy": 0.89, "macro_f1": 0.88})
+    assert close.ok
+
+
+@pytest.mark.slow
+def test_paired_scores_the_published_and_the_reproduced_model_on_the_test_crops(
+        sample_workspace, tmp_path):
+    import shutil
+
+    import keras
+    import pandas as pd
+
+    from flows.publishing.reproduce import paired
+    from model.architectures import seed_cnn
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(sample_workspace / "dataset", bundle / "data")
+    names = sorted(pd.read_parquet(bundle / "data" / "crops.parquet").Class.unique())
+    for folder, seed in ((bundle / "model", 1), (tmp_path / "again", 1), (tmp_path / "other", 2)):
+        folder.mkdir()
+        keras.utils.set_random_seed(seed)
+        seed_cnn(32, len(names), seed).save(folder / "model.keras")
+    same = paired(bundle, tmp_path / "again", 32)
+    test = pd.read_parquet(bundle / "data" / "crops.parquet").query("Split == 'test'")
+    assert same["crops"] == len(test) and same["photos"] == test.ImageID.nunique()
+    assert same["agreement"] == 1.0 and same["difference"] == 0.0
+    other = paired(bundle, tmp_path / "other", 32)
+    assert other["agreement"] < 1.0
 
 
 def test_the_holdout_slice_is_a_stable_hash_of_the_photo():
