@@ -136,7 +136,7 @@ def judge(found: dict, rule: ShadowRule, candidate: str, incumbent: str) -> tupl
         sure, share = found["confident_images"], found["confident_agreement"]
         what = (f"{candidate} agrees with {share:.1%} of the {sure} confident answers "
                 f"(p >= {rule.confident:g}) of the promoted {incumbent}, {pct} interval "
-                f"{span(found['confident_agreement_interval'])}") if sure else \
+                f"{percent_span(found['confident_agreement_interval'])}") if sure else \
             f"the promoted {incumbent} gave no confident answer (p >= {rule.confident:g})"
         if sure < rule.min_images:
             lines.append(f"{what}: under {rule.min_images} uploads, agreement not judged")
@@ -154,7 +154,7 @@ def judge(found: dict, rule: ShadowRule, candidate: str, incumbent: str) -> tupl
         else:
             what = (f"accuracy on {feedback['images']} labelled uploads "
                     f"{feedback['candidate_accuracy']:.1%} ({pct} interval "
-                    f"{span(feedback['candidate_accuracy_interval'])}; the promoted "
+                    f"{percent_span(feedback['candidate_accuracy_interval'])}; the promoted "
                     f"{feedback['incumbent_accuracy']:.1%})")
             if feedback["candidate_accuracy"] < rule.min_feedback_accuracy:
                 refused = True
@@ -187,7 +187,7 @@ def _mean(values: np.ndarray) -> float | None:
     return round(float(values.mean()), 4) if len(values) else None
 
 
-def span(bounds: list[float] | None) -> str:
+def percent_span(bounds: list[float] | None) -> str:
     """An interval as percentages, for the words of a report."""
     return f"[{bounds[0]:.1%}, {bounds[1]:.1%}]" if bounds else "[undefined]"
 

@@ -29,7 +29,7 @@ from model.predictions import (
     read_parts,
     subfolder,
 )
-from model.shadow import Replayed, ShadowRule, compare, disagreements, judge, span
+from model.shadow import Replayed, ShadowRule, compare, disagreements, judge, percent_span
 
 log = logging.getLogger(__name__)
 CHUNK = 256  # uploads decoded and answered at once: bounds memory at any log size
@@ -211,11 +211,11 @@ def lines(report: dict) -> list[str]:
            f"({report['log']})"]
     if report["images"]:
         out.append(f"agreement {report['agreement']:.1%} ({pct} interval "
-                   f"{span(report['agreement_interval'])}); on the "
+                   f"{percent_span(report['agreement_interval'])}); on the "
                    f"{report['confident_images']} confident answers (p >= "
                    f"{report['confident_threshold']:g}) "
                    + (f"{report['confident_agreement']:.1%} ({pct} interval "
-                      f"{span(report['confident_agreement_interval'])})"
+                      f"{percent_span(report['confident_agreement_interval'])})"
                       if report["confident_images"] else "none"))
         shift = report["mean_confidence"]
         out.append(f"mean top probability {shift['incumbent']:.3f} -> {shift['candidate']:.3f}"
@@ -229,7 +229,7 @@ def lines(report: dict) -> list[str]:
         out.append("labelled uploads: none" if not feedback else
                    f"on {feedback['images']} labelled uploads: accuracy "
                    f"{feedback['candidate_accuracy']:.1%} ({pct} interval "
-                   f"{span(feedback['candidate_accuracy_interval'])}) against "
+                   f"{percent_span(feedback['candidate_accuracy_interval'])}) against "
                    f"{feedback['incumbent_accuracy']:.1%} for the promoted model (difference "
                    f"{feedback['difference']:+.3f}, {pct} interval "
                    f"{_signed(feedback['difference_interval'])})")
