@@ -4,11 +4,14 @@ For each size (4 k, 40 k and 400 k synthetic crops; `--quick`: 4 k) and each lay
 same run against a local S3 endpoint: the project's publish() of the dataset (first publish),
 then of the dataset with 1 % more crops (+1 % publish), each with its wall time, bytes and
 requests sent (botocore event hooks), the package manifest's size and entries, and the peak
-memory of the publishing process (a fresh one each, under /usr/bin/time -v). Then the
-training input's throughput (model.data.make_dataset, one pass that decodes and resizes) over
-the same 4,000 crops in both layouts. "files" is the layout before shards (one S3 object and
-one manifest line per crop) published as before shards too: every file checked and sent by
-quilt3 (the previous version's objects are not reused); it runs up to --files-max crops.
+memory of the publishing process (a fresh one each, under /usr/bin/time -v). Then the training
+input's throughput (model.data.make_dataset, one pass that decodes and resizes) over the same
+4,000 crops in both layouts, in the page cache and evicted from it first, in five rounds that
+run the two layouts back to back (in turns first): shards over files within each round, the
+median and range of that ratio, and the best rate of each. "files" is the layout before shards
+(one S3 object and one manifest line per crop) published as before shards too: every file
+checked and sent by quilt3 (the previous version's objects are not reused); it runs up to
+--files-max crops.
 
 Crops are real JPEGs cut from the sample's photos (a pool of 200, longest side 256 px, quality
 90), each made unique by a counter after its end-of-image marker (decoders ignore it), so no
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +85,7 @@ def add(data: Path, layout: str, start: int, count: int, images: list[bytes]) ->
     """Add crops start..start+count to a dataset folder of the layout, tables rewritten."""
     import pandas as pd
 
+    from flows.openimages.dataset import SKIPPED_COLUMNS, SKIPPED_TABLE
     from flows.openimages.shards import shard_bytes, write_shard
 
     new = rows(start, count)
@@ -99,8 +104,9 @@ def add(data: Path, layout: str, start: int, count: int, images: list[bytes]) ->
                 row.update(Shard=name, Row=n)
     table = pd.concat([old, pd.DataFrame(new)], ignore_index=True)
     table.to_parquet(table_path, index=False)
-    table.drop(columns=["Shard", "Row"], errors="ignore").to_parquet(
-        data / "selection.parquet", index=False)
+    # No box is skipped: the table is empty, the same file as build_dataset writes.
+    pd.DataFrame(columns=SKIPPED_COLUMNS).astype("string").to_parquet(data / SKIPPED_TABLE,
+                                                                       index=False)
 
 
 def publish_child(data: Path, model: Path, message: str) -> None:
@@ -141,27 +147,53 @@ def publish_run(data: Path, model: Path, message: str, env: dict) -> dict:
     return {**result, "peak_mb": int(peak.group(1)) / 1024 if peak else float("nan")}
 
 
-def throughput(folders: dict[str, Path], count: int, rounds: int = 3,
-               size: int = 128) -> dict[str, tuple[float, float]]:
+def throughput(folders: dict[str, Path], count: int,
+               rounds: int = 5, size: int = 128) -> list[dict[str, tuple[float, float]]]:
     """Crops per wall second and per CPU second of one decoding pass of make_dataset over the
-    first count crops of each layout: interleaved rounds, the best of each."""
+    first count crops of each layout, for each of rounds rounds: "<layout>" with its files in
+    the page cache, "<layout> cold" with them evicted first (a dataset larger than memory, as
+    every first epoch at the whole of Open Images' 150 GB)."""
     import pandas as pd
 
     from model.data import make_dataset
 
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(rounds):
-        for layout, data in folders.items():
-            table = pd.read_parquet(data / "crops.parquet").head(count)
-            root = data / ("shards" if layout == "shards" else "crops")
-            dataset = make_dataset(table, root, CLASSES, size, 64, training=False)
-            start, cpu = time.perf_counter(), sum(os.times()[:2])
-            for _batch in dataset:
-                pass
-            wall, used = time.perf_counter() - start, sum(os.times()[:2]) - cpu
-            old = best.get(layout, (0.0, 0.0))
-            best[layout] = (max(old[0], count / wall), max(old[1], count / used))
-    return best
+    measured = []
+    for number in range(rounds):
+        this: dict[str, tuple[float, float]] = {}
+        for cold in (False, True):
+            for layout, data in sorted(folders.items(), reverse=number % 2 == 1):
+                table = pd.read_parquet(data / "crops.parquet").head(count)
+                root = data / ("shards" if layout == "shards" else "crops")
+                dataset = make_dataset(table, root, CLASSES, size, 64, training=False)
+                if cold:
+                    evict(root)
+                start, cpu = time.perf_counter(), sum(os.times()[:2])
+                for _batch in dataset:
+                    pass
+                wall, used = time.perf_counter() - start, sum(os.times()[:2]) - cpu
+                this[layout + (" cold" if cold else "")] = (count / wall, count / used)
+        measured.append(this)
+    return measured
+
+
+def evict(folder: Path) -> None:
+    """Drop a folder's files from the page cache (written back first), so the next read
+    comes from the disk."""
+    os.sync()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(descriptor)
+
+
+def paired(measured: list[dict[str, tuple[float, float]]], which: int, cold: str = "") -> str:
+    """Shards over files within each round (the two ran back to back, so the machine's
+    other load bears on both): the median ratio and its range over the rounds."""
+    ratios = sorted(r["shards" + cold][which] / r["files" + cold][which] for r in measured)
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def measure(size: int, layout: str, data: Path, images: list[bytes]) -> dict:
@@ -218,17 +250,21 @@ def main(argv: list[str] | None = None) -> int:
             folders = {layout: Path(tmp) / layout for layout in layouts}
             first = {layout: measure(size, layout, data, images)
                      for layout, data in folders.items()}
-            rates = throughput(folders, min(size, args.train_crops))
-        for layout, (wall, cpu) in rates.items():
-            print(f"scale {size:>7} {layout:>6} training input: {wall:8.1f} crops/s "
-                  f"{cpu:8.1f} per CPU s (decode and resize to 128 px, "
-                  f"{min(size, args.train_crops)} crops)", flush=True)
+            measured = throughput(folders, min(size, args.train_crops))
+        for layout in measured[0]:
+            wall = max(r[layout][0] for r in measured)
+            cpu = max(r[layout][1] for r in measured)
+            print(f"scale {size:>7} {layout:>11} training input: {wall:8.1f} crops/s "
+                  f"{cpu:8.1f} per CPU s (best of {len(measured)} rounds; decode and resize "
+                  f"to 128 px, {min(size, args.train_crops)} crops)", flush=True)
         if "files" in first:
             per_crop = first["shards"]["seconds"] / first["files"]["seconds"]
             print(f"scale {size:>7} shards/files: first publish time per crop {per_crop:.3f} "
-                  "(target <= 0.3); training input wall "
-                  f"{rates['shards'][0] / rates['files'][0]:.2f}, CPU "
-                  f"{rates['shards'][1] / rates['files'][1]:.2f} (target >= 1.0)", flush=True)
+                  "(target <= 0.3)", flush=True)
+            for cold, where in (("", "in the page cache"), (" cold", "from the disk")):
+                print(f"scale {size:>7} shards/files: training input {where}, paired by round, "
+                      f"median (range): wall {paired(measured, 0, cold)}, CPU "
+                      f"{paired(measured, 1, cold)} (target >= 1.0)", flush=True)
     return 0
 
 

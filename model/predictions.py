@@ -81,7 +81,10 @@ def read_parts(folder: str | Path, schema: pa.Schema,
     import pyarrow.parquet as pq
 
     parts = s3_part_files(folder) if is_s3(folder) else part_files(Path(folder))
-    tables = [pq.read_table(part, schema=schema, columns=columns) for part in parts]
+    # Reader threads left running over a part in memory abort the interpreter at exit
+    # (exit 134); parts are small, one thread reads them as fast.
+    tables = [pq.read_table(part, schema=schema, columns=columns, use_threads=False)
+              for part in parts]
     if not tables:
         empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return empty.empty_table()

@@ -339,7 +339,8 @@ class PredictionLog:
             try:
                 table = pq.read_table(self.store.source(entry.key),
                                       columns=["request_id", "model", "classes"],
-                                      filters=[("request_id", "=", request_id)])
+                                      filters=[("request_id", "=", request_id)],
+                                      use_threads=False)
             except FileNotFoundError:  # evicted since the listing
                 continue
             if table.num_rows:

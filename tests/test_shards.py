@@ -111,3 +111,25 @@ def test_the_shards_read_with_pandas_duckdb_and_as_a_hugging_face_image_column(t
     features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
     assert features["image"] == {"_type": "Image"}
     assert schema.field("image").type.names == ["bytes", "path"]
+
+
+def test_boxes_left_out_are_listed_with_why_and_the_selection_is_not_copied(tmp_path):
+    ids = [f"{n:04x}" for n in range(6)]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "selection.parquet").write_bytes(b"left by an older version")
+    (tmp_path / "photos").mkdir()
+    found = photos(tmp_path / "photos", ids)
+    (tmp_path / "photos" / f"{ids[0]}.jpg").write_bytes(b"not a jpeg")
+    boxes = selection(ids)
+    boxes.loc[boxes.BoxID == f"{ids[1]}-1", ["XMin", "XMax"]] = [0.5, 0.51]  # 1 px wide
+    build_dataset(boxes, found, tmp_path / "data", CropOptions(size=32), run_chunks=in_process)
+    skipped = pd.read_parquet(tmp_path / "data" / "skipped.parquet")
+    assert list(skipped.columns) == ["ImageID", "BoxID", "Class", "Status", "Error"]
+    assert dict(zip(skipped.BoxID, skipped.Status, strict=True)) == {
+        f"{ids[0]}-0": "unreadable", f"{ids[0]}-1": "unreadable", f"{ids[1]}-1": "too-small"}
+    assert skipped.Error.str.len().gt(0).tolist() == [True, True, False]
+    assert not (tmp_path / "data" / "selection.parquet").exists()
+
+    before = (tmp_path / "data" / "skipped.parquet").read_bytes()
+    build_dataset(boxes, found, tmp_path / "data", CropOptions(size=32), run_chunks=in_process)
+    assert (tmp_path / "data" / "skipped.parquet").read_bytes() == before  # not sent again

@@ -71,6 +71,10 @@ def test_a_published_dataset_is_a_few_shards_that_plain_quilt3_installs(
     second = publish(tmp_path / "data", model, meta, "test/sharded", registry_env, "two")
     new = set(grown.Shard) - set(table.Shard)
     assert len(new) == 1 and set(sent.shards) == new  # only the new shard travels
+    # Of the data, the new shard and the live table; the table of skipped boxes is unchanged.
+    data_puts = {r.split("?")[0].split("/data/", 1)[1] for r in sent.requests
+                 if r.startswith("PUT") and "/data/" in r}
+    assert data_puts == {f"shards/{name}" for name in new} | {"crops.parquet"}, sent.requests
     # The fixed cost of a republish: the last version read with two GETs, no LIST.
     reads = [r for r in sent.requests if "/.quilt/named_packages/" in r
              or "/.quilt/packages/" in r or "list-type" in r]

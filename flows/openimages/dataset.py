@@ -16,6 +16,11 @@ from flows.openimages.split import assign_splits, seeded_rank
 from model.atomic import write_parquet
 
 CROPS_TABLE = "crops.parquet"
+# The selected boxes that are not in the dataset, and why. Every box that is in it has its row
+# in the live table, so the selection itself is not kept here: a copy of it would be rewritten
+# and published whole with every new crop.
+SKIPPED_TABLE = "skipped.parquet"
+SKIPPED_COLUMNS = ["ImageID", "BoxID", "Class", "Status", "Error"]
 CROP_FILES = "crops"  # per-crop JPEGs, for browsing only (crop_files)
 TABLE_COLUMNS = ["CropPath", "Class", "ClassMID", "LabelName", "ImageID", "BoxID", "Split",
                  "XMin", "XMax", "YMin", "YMax", "IsOccluded", "IsTruncated", "IsInside",
@@ -69,13 +74,18 @@ def build_dataset(
     usable["Row"] = usable.Row.astype("int64")
     if max_crops_per_class:
         usable = cap_per_class(usable, max_crops_per_class, seed)
-    skipped = crops[crops.Status != "ok"][["ImageID", "BoxID", "Class", "Status", "Error"]]
+    skipped = crops[crops.Status != "ok"][SKIPPED_COLUMNS]
     usable = in_shard_order(compact(usable, shard_dir))
     prune_shards(shard_dir, set(usable.Shard))
     prune(out_dir / CROP_FILES, set(usable.CropPath) if crop_files else set())
     write_parquet(table_path, usable)
-    write_parquet(out_dir / "selection.parquet", boxes)
-    return usable, skipped.reset_index(drop=True)
+    # Text columns even when empty, in a stable order: an unchanged table is the same file,
+    # which a publish does not send again.
+    skipped = (skipped.fillna({"Error": ""}).astype("string")
+               .sort_values(["ImageID", "BoxID"]).reset_index(drop=True))
+    write_parquet(out_dir / SKIPPED_TABLE, skipped)
+    (out_dir / "selection.parquet").unlink(missing_ok=True)  # written here by older versions
+    return usable, skipped
 
 
 def cap_per_class(table: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:

@@ -115,7 +115,8 @@ Dataset id `{meta['dataset_id']}`; BentoML model `{meta['model_tag']}`.
 ## Contents
 - `data/`: `shards/*.parquet`, the crops (an `image` column of JPEG `bytes` and `path`, with
   each crop's class, split, box, source image, author and licence), `crops.parquet` (the live
-  table: which `Shard` and `Row` are the dataset), `selection.parquet` (the selected boxes).
+  table: which `Shard` and `Row` are the dataset), `skipped.parquet` (the selected boxes
+  that are not in it, and why).
   pandas, pyarrow, DuckDB and Hugging Face `datasets` read the shards as they are:
   `duckdb.sql("SELECT Class, count(*) FROM 'data/shards/*.parquet' GROUP BY Class")`,
   `datasets.load_dataset("parquet", data_files="data/shards/*.parquet")`
