@@ -76,8 +76,7 @@ def make_dataset(
     return data.prefetch(AUTOTUNE)
 
 
-def shard_source(table: pd.DataFrame, root: Path, labels: np.ndarray,
-                 batch: int = 256) -> tf.data.Dataset:
+def shard_source(table: pd.DataFrame, root: Path, labels: np.ndarray) -> tf.data.Dataset:
     """(JPEG bytes, label) of every row, in the table's order, read from its shards under root:
     each run of rows from one shard is one read of that shard's image column."""
     import pyarrow as pa
@@ -89,17 +88,17 @@ def shard_source(table: pd.DataFrame, root: Path, labels: np.ndarray,
         start = 0
         for end in range(1, len(shards) + 1):
             if end == len(shards) or shards[end] != shards[start]:
-                column = pq.read_table(root / shards[start], columns=["image"]).column("image")
+                # One thread: pyarrow's pool would compete with the decoders for the cores.
+                column = pq.read_table(root / shards[start], columns=["image"],
+                                       use_threads=False).column("image")
                 images = column.combine_chunks().field("bytes").take(
                     pa.array(rows[start:end], pa.int64()))
-                for i in range(0, end - start, batch):
-                    yield (images.slice(i, batch).to_numpy(zero_copy_only=False),
-                           labels[start + i:min(start + i + batch, end)])
+                yield images.to_numpy(zero_copy_only=False), labels[start:end]
                 start = end
 
     spec = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))
     # Reading runs ahead of decoding: the next shard's bytes are ready when the decoders want them.
-    data = tf.data.Dataset.from_generator(runs, output_signature=spec).prefetch(4).unbatch()
+    data = tf.data.Dataset.from_generator(runs, output_signature=spec).prefetch(2).unbatch()
     # Known length: Keras counts the steps of an epoch instead of running off its end.
     return data.apply(tf.data.experimental.assert_cardinality(len(table)))
 
