@@ -6,12 +6,12 @@ then of the dataset with 1 % more crops (+1 % publish), each with its wall time,
 requests sent (botocore event hooks), the package manifest's size and entries, and the peak
 memory of the publishing process (a fresh one each, under /usr/bin/time -v). Then the training
 input's throughput (model.data.make_dataset, one pass that decodes and resizes) over the same
-4,000 crops in both layouts, in the page cache and evicted from it first, in five rounds that
-run the two layouts back to back (in turns first): shards over files within each round, the
-median and range of that ratio, and the best rate of each. "files" is the layout before shards
-(one S3 object and one manifest line per crop) published as before shards too: every file
-checked and sent by quilt3 (the previous version's objects are not reused); it runs up to
---files-max crops.
+4,000 crops in both layouts, in the page cache and evicted from it first, in nine rounds (three
+with --quick) that run the two layouts back to back (in turns first): shards over files within
+each round, the median and range of that ratio, and the best rate of each. "files" is the
+layout before shards (one S3 object and one manifest line per crop) published as before shards
+too: every file checked and sent by quilt3 (the previous version's objects are not reused); it
+runs up to --files-max crops.
 
 Crops are real JPEGs cut from the sample's photos (a pool of 200, longest side 256 px, quality
 90), each made unique by a counter after its end-of-image marker (decoders ignore it), so no
@@ -148,7 +148,7 @@ def publish_run(data: Path, model: Path, message: str, env: dict) -> dict:
 
 
 def throughput(folders: dict[str, Path], count: int,
-               rounds: int = 5, size: int = 128) -> list[dict[str, tuple[float, float]]]:
+               rounds: int = 9, size: int = 128) -> list[dict[str, tuple[float, float]]]:
     """Crops per wall second and per CPU second of one decoding pass of make_dataset over the
     first count crops of each layout, for each of rounds rounds: "<layout>" with its files in
     the page cache, "<layout> cold" with them evicted first (a dataset larger than memory, as
@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 40000, 400000])
     parser.add_argument("--files-max", type=int, default=40000)
     parser.add_argument("--train-crops", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="rounds of the training-input passes (--quick: 3)")
     parser.add_argument("--publish-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.publish_child:
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             folders = {layout: Path(tmp) / layout for layout in layouts}
             first = {layout: measure(size, layout, data, images)
                      for layout, data in folders.items()}
-            measured = throughput(folders, min(size, args.train_crops))
+            measured = throughput(folders, min(size, args.train_crops),
+                                  rounds=3 if args.quick else args.rounds)
         for layout in measured[0]:
             wall = max(r[layout][0] for r in measured)
             cpu = max(r[layout][1] for r in measured)
