@@ -1,9 +1,10 @@
 """A command that reads log parts out of S3 and exits at once exits 0.
 
 pyarrow's reader threads, left running over a part held in memory (a Python file object, as
-S3 objects are read), abort the interpreter at exit ("terminate called without an active
-exception", exit 134) in most runs: the readers of parts read without them. Each run is a
-fresh interpreter that reads and exits, the shape that aborted (27 of 30 runs before)."""
+S3 objects are read), can abort the interpreter at exit ("terminate called without an active
+exception", exit 134): the readers of parts read without them. Each run is a fresh interpreter
+that reads and exits, the shape that aborts. Before the fix the read_parts case failed here;
+a narrow read such as read_answered's aborts less often (3 of 20 runs on 5,000 rows)."""
 
 import io
 import os
