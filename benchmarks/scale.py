@@ -157,14 +157,15 @@ def throughput(folders: dict[str, Path], count: int,
 
     from model.data import make_dataset
 
+    tables = {layout: pd.read_parquet(data / "crops.parquet").head(count)
+              for layout, data in folders.items()}
     measured = []
     for number in range(rounds):
         this: dict[str, tuple[float, float]] = {}
         for cold in (False, True):
             for layout, data in sorted(folders.items(), reverse=number % 2 == 1):
-                table = pd.read_parquet(data / "crops.parquet").head(count)
                 root = data / ("shards" if layout == "shards" else "crops")
-                dataset = make_dataset(table, root, CLASSES, size, 64, training=False)
+                dataset = make_dataset(tables[layout], root, CLASSES, size, 64, training=False)
                 if cold:
                     evict(root)
                 start, cpu = time.perf_counter(), sum(os.times()[:2])

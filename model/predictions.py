@@ -78,17 +78,21 @@ def read_parts(folder: str | Path, schema: pa.Schema,
                columns: list[str] | None = None) -> pa.Table:
     """Every part of a folder (or s3:// prefix) as one table in the given schema (empty when
     there is none)."""
-    import pyarrow.parquet as pq
-
     parts = s3_part_files(folder) if is_s3(folder) else part_files(Path(folder))
-    # Reader threads left running over a part in memory abort the interpreter at exit
-    # (exit 134); parts are small, one thread reads them as fast.
-    tables = [pq.read_table(part, schema=schema, columns=columns, use_threads=False)
-              for part in parts]
+    tables = [read_part(part, schema=schema, columns=columns) for part in parts]
     if not tables:
         empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return empty.empty_table()
     return pa.concat_tables(tables)
+
+
+def read_part(source: Any, **options: Any) -> pa.Table:
+    """One part (a path, or its bytes in a file object) as pq.read_table reads it with the
+    options, on one thread: reader threads left running over a part in memory abort the
+    interpreter at exit (exit 134), and parts are small enough that one thread is as fast."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(source, use_threads=False, **options)
 
 
 def is_s3(directory: str | Path) -> bool:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from model.predictions import FEEDBACK_SCHEMA, LOG_SCHEMA, PART_GLOB, image_name
+from model.predictions import FEEDBACK_SCHEMA, LOG_SCHEMA, PART_GLOB, image_name, read_part
 from service.config import PredictionLogging
 from service.images import FORMATS
 from service.logstore import Entry, open_store
@@ -337,10 +337,9 @@ class PredictionLog:
         for entry in sorted(entries, key=lambda f: f.key, reverse=True):
             searched.add(entry.key)
             try:
-                table = pq.read_table(self.store.source(entry.key),
-                                      columns=["request_id", "model", "classes"],
-                                      filters=[("request_id", "=", request_id)],
-                                      use_threads=False)
+                table = read_part(self.store.source(entry.key),
+                                  columns=["request_id", "model", "classes"],
+                                  filters=[("request_id", "=", request_id)])
             except FileNotFoundError:  # evicted since the listing
                 continue
             if table.num_rows:

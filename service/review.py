@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from model.predictions import LOG_SCHEMA, PART_GLOB, SHADOW_FILE, image_name
+from model.predictions import LOG_SCHEMA, PART_GLOB, SHADOW_FILE, image_name, read_part
 from service.logstore import LocalStore, S3Store
 from service.reviewapi import IMAGE_NAME
 
@@ -94,10 +93,8 @@ def figures(probs: np.ndarray) -> tuple[list[list[int]], list[float], list[float
 
 
 def read_kept(source: Any) -> list[Kept]:
-    """The kept rows of one log part (older parts lack top_hash: null). Read without threads:
-    left running over a part in memory, they abort the interpreter at exit."""
-    table = pq.read_table(source, schema=LOG_SCHEMA, columns=COLUMNS,
-                          filters=[("kept", "=", True)], use_threads=False)
+    """The kept rows of one log part (older parts lack top_hash: null)."""
+    table = read_part(source, schema=LOG_SCHEMA, columns=COLUMNS, filters=[("kept", "=", True)])
     # Times as numbers and probabilities apart: Python datetimes and per-row numpy calls
     # made a first look at a large log several times slower.
     times = table.column("time").cast(pa.int64()).to_pylist()  # microseconds
@@ -123,8 +120,7 @@ def read_kept(source: Any) -> list[Kept]:
 
 def read_answered(source: Any) -> frozenset[str]:
     """The request ids one feedback part corrects."""
-    return frozenset(pq.read_table(source, columns=["request_id"], use_threads=False)
-                     .column(0).to_pylist())
+    return frozenset(read_part(source, columns=["request_id"]).column(0).to_pylist())
 
 
 def parse_shadow(data: bytes) -> Shadow | None:

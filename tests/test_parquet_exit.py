@@ -6,18 +6,16 @@ exception", exit 134): the readers of parts read without them. Each run is a fre
 that reads and exits, the shape that aborts. Before the fix the read_parts case failed here;
 a narrow read such as read_answered's aborts less often (3 of 20 runs on 5,000 rows)."""
 
-import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import boto3
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from model.predictions import FEEDBACK_SCHEMA, LOG_SCHEMA
+from service.predlog import parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 6
@@ -41,21 +39,15 @@ assert read_kept(body("log.parquet")) == []
 }
 
 
-def part(schema: pa.Schema, rows: list[dict]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema), buffer)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_reading_parts_from_s3_then_exiting_exits_0(reader, registry_env, tmp_path):
     client = boto3.client("s3")
     bucket = registry_env.removeprefix("s3://")
     feedback = [{"request_id": f"r{i}", "label": "Car", "time": None, "model": "m"}
                 for i in range(500)]
-    client.put_object(Bucket=bucket, Key="logs/part-1.parquet", Body=part(FEEDBACK_SCHEMA,
-                                                                           feedback))
-    client.put_object(Bucket=bucket, Key="logs/log.parquet", Body=part(LOG_SCHEMA, []))
+    client.put_object(Bucket=bucket, Key="logs/part-1.parquet",
+                      Body=parquet(feedback, FEEDBACK_SCHEMA))
+    client.put_object(Bucket=bucket, Key="logs/log.parquet", Body=parquet([], LOG_SCHEMA))
     script = tmp_path / "read.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{READERS[reader]}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
